@@ -1,0 +1,159 @@
+// pybind11 front door: takes numpy buffers, releases the GIL, maps C++ errors to ValueError.
+// Argument checking that needs Python types (torch tensors, dtypes) lives in python/sparsecpu.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/cpu.h"
+#include "core/format.h"
+#include "core/threadpool.h"
+#include "ops/linear.h"
+
+namespace py = pybind11;
+using namespace sparsecpu;
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style>;
+using U8Array = py::array_t<uint8_t, py::array::c_style>;
+
+DType parse_dtype(const std::string& s) {
+  if (s == "int8") return DType::int8;
+  if (s == "fp32") return DType::fp32;
+  throw std::invalid_argument("dtype must be 'int8' or 'fp32', got '" + s + "'");
+}
+
+PackedView view_of(const U8Array& buf, bool full) {
+  if (buf.ndim() != 1) throw std::invalid_argument("packed weight buffer must be 1-D uint8");
+  return full ? validate(buf.data(), static_cast<size_t>(buf.size()))
+              : view_trusted(buf.data(), static_cast<size_t>(buf.size()));
+}
+
+py::dict describe(const PackedView& v, size_t nbytes) {
+  py::dict d;
+  d["n"] = v.n;
+  d["k"] = v.k;
+  d["dtype"] = dtype_name(v.dtype);
+  d["format"] = "bsr";
+  d["block"] = py::make_tuple(4, 1);
+  d["stored_blocks"] = v.nnzb;
+  d["kept_blocks"] = v.kept_blocks;
+  d["index_bytes"] = v.index_bytes;
+  d["nbytes"] = nbytes;
+  return d;
+}
+
+U8Array pack(const F32Array& w, const std::string& dtype) {
+  if (w.ndim() != 2) throw std::invalid_argument("weight must be 2-D (N x K)");
+  const DType dt = parse_dtype(dtype);
+  std::vector<uint8_t> buf;
+  {
+    py::gil_scoped_release release;
+    buf = pack_bsr(w.data(), static_cast<uint64_t>(w.shape(0)), static_cast<uint64_t>(w.shape(1)), dt);
+  }
+  U8Array out(static_cast<py::ssize_t>(buf.size()));
+  std::memcpy(out.mutable_data(), buf.data(), buf.size());
+  return out;
+}
+
+void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, int act, F32Array& out,
+               bool raw_s32) {
+  const PackedView w = view_of(buf, false);
+  if (x.ndim() != 2 || static_cast<uint64_t>(x.shape(1)) != w.k)
+    throw std::invalid_argument("x must be 2-D with K = " + std::to_string(w.k) + " columns");
+  if (out.ndim() != 2 || out.shape(0) != x.shape(0) || static_cast<uint64_t>(out.shape(1)) != w.n)
+    throw std::invalid_argument("out has the wrong shape");
+  if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code");
+  LinearArgs a;
+  a.w = w;
+  a.x = x.data();
+  a.M = x.shape(0);
+  a.act = static_cast<Activation>(act);
+  a.y = out.mutable_data();
+  a.raw_s32 = raw_s32;
+  F32Array b;
+  if (!bias.is_none()) {
+    b = bias.cast<F32Array>();
+    if (b.ndim() != 1 || static_cast<uint64_t>(b.shape(0)) != w.n)
+      throw std::invalid_argument("bias must be 1-D with N = " + std::to_string(w.n) + " elements");
+    a.bias = b.data();
+  }
+  py::gil_scoped_release release;
+  linear(a);
+}
+
+py::dict info() {
+  const CpuInfo& c = cpu_info();
+  py::dict d;
+  d["vendor"] = c.vendor;
+  d["cpu"] = c.brand;
+  d["features"] = c.features;
+  d["detected_isa"] = isa_name(c.best);
+  d["isa"] = isa_name(active_isa());
+  py::dict kernels;
+  for (Op op : {Op::spmm_s8, Op::spmm_f32, Op::quant_u8, Op::transpose_f32})
+    kernels[op_name(op)] = select_kernel(op, active_isa()).name;
+  d["kernels"] = kernels;
+  d["threads"] = get_num_threads();
+  return d;
+}
+
+py::list registry() {
+  int n = 0;
+  const KernelEntry* e = kernel_registry(&n);
+  py::list out;
+  for (int i = 0; i < n; ++i) {
+    py::dict d;
+    d["op"] = op_name(e[i].op);
+    d["isa"] = isa_name(e[i].isa);
+    d["name"] = e[i].name;
+    out.append(d);
+  }
+  return out;
+}
+
+py::list supported_isas() {
+  py::list out;
+  for (int i = 0; i <= static_cast<int>(cpu_info().best); ++i) out.append(isa_name(static_cast<Isa>(i)));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "sparsecpu native core (kernels, packing, dispatch, thread pool)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+  // Fail the import on a bad SPARSECPU_ISA rather than on the first call.
+  active_isa();
+
+  m.def("pack", &pack, py::arg("weight"), py::arg("dtype"));
+  m.def("validate", [](const U8Array& buf) { return describe(view_of(buf, true), buf.size()); }, py::arg("buf"));
+  m.def("describe", [](const U8Array& buf) { return describe(view_of(buf, false), buf.size()); }, py::arg("buf"));
+  m.def("unpack", [](const U8Array& buf) {
+    const PackedView v = view_of(buf, false);
+    F32Array out({static_cast<py::ssize_t>(v.n), static_cast<py::ssize_t>(v.k)});
+    unpack_dense(v, out.mutable_data());
+    return out;
+  }, py::arg("buf"));
+  m.def("linear", &linear_py, py::arg("x"), py::arg("buf"), py::arg("bias"), py::arg("act"), py::arg("out"),
+        py::arg("raw_s32") = false);
+  m.def("info", &info);
+  m.def("kernel_registry", &registry);
+  m.def("supported_isas", &supported_isas);
+  m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
+  m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name)); }, py::arg("level"));
+  m.def("kernel_name", [](const std::string& dtype) { return std::string(kernel_name(parse_dtype(dtype))); });
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+}

@@ -1,0 +1,108 @@
+#include "core/cpu.h"
+
+#include <cpuid.h>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+
+namespace sparsecpu {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::reference: return "reference";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    case Isa::avx512_vnni: return "avx512_vnni";
+  }
+  return "unknown";
+}
+
+Isa parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::reference, Isa::avx2, Isa::avx512, Isa::avx512_vnni}) {
+    if (name == isa_name(isa)) return isa;
+  }
+  throw std::invalid_argument("unknown ISA level '" + name +
+                              "': expected one of reference, avx2, avx512, avx512_vnni");
+}
+
+namespace {
+
+struct Regs { uint32_t a, b, c, d; };
+
+Regs cpuid(uint32_t leaf, uint32_t sub = 0) {
+  Regs r{};
+  __cpuid_count(leaf, sub, r.a, r.b, r.c, r.d);
+  return r;
+}
+
+uint64_t xgetbv0() {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t(hi) << 32) | lo;
+}
+
+CpuInfo detect() {
+  CpuInfo info;
+  Regs r0 = cpuid(0);
+  char vendor[13] = {};
+  std::memcpy(vendor + 0, &r0.b, 4);
+  std::memcpy(vendor + 4, &r0.d, 4);
+  std::memcpy(vendor + 8, &r0.c, 4);
+  info.vendor = vendor;
+
+  if (cpuid(0x80000000).a >= 0x80000004) {
+    char brand[49] = {};
+    for (uint32_t i = 0; i < 3; ++i) {
+      Regs r = cpuid(0x80000002 + i);
+      std::memcpy(brand + 16 * i + 0, &r.a, 4);
+      std::memcpy(brand + 16 * i + 4, &r.b, 4);
+      std::memcpy(brand + 16 * i + 8, &r.c, 4);
+      std::memcpy(brand + 16 * i + 12, &r.d, 4);
+    }
+    info.brand = brand;
+    size_t end = info.brand.find_last_not_of(' ');
+    info.brand = end == std::string::npos ? "" : info.brand.substr(0, end + 1);
+  }
+
+  const uint32_t max_leaf = r0.a;
+  Regs r1 = cpuid(1);
+  Regs r7 = max_leaf >= 7 ? cpuid(7, 0) : Regs{};
+  Regs r71 = max_leaf >= 7 ? cpuid(7, 1) : Regs{};
+
+  // The OS must save the registers we use: XMM|YMM for AVX, plus opmask|ZMM_Hi256|Hi16_ZMM for AVX-512.
+  const bool osxsave = (r1.c >> 27) & 1;
+  const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+  const bool os_avx = (xcr0 & 0x6) == 0x6;
+  const bool os_avx512 = os_avx && (xcr0 & 0xE0) == 0xE0;
+
+  auto add = [&](bool present, const char* name) {
+    if (present) info.features.push_back(name);
+    return present;
+  };
+  const bool fma = add(os_avx && ((r1.c >> 12) & 1), "fma");
+  const bool f16c = add(os_avx && ((r1.c >> 29) & 1), "f16c");
+  const bool avx2 = add(os_avx && ((r7.b >> 5) & 1), "avx2");
+  const bool avx512f = add(os_avx512 && ((r7.b >> 16) & 1), "avx512f");
+  const bool avx512dq = add(os_avx512 && ((r7.b >> 17) & 1), "avx512dq");
+  const bool avx512bw = add(os_avx512 && ((r7.b >> 30) & 1), "avx512bw");
+  const bool avx512vl = add(os_avx512 && ((r7.b >> 31) & 1), "avx512vl");
+  const bool vnni = add(os_avx512 && ((r7.c >> 11) & 1), "avx512_vnni");
+  add(os_avx512 && ((r71.a >> 5) & 1), "avx512_bf16");
+  add(os_avx512 && ((r7.d >> 23) & 1), "avx512_fp16");
+  add((r7.d >> 22) & 1, "amx_bf16");
+  add((r7.d >> 25) & 1, "amx_int8");
+
+  if (avx2 && fma && f16c) info.best = Isa::avx2;
+  if (info.best == Isa::avx2 && avx512f && avx512dq && avx512bw && avx512vl) info.best = Isa::avx512;
+  if (info.best == Isa::avx512 && vnni) info.best = Isa::avx512_vnni;
+  return info;
+}
+
+}  // namespace
+
+const CpuInfo& cpu_info() {
+  static const CpuInfo info = detect();
+  return info;
+}
+
+}  // namespace sparsecpu

@@ -1,0 +1,254 @@
+#include "core/format.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+namespace sparsecpu {
+
+namespace {
+
+constexpr uint64_t kAlign = 64;
+
+bool add_ovf(uint64_t a, uint64_t b, uint64_t* r) { return __builtin_add_overflow(a, b, r); }
+bool mul_ovf(uint64_t a, uint64_t b, uint64_t* r) { return __builtin_mul_overflow(a, b, r); }
+
+// Appends a section of `bytes` at the next aligned offset.
+bool place(uint64_t* cursor, uint64_t bytes, uint64_t* offset) {
+  uint64_t start;
+  if (add_ovf(*cursor, kAlign - 1, &start)) return false;
+  start &= ~(kAlign - 1);
+  *offset = start;
+  return !add_ovf(start, bytes, cursor);
+}
+
+[[noreturn]] void bad(const std::string& what) {
+  throw std::invalid_argument("invalid packed weight: " + what);
+}
+
+uint32_t index_bytes_for(uint64_t k) { return k <= 65536 ? 2 : 4; }
+
+uint64_t col_at(const void* col_idx, uint32_t index_bytes, uint64_t i) {
+  return index_bytes == 2 ? static_cast<const uint16_t*>(col_idx)[i]
+                          : static_cast<const uint32_t*>(col_idx)[i];
+}
+
+}  // namespace
+
+const char* dtype_name(DType d) { return d == DType::int8 ? "int8" : "fp32"; }
+
+bool compute_layout(DType dtype, uint64_t n, uint64_t index_bytes, uint64_t nnzb, Layout* out) {
+  Layout l;
+  l.groups = (n + 3) / 4;
+  const uint64_t elem = dtype == DType::int8 ? 1 : 4;
+  uint64_t cursor = sizeof(Header), bytes;
+  if (mul_ovf(l.groups + 1, 4, &bytes) || !place(&cursor, bytes, &l.row_ptr)) return false;
+  if (mul_ovf(nnzb, index_bytes, &bytes) || !place(&cursor, bytes, &l.col_idx)) return false;
+  if (mul_ovf(nnzb, 4 * elem, &bytes) || !place(&cursor, bytes, &l.values)) return false;
+  if (dtype == DType::int8) {
+    if (!place(&cursor, l.groups * 16, &l.w_scale)) return false;
+    if (!place(&cursor, l.groups * 16, &l.w_sum)) return false;
+  }
+  if (add_ovf(cursor, kAlign - 1, &l.total)) return false;
+  l.total &= ~(kAlign - 1);
+  *out = l;
+  return true;
+}
+
+std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtype) {
+  if (n >= kMaxDim || k >= kMaxDim) throw std::invalid_argument("weight dimensions must be below 2**31");
+  if (dtype == DType::int8 && k > kMaxK_int8)
+    throw std::invalid_argument("int8 weights need K <= 65535 (exact int32 accumulation); got K = " +
+                                std::to_string(k));
+  for (uint64_t i = 0; i < n * k; ++i) {
+    if (!std::isfinite(w[i])) throw std::invalid_argument("weight contains NaN or Inf");
+  }
+  const uint64_t groups = (n + 3) / 4;
+  auto wat = [&](uint64_t c, uint64_t kk) { return c < n ? w[c * k + kk] : 0.0f; };
+
+  // Per-channel symmetric scales (int8).
+  std::vector<float> scale(groups * 4, 1.0f);
+  if (dtype == DType::int8) {
+    for (uint64_t c = 0; c < n; ++c) {
+      float amax = 0;
+      for (uint64_t kk = 0; kk < k; ++kk) amax = std::max(amax, std::fabs(w[c * k + kk]));
+      if (amax > 0) scale[c] = amax / 127.0f;
+    }
+  }
+
+  // Kept columns per group; lists padded to a multiple of 4.
+  std::vector<uint32_t> row_ptr(groups + 1, 0);
+  std::vector<uint32_t> cols;
+  uint64_t kept = 0;
+  for (uint64_t g = 0; g < groups; ++g) {
+    uint64_t start = cols.size();
+    for (uint64_t kk = 0; kk < k; ++kk) {
+      bool nz = false;
+      for (uint64_t c = 4 * g; c < 4 * g + 4; ++c) nz |= wat(c, kk) != 0.0f;
+      if (nz) cols.push_back(static_cast<uint32_t>(kk));
+    }
+    kept += cols.size() - start;
+    while ((cols.size() - start) % 4) cols.push_back(cols.back());
+    if (cols.size() > UINT32_MAX) throw std::invalid_argument("too many blocks for the format");
+    row_ptr[g + 1] = static_cast<uint32_t>(cols.size());
+  }
+  const uint64_t nnzb = cols.size();
+  const uint32_t ib = index_bytes_for(k);
+  Layout l;
+  if (!compute_layout(dtype, n, ib, nnzb, &l)) throw std::invalid_argument("weight too large to pack");
+
+  std::vector<uint8_t> buf(l.total, 0);
+  Header h{};
+  std::memcpy(h.magic, kMagic, sizeof(kMagic));
+  h.version = kFormatVersion;
+  h.format = static_cast<uint32_t>(Format::bsr);
+  h.dtype = static_cast<uint32_t>(dtype);
+  h.block_n = 4;
+  h.block_k = 1;
+  h.index_bytes = ib;
+  h.n = n;
+  h.k = k;
+  h.nnzb = nnzb;
+  h.kept_blocks = kept;
+  h.total_bytes = l.total;
+  std::memcpy(buf.data(), &h, sizeof(h));
+  std::memcpy(buf.data() + l.row_ptr, row_ptr.data(), row_ptr.size() * 4);
+  for (uint64_t i = 0; i < nnzb; ++i) {
+    if (ib == 2) {
+      uint16_t c16 = static_cast<uint16_t>(cols[i]);
+      std::memcpy(buf.data() + l.col_idx + 2 * i, &c16, 2);
+    } else {
+      std::memcpy(buf.data() + l.col_idx + 4 * i, &cols[i], 4);
+    }
+  }
+  int8_t* v8 = reinterpret_cast<int8_t*>(buf.data() + l.values);
+  float* v32 = reinterpret_cast<float*>(buf.data() + l.values);
+  std::vector<int32_t> wsum(groups * 4, 0);
+  for (uint64_t g = 0; g < groups; ++g) {
+    for (uint64_t b = row_ptr[g]; b < row_ptr[g + 1]; ++b) {
+      const bool padding = b >= row_ptr[g] + 1 && cols[b] == cols[b - 1];
+      for (uint64_t c = 0; c < 4; ++c) {
+        const uint64_t at = (b / 4) * 16 + c * 4 + (b % 4);
+        const float x = padding ? 0.0f : wat(4 * g + c, cols[b]);
+        if (dtype == DType::int8) {
+          float q = std::nearbyint(x / scale[4 * g + c]);
+          q = std::min(127.0f, std::max(-127.0f, q));
+          v8[at] = static_cast<int8_t>(q);
+          wsum[4 * g + c] += v8[at];
+        } else {
+          v32[at] = x;
+        }
+      }
+    }
+  }
+  if (dtype == DType::int8) {
+    std::memcpy(buf.data() + l.w_scale, scale.data(), groups * 16);
+    std::memcpy(buf.data() + l.w_sum, wsum.data(), groups * 16);
+  }
+  return buf;
+}
+
+PackedView view_trusted(const uint8_t* data, size_t size) {
+  if (size < sizeof(Header)) bad("buffer of " + std::to_string(size) + " bytes is shorter than the header");
+  if (reinterpret_cast<uintptr_t>(data) % alignof(uint64_t)) bad("buffer is not 8-byte aligned");
+  Header h;
+  std::memcpy(&h, data, sizeof(h));
+  if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0) bad("bad magic (not a sparsecpu packed weight)");
+  if (h.version != kFormatVersion)
+    bad("format version " + std::to_string(h.version) + " is not supported (expected " +
+        std::to_string(kFormatVersion) + ")");
+  if (h.format != static_cast<uint32_t>(Format::bsr)) bad("unknown format code " + std::to_string(h.format));
+  if (h.dtype != static_cast<uint32_t>(DType::int8) && h.dtype != static_cast<uint32_t>(DType::fp32))
+    bad("unknown dtype code " + std::to_string(h.dtype));
+  if (h.block_n != 4 || h.block_k != 1)
+    bad("block " + std::to_string(h.block_n) + "x" + std::to_string(h.block_k) + " is not supported (4x1)");
+  const DType dtype = static_cast<DType>(h.dtype);
+  if (h.n >= kMaxDim || h.k >= kMaxDim) bad("N or K is 2**31 or more");
+  if (dtype == DType::int8 && h.k > kMaxK_int8) bad("int8 weight with K > 65535");
+  if (h.index_bytes != index_bytes_for(h.k))
+    bad("index width " + std::to_string(h.index_bytes) + " does not match K = " + std::to_string(h.k));
+  if (h.nnzb % 4) bad("block count " + std::to_string(h.nnzb) + " is not a multiple of 4");
+  if (h.kept_blocks > h.nnzb) bad("kept block count exceeds the stored block count");
+  Layout l;
+  if (!compute_layout(dtype, h.n, h.index_bytes, h.nnzb, &l)) bad("section sizes overflow");
+  if (h.total_bytes != l.total || size != l.total)
+    bad("length is " + std::to_string(size) + " bytes, the header implies " + std::to_string(l.total) +
+        " (header says " + std::to_string(h.total_bytes) + ")");
+  PackedView v;
+  v.dtype = dtype;
+  v.n = h.n;
+  v.k = h.k;
+  v.groups = l.groups;
+  v.nnzb = h.nnzb;
+  v.kept_blocks = h.kept_blocks;
+  v.index_bytes = h.index_bytes;
+  v.row_ptr = reinterpret_cast<const uint32_t*>(data + l.row_ptr);
+  v.col_idx = data + l.col_idx;
+  v.values = data + l.values;
+  v.w_scale = dtype == DType::int8 ? reinterpret_cast<const float*>(data + l.w_scale) : nullptr;
+  v.w_sum = dtype == DType::int8 ? reinterpret_cast<const int32_t*>(data + l.w_sum) : nullptr;
+  return v;
+}
+
+PackedView validate(const uint8_t* data, size_t size) {
+  PackedView v = view_trusted(data, size);
+  if (v.row_ptr[0] != 0) bad("row_ptr[0] is " + std::to_string(v.row_ptr[0]) + ", expected 0");
+  uint64_t kept = 0;
+  for (uint64_t g = 0; g < v.groups; ++g) {
+    const uint64_t b0 = v.row_ptr[g], b1 = v.row_ptr[g + 1];
+    if (b1 < b0 || b1 > v.nnzb)
+      bad("row_ptr of group " + std::to_string(g) + " is out of range or decreasing");
+    if ((b1 - b0) % 4) bad("group " + std::to_string(g) + " holds a block count that is not a multiple of 4");
+    for (uint64_t b = b0; b < b1; ++b) {
+      const uint64_t c = col_at(v.col_idx, v.index_bytes, b);
+      if (c >= v.k) bad("column index " + std::to_string(c) + " out of range (K = " + std::to_string(v.k) + ")");
+      if (b > b0 && c < col_at(v.col_idx, v.index_bytes, b - 1))
+        bad("column indices of group " + std::to_string(g) + " are not sorted");
+      bool nz = false;
+      for (uint64_t ch = 0; ch < 4; ++ch) {
+        const uint64_t at = (b / 4) * 16 + ch * 4 + (b % 4);
+        nz |= v.dtype == DType::int8 ? static_cast<const int8_t*>(v.values)[at] != 0
+                                     : static_cast<const float*>(v.values)[at] != 0.0f;
+        if (v.dtype == DType::fp32 && !std::isfinite(static_cast<const float*>(v.values)[at]))
+          bad("non-finite weight value");
+      }
+      kept += nz;
+    }
+  }
+  if (v.row_ptr[v.groups] != v.nnzb) bad("row_ptr does not end at the block count");
+  if (kept != v.kept_blocks)
+    bad("header counts " + std::to_string(v.kept_blocks) + " kept blocks, the data holds " + std::to_string(kept));
+  if (v.dtype == DType::int8) {
+    for (uint64_t c = 0; c < 4 * v.groups; ++c) {
+      const float s = v.w_scale[c];
+      if (!(std::isfinite(s) && s > 0)) bad("channel " + std::to_string(c) + " has a scale that is not finite and > 0");
+      int64_t sum = 0;
+      const uint64_t g = c / 4, ch = c % 4;
+      for (uint64_t b = v.row_ptr[g]; b < v.row_ptr[g + 1]; ++b)
+        sum += static_cast<const int8_t*>(v.values)[(b / 4) * 16 + ch * 4 + (b % 4)];
+      if (sum != v.w_sum[c]) bad("weight sum of channel " + std::to_string(c) + " does not match its values");
+    }
+  }
+  return v;
+}
+
+void unpack_dense(const PackedView& v, float* out) {
+  std::fill(out, out + v.n * v.k, 0.0f);
+  for (uint64_t g = 0; g < v.groups; ++g) {
+    for (uint64_t b = v.row_ptr[g]; b < v.row_ptr[g + 1]; ++b) {
+      const uint64_t kk = col_at(v.col_idx, v.index_bytes, b);
+      for (uint64_t ch = 0; ch < 4; ++ch) {
+        const uint64_t c = 4 * g + ch;
+        if (c >= v.n) continue;
+        const uint64_t at = (b / 4) * 16 + ch * 4 + (b % 4);
+        const float val = v.dtype == DType::int8
+                              ? static_cast<const int8_t*>(v.values)[at] * v.w_scale[c]
+                              : static_cast<const float*>(v.values)[at];
+        out[c * v.k + kk] += val;
+      }
+    }
+  }
+}
+
+}  // namespace sparsecpu

@@ -1,0 +1,81 @@
+// 512-bit vector traits for the templates in kernels/spmm_4x1.h. Include only from files compiled
+// with the AVX-512 flags.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace sparsecpu {
+namespace {
+
+struct Vec512 {
+  static constexpr int kBytes = 64;
+  static constexpr int kLanes = 16;  // 32-bit lanes
+  using I = __m512i;
+  using F = __m512;
+
+  static I load(const void* p) { return _mm512_loadu_si512(p); }
+  static I zero() { return _mm512_setzero_si512(); }
+  static I set1(int32_t v) { return _mm512_set1_epi32(v); }
+  static I bcast32(const void* p) { return _mm512_set1_epi32(*static_cast<const int32_t*>(p)); }
+  static I unpacklo8(I a, I b) { return _mm512_unpacklo_epi8(a, b); }
+  static I unpackhi8(I a, I b) { return _mm512_unpackhi_epi8(a, b); }
+  static I unpacklo16(I a, I b) { return _mm512_unpacklo_epi16(a, b); }
+  static I unpackhi16(I a, I b) { return _mm512_unpackhi_epi16(a, b); }
+  static I add32(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I sub32(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static I mullo32(I a, I b) { return _mm512_mullo_epi32(a, b); }
+  static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
+  static I and_(I a, I b) { return _mm512_and_si512(a, b); }
+  static I srli16(I a, int n) { return _mm512_srli_epi16(a, n); }
+  static I slli16(I a, int n) { return _mm512_slli_epi16(a, n); }
+  static I srai16(I a, int n) { return _mm512_srai_epi16(a, n); }
+  static I slli32(I a, int n) { return _mm512_slli_epi32(a, n); }
+  static I max32(I a, I b) { return _mm512_max_epi32(a, b); }
+  static I loadi(const int32_t* p) { return _mm512_loadu_si512(p); }
+
+  static F loadf(const float* p) { return _mm512_loadu_ps(p); }
+  static void storef(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F zerof() { return _mm512_setzero_ps(); }
+  static F set1f(float v) { return _mm512_set1_ps(v); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static F and_(F a, F b) { return _mm512_and_ps(a, b); }
+  static F xor_(F a, F b) { return _mm512_xor_ps(a, b); }
+  static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  static I cvt_round(F a) { return _mm512_cvtps_epi32(a); }  // current mode: round to nearest even
+  static F asf(I a) { return _mm512_castsi512_ps(a); }
+  static I asi(F a) { return _mm512_castps_si512(a); }
+  static F unpacklo(F a, F b) { return _mm512_unpacklo_ps(a, b); }
+  static F unpackhi(F a, F b) { return _mm512_unpackhi_ps(a, b); }
+  static F unpacklo64(F a, F b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); }
+  static F unpackhi64(F a, F b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); }
+  static float hmin(F a) { return _mm512_reduce_min_ps(a); }
+  static float hmax(F a) { return _mm512_reduce_max_ps(a); }
+  static bool all_zero(F a) { return _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0; }
+
+  // The 128-bit lane j of v.
+  static __m128 lane(F v, int j) {
+    switch (j) {
+      case 0: return _mm512_castps512_ps128(v);
+      case 1: return _mm512_extractf32x4_ps(v, 1);
+      case 2: return _mm512_extractf32x4_ps(v, 2);
+      default: return _mm512_extractf32x4_ps(v, 3);
+    }
+  }
+  // Stores the first n (1..4) floats of a 128-bit lane.
+  static void store4(float* dst, __m128 v, int n) {
+    if (n == 4) _mm_storeu_ps(dst, v);
+    else _mm_mask_storeu_ps(dst, static_cast<__mmask8>((1u << n) - 1), v);
+  }
+  // 16 floats to 16 bytes with unsigned saturation (inputs already >= 0).
+  static void store_u8(uint8_t* dst, I v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtusepi32_epi8(v)); }
+};
+
+}  // namespace
+}  // namespace sparsecpu

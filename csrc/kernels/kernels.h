@@ -1,0 +1,81 @@
+// Micro-kernel contract. A kernel sees raw pointers and one tile loop; ops/ owns validation,
+// scratch memory, tiling and threads.
+#pragma once
+#include <cstdint>
+
+#include "core/cpu.h"
+#include "core/format.h"
+
+namespace sparsecpu {
+
+enum class Activation : int { none = 0, relu = 1, gelu = 2, gelu_tanh = 3 };
+
+// Activations are stored K-major for the SpMM kernels: row k holds x[m0.., k] for a tile of
+// `mr` rows of x. A kernel with vectors of V 32-bit lanes produces, for the s-th vector of a tile,
+// lane (j, i) (j = 128-bit lane, i = 0..3) of row  m = 16 j + 4 s + i  (int8: the byte unpack
+// order of the VNNI gather) or  m = V s + 4 j + i  (fp32: plain loads). Per-row quantization
+// parameters are handed over in the int8 order ("slab order"), see slab_order_index().
+struct SpmmParams {
+  PackedView w;
+  const void* xk;          // uint8 (int8 kernels) or float (fp32 kernels), [K][ldk]
+  int64_t ldk;             // elements per K row; a multiple of 64
+  const float* x_scale;    // int8: per-row scale, slab order, [ldk]
+  const int32_t* x_zp;     // int8: per-row zero point, slab order, [ldk]
+  const float* bias;       // [4 * groups] (zero padded) or null
+  float* y;                // [M][ldy] row-major; int32 bits when raw_s32
+  int64_t ldy;
+  int64_t M, N;
+  Activation act;
+  bool raw_s32;            // test hook: store the s32 accumulators, no epilogue
+};
+
+// Computes output channels of groups [g0, g1) for rows [m0, m0 + mr) (stores only rows < M).
+using SpmmFn = void (*)(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0);
+
+// Dynamic per-row asymmetric u8 quantization, written K-major: rows [m0, m1) of x [M][K]
+// (m0 % 16 == 0, m1 % 16 == 0; rows >= M are written as zeros with scale 1, zero point 0).
+// Returns false if that part of x holds NaN or Inf.
+using QuantFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq,
+                         int64_t ldq, float* scale, int32_t* zp);
+// Same contract for fp32: x transposed to K-major, rows >= M zero.
+using TransposeFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
+                             int64_t ldt);
+
+// Position of row m (0 <= m < mr) of a tile in slab order, for a kernel with V-lane vectors.
+inline int64_t slab_order_index(int64_t m, int lanes) {
+  const int64_t j = m / 16, s = (m % 16) / 4, i = m % 4;
+  return s * lanes + 4 * j + i;
+}
+
+enum class Op : int { spmm_s8 = 0, spmm_f32 = 1, quant_u8 = 2, transpose_f32 = 3 };
+
+struct KernelEntry {
+  Op op;
+  Isa isa;          // lowest level the kernel needs
+  const char* name;
+  void* fn;         // SpmmFn / QuantFn / TransposeFn by op
+  int mr;           // rows per tile (spmm) or 0
+  int lanes;        // 32-bit lanes per vector (spmm)
+};
+
+// Every kernel, best first within an op, the reference last. Dispatch, tests and the benchmark
+// all read this list.
+const KernelEntry* kernel_registry(int* count);
+// The best kernel of `op` that runs at `level`.
+const KernelEntry& select_kernel(Op op, Isa level);
+const char* op_name(Op op);
+
+// Declarations, generated from the list.
+#define SPARSECPU_SPMM(op, isa, name, mr, lanes) \
+  void name(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0);
+#define SPARSECPU_QUANT(op, isa, name)                                                            \
+  bool name(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq, \
+            float* scale, int32_t* zp);
+#define SPARSECPU_TRANSPOSE(op, isa, name) \
+  bool name(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt, int64_t ldt);
+#include "kernels/kernels.inc"
+#undef SPARSECPU_SPMM
+#undef SPARSECPU_QUANT
+#undef SPARSECPU_TRANSPOSE
+
+}  // namespace sparsecpu

@@ -1,0 +1,117 @@
+// Reference kernels: plain C++, the executable specification of the micro-kernel contract in
+// kernels.h. Every fast kernel is tested against these. Tile rows are 16 with 4-lane "vectors",
+// which makes slab order the identity (m = 4 s + i).
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.h"
+#include "kernels/scalar.h"
+
+namespace sparsecpu {
+
+namespace {
+
+constexpr int64_t kMr = 16;
+
+uint64_t col_of(const PackedView& w, uint64_t b) {
+  return w.index_bytes == 2 ? static_cast<const uint16_t*>(w.col_idx)[b]
+                            : static_cast<const uint32_t*>(w.col_idx)[b];
+}
+
+// Value of channel c (0..3) of stored block b: blocks come in quads, channel-major inside a quad.
+uint64_t value_at(uint64_t b, uint64_t c) { return (b / 4) * 16 + c * 4 + (b % 4); }
+
+void store_row(const SpmmParams& p, int64_t m, int64_t g, const float* v) {
+  for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) p.y[m * p.ldy + 4 * g + c] = v[c];
+}
+
+}  // namespace
+
+void spmm_4x1_s8__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  const auto* xq = static_cast<const uint8_t*>(p.xk);
+  const auto* vals = static_cast<const int8_t*>(p.w.values);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t m = m0; m < m0 + kMr && m < p.M; ++m) {
+      int32_t acc[4] = {0, 0, 0, 0};
+      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
+        const int32_t x = xq[col_of(p.w, b) * p.ldk + m];
+        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
+      }
+      float out[4];
+      for (int c = 0; c < 4; ++c) {
+        if (p.raw_s32) {
+          std::memcpy(&out[c], &acc[c], 4);
+          continue;
+        }
+        const int64_t ch = 4 * g + c;
+        // Wrapping int32 arithmetic, like the vector kernels: the true value fits (see format.h).
+        const int32_t centered = static_cast<int32_t>(static_cast<uint32_t>(acc[c]) -
+                                                      static_cast<uint32_t>(p.x_zp[m]) *
+                                                          static_cast<uint32_t>(p.w.w_sum[ch]));
+        float v = static_cast<float>(centered) * (p.x_scale[m] * p.w.w_scale[ch]);
+        if (p.bias) v += p.bias[ch];
+        out[c] = activate_scalar(v, p.act);
+      }
+      store_row(p, m, g, out);
+    }
+  }
+}
+
+void spmm_4x1_f32__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  const auto* xt = static_cast<const float*>(p.xk);
+  const auto* vals = static_cast<const float*>(p.w.values);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t m = m0; m < m0 + kMr && m < p.M; ++m) {
+      float acc[4] = {0, 0, 0, 0};
+      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
+        const float x = xt[col_of(p.w, b) * p.ldk + m];
+        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
+      }
+      for (int c = 0; c < 4; ++c) {
+        if (p.bias) acc[c] += p.bias[4 * g + c];
+        acc[c] = activate_scalar(acc[c], p.act);
+      }
+      store_row(p, m, g, acc);
+    }
+  }
+}
+
+bool quant_u8_kmajor__ref(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq,
+                          int64_t ldq, float* scale, int32_t* zp) {
+  bool finite = true;
+  for (int64_t m = m0; m < m1; ++m) {
+    if (m >= M) {
+      scale[m] = 1.0f;
+      zp[m] = 0;
+      for (int64_t k = 0; k < K; ++k) xq[k * ldq + m] = 0;
+      continue;
+    }
+    const float* row = x + m * K;
+    float mn = 0.0f, mx = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      finite &= std::isfinite(row[k]);
+      mn = std::min(mn, row[k]);
+      mx = std::max(mx, row[k]);
+    }
+    const RowQParams q = row_qparams(mn, mx);
+    scale[m] = q.scale;
+    zp[m] = q.zp;
+    for (int64_t k = 0; k < K; ++k) xq[k * ldq + m] = quantize_u8(row[k], q);
+  }
+  return finite;
+}
+
+bool transpose_f32_kmajor__ref(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
+                               int64_t ldt) {
+  bool finite = true;
+  for (int64_t m = m0; m < m1; ++m) {
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = m < M ? x[m * K + k] : 0.0f;
+      finite &= std::isfinite(v);
+      xt[k * ldt + m] = v;
+    }
+  }
+  return finite;
+}
+
+}  // namespace sparsecpu

@@ -1,0 +1,53 @@
+// Scalar definitions every ISA shares: the quantization parameters of a row (must be bit-identical
+// across kernels) and the activations of the reference epilogue. Kept in an anonymous namespace:
+// each ISA object gets its own copy, so no AVX-512 code can be picked by the linker for a
+// baseline caller.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace sparsecpu {
+namespace {
+
+struct RowQParams {
+  float scale;
+  float inv;
+  int32_t zp;
+};
+
+// Asymmetric u8 over [min(mn, 0), max(mx, 0)], so that 0 is exact. Division before subtraction
+// keeps the range finite for rows near FLT_MAX.
+inline RowQParams row_qparams(float mn, float mx) {
+  mn = std::min(mn, 0.0f);
+  mx = std::max(mx, 0.0f);
+  float scale = mx / 255.0f - mn / 255.0f;
+  if (!(scale >= 1e-30f)) scale = 1.0f;  // all-zero (or denormal) row
+  const float inv = 1.0f / scale;
+  float zp = std::nearbyint(-mn * inv);
+  zp = std::min(255.0f, std::max(0.0f, zp));
+  return {scale, inv, static_cast<int32_t>(zp)};
+}
+
+inline uint8_t quantize_u8(float x, const RowQParams& q) {
+  const int32_t v = static_cast<int32_t>(std::nearbyint(x * q.inv)) + q.zp;
+  return static_cast<uint8_t>(std::min(255, std::max(0, v)));
+}
+
+inline float activate_scalar(float v, Activation act) {
+  switch (act) {
+    case Activation::none: return v;
+    case Activation::relu: return v > 0.0f ? v : 0.0f;
+    case Activation::gelu: return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
+    case Activation::gelu_tanh: {
+      const float u = 0.79788456080286536f * (v + 0.044715f * v * v * v);
+      return 0.5f * v * (1.0f + std::tanh(u));
+    }
+  }
+  return v;
+}
+
+}  // namespace
+}  // namespace sparsecpu

@@ -1,0 +1,369 @@
+// Kernel bodies written once over a vector-traits type (Vec512, Vec256) and instantiated by one
+// small file per ISA, compiled with that ISA's flags. Everything here lives in an anonymous
+// namespace: each ISA object has its own copy, so the linker can never hand a baseline caller an
+// AVX-512 instance.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/kernels.h"
+#include "kernels/scalar.h"
+
+namespace sparsecpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Vector math for the epilogue (fp32, ~1e-7 absolute error).
+
+template <class V>
+inline typename V::F vexp(typename V::F x) {
+  using F = typename V::F;
+  // Clamped so that n + 127 stays a normal exponent.
+  x = V::min(V::max(x, V::set1f(-87.0f)), V::set1f(88.0f));
+  const auto n_i = V::cvt_round(V::mul(x, V::set1f(1.44269504088896341f)));
+  const F n = V::cvt(n_i);
+  F r = V::fmadd(n, V::set1f(-0.693359375f), x);  // Cody-Waite: ln2 = hi + lo
+  r = V::fmadd(n, V::set1f(2.12194440e-4f), r);
+  F p = V::set1f(1.0f / 720.0f);
+  p = V::fmadd(p, r, V::set1f(1.0f / 120.0f));
+  p = V::fmadd(p, r, V::set1f(1.0f / 24.0f));
+  p = V::fmadd(p, r, V::set1f(1.0f / 6.0f));
+  p = V::fmadd(p, r, V::set1f(0.5f));
+  p = V::fmadd(p, r, V::set1f(1.0f));
+  p = V::fmadd(p, r, V::set1f(1.0f));
+  return V::mul(p, V::asf(V::slli32(V::add32(n_i, V::set1(127)), 23)));
+}
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7).
+template <class V>
+inline typename V::F verf(typename V::F x) {
+  using F = typename V::F;
+  const F sign = V::and_(x, V::asf(V::set1(static_cast<int32_t>(0x80000000u))));
+  const F ax = V::xor_(x, sign);
+  const F t = V::div(V::set1f(1.0f), V::fmadd(ax, V::set1f(0.3275911f), V::set1f(1.0f)));
+  F p = V::set1f(1.061405429f);
+  p = V::fmadd(p, t, V::set1f(-1.453152027f));
+  p = V::fmadd(p, t, V::set1f(1.421413741f));
+  p = V::fmadd(p, t, V::set1f(-0.284496736f));
+  p = V::fmadd(p, t, V::set1f(0.254829592f));
+  p = V::mul(p, t);
+  const F e = vexp<V>(V::xor_(V::mul(ax, ax), V::set1f(-0.0f)));
+  const F y = V::sub(V::set1f(1.0f), V::mul(p, e));
+  return V::xor_(y, sign);
+}
+
+template <class V>
+inline typename V::F vactivate(typename V::F v, Activation act) {
+  using F = typename V::F;
+  switch (act) {
+    case Activation::none: return v;
+    case Activation::relu: return V::max(v, V::zerof());
+    case Activation::gelu: {
+      const F e = verf<V>(V::mul(v, V::set1f(0.70710678118654752f)));
+      return V::mul(V::mul(V::set1f(0.5f), v), V::add(V::set1f(1.0f), e));
+    }
+    case Activation::gelu_tanh: {
+      // tanh(u) = 1 - 2 / (exp(2u) + 1); gelu = 0.5 v (1 + tanh(u)) = v - v / (exp(2u) + 1)
+      const F v3 = V::mul(V::mul(v, v), v);
+      const F u2 = V::mul(V::set1f(2.0f * 0.79788456080286536f), V::fmadd(v3, V::set1f(0.044715f), v));
+      const F den = V::add(vexp<V>(u2), V::set1f(1.0f));
+      return V::sub(v, V::div(v, den));
+    }
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue store: f[c] holds channel 4g + c; lane (j, i) of every f[c] is row
+// m_base + stride_j * j + i. Transposed in registers (4x4 per 128-bit lane) so that each row's 4
+// channels leave in one 16-byte store, and y is written row-major once.
+
+template <class V>
+inline void store_tile(const SpmmParams& p, int64_t g, const typename V::F f[4], int64_t m_base,
+                       int stride_j) {
+  using F = typename V::F;
+  const F lo01 = V::unpacklo(f[0], f[1]), hi01 = V::unpackhi(f[0], f[1]);
+  const F lo23 = V::unpacklo(f[2], f[3]), hi23 = V::unpackhi(f[2], f[3]);
+  const F r[4] = {V::unpacklo64(lo01, lo23), V::unpackhi64(lo01, lo23), V::unpacklo64(hi01, hi23),
+                  V::unpackhi64(hi01, hi23)};
+  const int n_valid = static_cast<int>(std::min<int64_t>(4, p.N - 4 * g));
+  float* y = p.y + 4 * g;
+#pragma GCC unroll 4
+  for (int j = 0; j < V::kLanes / 4; ++j) {
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const int64_t m = m_base + stride_j * j + i;
+      if (m < p.M) V::store4(y + m * p.ldy, V::lane(r[i], j), n_valid);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// int8 SpMM, 4x1 blocks. Per quad of blocks (4 input columns k0..k3 of one group):
+//   gather  4 rows of u8 activations, kBytes each, into 4 "slabs" in VNNI order with 8 unpacks
+//           (slab s, lane (j, i) = x[k0..k3] of row 16 j + 4 s + i);
+//   compute for each of the 4 channels: broadcast its 4 weights (one dword) and issue one dot
+//           per slab. One gather serves 4 channels: 16 dots for 8 shuffles and 4 loads.
+// Register budget (zmm): 16 accumulators + 4 rows + 4 unpack temporaries + 4 slabs + weight.
+
+// Without VNNI: split bytes into even/odd 16-bit halves and use vpmaddwd, which is exact
+// (vpmaddubsw would saturate at 2 * 255 * 127).
+template <class V>
+struct DotMadd {
+  using I = typename V::I;
+  static inline void step(I acc[4][4], const I s[4], const int8_t* w) {
+    const I low = V::set1(0x00FF00FF);
+    I se[4], so[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      se[k] = V::and_(s[k], low);
+      so[k] = V::srli16(s[k], 8);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const I wc = V::bcast32(w + 4 * c);
+      const I we = V::srai16(V::slli16(wc, 8), 8);
+      const I wo = V::srai16(wc, 8);
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) acc[c][k] = V::add32(acc[c][k], V::add32(V::madd16(se[k], we), V::madd16(so[k], wo)));
+    }
+  }
+};
+
+template <class V, class Dot, class Idx>
+void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  using I = typename V::I;
+  using F = typename V::F;
+  static_assert(V::kBytes == 4 * V::kLanes, "one row load must yield 4 slabs");
+  const uint8_t* xq = static_cast<const uint8_t*>(p.xk) + m0;
+  const int64_t ld = p.ldk;
+  const Idx* cols = static_cast<const Idx*>(p.w.col_idx);
+  const int8_t* vals = static_cast<const int8_t*>(p.w.values);
+  for (int64_t g = g0; g < g1; ++g) {
+    I acc[4][4];
+    for (auto& row : acc)
+      for (auto& a : row) a = V::zero();
+    const uint64_t b1 = p.w.row_ptr[g + 1];
+    for (uint64_t b = p.w.row_ptr[g]; b < b1; b += 4) {
+      const I x0 = V::load(xq + cols[b + 0] * ld);
+      const I x1 = V::load(xq + cols[b + 1] * ld);
+      const I x2 = V::load(xq + cols[b + 2] * ld);
+      const I x3 = V::load(xq + cols[b + 3] * ld);
+      const I a = V::unpacklo8(x0, x1), bb = V::unpackhi8(x0, x1);
+      const I c = V::unpacklo8(x2, x3), d = V::unpackhi8(x2, x3);
+      const I s[4] = {V::unpacklo16(a, c), V::unpackhi16(a, c), V::unpacklo16(bb, d), V::unpackhi16(bb, d)};
+      Dot::step(acc, s, vals + b * 4);
+    }
+    const int64_t ch0 = 4 * g;
+#pragma GCC unroll 4
+    for (int s = 0; s < 4; ++s) {
+      F f[4];
+      if (p.raw_s32) {
+        for (int c = 0; c < 4; ++c) f[c] = V::asf(acc[c][s]);
+      } else {
+        const I zp = V::loadi(p.x_zp + m0 + s * V::kLanes);
+        const F sx = V::loadf(p.x_scale + m0 + s * V::kLanes);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const I centered = V::sub32(acc[c][s], V::mullo32(zp, V::set1(p.w.w_sum[ch0 + c])));
+          const F scale = V::mul(sx, V::set1f(p.w.w_scale[ch0 + c]));
+          const F bias = V::set1f(p.bias ? p.bias[ch0 + c] : 0.0f);
+          f[c] = vactivate<V>(V::fmadd(V::cvt(centered), scale, bias), p.act);
+        }
+      }
+      store_tile<V>(p, g, f, m0 + 4 * s, 16);
+    }
+  }
+}
+
+template <class V, class Dot>
+void spmm_s8(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  if (p.w.index_bytes == 2) spmm_s8_tile<V, Dot, uint16_t>(p, g0, g1, m0);
+  else spmm_s8_tile<V, Dot, uint32_t>(p, g0, g1, m0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// fp32 SpMM: per block, 4 loads of K-major activations feed 16 FMAs (4 channels x 4 vectors),
+// weights broadcast. Lane (j, i) of vector s is row V::kLanes s + 4 j + i.
+
+template <class V, class Idx>
+void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  using F = typename V::F;
+  const float* xt = static_cast<const float*>(p.xk) + m0;
+  const int64_t ld = p.ldk;
+  const Idx* cols = static_cast<const Idx*>(p.w.col_idx);
+  const float* vals = static_cast<const float*>(p.w.values);
+  for (int64_t g = g0; g < g1; ++g) {
+    F acc[4][4];
+    for (auto& row : acc)
+      for (auto& a : row) a = V::zerof();
+    const uint64_t b1 = p.w.row_ptr[g + 1];
+    for (uint64_t b = p.w.row_ptr[g]; b < b1; b += 4) {
+      const float* wq = vals + b * 4;
+#pragma GCC unroll 4
+      for (int kk = 0; kk < 4; ++kk) {
+        const float* xr = xt + cols[b + kk] * ld;
+        F x[4];
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; ++s) x[s] = V::loadf(xr + s * V::kLanes);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const F w = V::set1f(wq[4 * c + kk]);
+#pragma GCC unroll 4
+          for (int s = 0; s < 4; ++s) acc[c][s] = V::fmadd(x[s], w, acc[c][s]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int s = 0; s < 4; ++s) {
+      F f[4];
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const F bias = V::set1f(p.bias ? p.bias[4 * g + c] : 0.0f);
+        f[c] = vactivate<V>(V::add(acc[c][s], bias), p.act);
+      }
+      store_tile<V>(p, g, f, m0 + V::kLanes * s, 4);
+    }
+  }
+}
+
+template <class V>
+void spmm_f32(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  if (p.w.index_bytes == 2) spmm_f32_tile<V, uint16_t>(p, g0, g1, m0);
+  else spmm_f32_tile<V, uint32_t>(p, g0, g1, m0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation passes: x [M][K] row-major -> K-major, with per-row u8 quantization (int8) or as is
+// (fp32). Both check finiteness on the way (x - x is NaN exactly for NaN and Inf).
+
+// 16x16 byte transpose (SSE2 unpacks in 4 stages); V only keeps instances per ISA apart.
+template <class V>
+inline void transpose16x16_u8(const uint8_t* src, int64_t lds, uint8_t* dst, int64_t ldd, int rows_out) {
+  __m128i a[16], t[16], u[16];
+  for (int r = 0; r < 16; ++r) a[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + r * lds));
+  for (int i = 0; i < 8; ++i) {
+    t[i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+    t[i + 8] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 4; ++i) {
+      u[8 * h + i] = _mm_unpacklo_epi16(t[8 * h + 2 * i], t[8 * h + 2 * i + 1]);
+      u[8 * h + 4 + i] = _mm_unpackhi_epi16(t[8 * h + 2 * i], t[8 * h + 2 * i + 1]);
+    }
+  }
+  // u[4q + r]: rows 4r..4r+3 of columns 4q..4q+3.
+  for (int q = 0; q < 4; ++q) {
+    const __m128i l01 = _mm_unpacklo_epi32(u[4 * q + 0], u[4 * q + 1]);
+    const __m128i h01 = _mm_unpackhi_epi32(u[4 * q + 0], u[4 * q + 1]);
+    const __m128i l23 = _mm_unpacklo_epi32(u[4 * q + 2], u[4 * q + 3]);
+    const __m128i h23 = _mm_unpackhi_epi32(u[4 * q + 2], u[4 * q + 3]);
+    const __m128i out[4] = {_mm_unpacklo_epi64(l01, l23), _mm_unpackhi_epi64(l01, l23),
+                            _mm_unpacklo_epi64(h01, h23), _mm_unpackhi_epi64(h01, h23)};
+    for (int i = 0; i < 4; ++i) {
+      if (4 * q + i < rows_out) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + i) * ldd), out[i]);
+    }
+  }
+}
+
+template <class V>
+bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
+                     float* scale, int32_t* zp) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr int L = V::kLanes;
+  constexpr int64_t kChunk = 64;  // columns quantized into the row-major staging tile at a time
+  alignas(64) uint8_t stage[16][kChunk];
+  F nan_acc = V::zerof();
+  bool finite = true;
+  for (int64_t mb = m0; mb < m1; mb += 16) {
+    RowQParams q[16];
+    for (int r = 0; r < 16; ++r) {
+      const int64_t m = mb + r;
+      if (m >= M) {
+        q[r] = {1.0f, 1.0f, 0};
+      } else {
+        const float* row = x + m * K;
+        F vmn = V::zerof(), vmx = V::zerof();
+        int64_t k = 0;
+        for (; k + L <= K; k += L) {
+          const F v = V::loadf(row + k);
+          vmn = V::min(vmn, v);
+          vmx = V::max(vmx, v);
+          nan_acc = V::add(nan_acc, V::sub(v, v));
+        }
+        float mn = V::hmin(vmn), mx = V::hmax(vmx);
+        for (; k < K; ++k) {
+          finite &= std::isfinite(row[k]);
+          mn = std::min(mn, row[k]);
+          mx = std::max(mx, row[k]);
+        }
+        q[r] = row_qparams(mn, mx);
+      }
+      scale[m] = q[r].scale;
+      zp[m] = q[r].zp;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      const int64_t kc = std::min(kChunk, K - k0);
+      for (int r = 0; r < 16; ++r) {
+        const int64_t m = mb + r;
+        if (m >= M) {
+          std::memset(stage[r], 0, kChunk);
+          continue;
+        }
+        const float* row = x + m * K + k0;
+        const F inv = V::set1f(q[r].inv);
+        const I zpv = V::set1(q[r].zp);
+        int64_t k = 0;
+        for (; k + L <= kc; k += L) {
+          const I v = V::add32(V::cvt_round(V::mul(V::loadf(row + k), inv)), zpv);
+          V::store_u8(stage[r] + k, V::max32(v, V::zero()));
+        }
+        for (; k < kc; ++k) stage[r][k] = quantize_u8(row[k], q[r]);
+      }
+      for (int64_t kb = 0; kb < kc; kb += 16) {
+        transpose16x16_u8<V>(&stage[0][kb], kChunk, xq + (k0 + kb) * ldq + mb, ldq,
+                             static_cast<int>(std::min<int64_t>(16, kc - kb)));
+      }
+    }
+  }
+  return finite && V::all_zero(nan_acc);
+}
+
+template <class V>
+bool transpose_f32_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt, int64_t ldt) {
+  __m128 nan_acc = _mm_setzero_ps();
+  bool finite = true;
+  for (int64_t mb = m0; mb < m1; mb += 4) {
+    const float* rows[4];
+    int64_t k = 0;
+    const bool full = mb + 4 <= M;
+    for (int r = 0; r < 4; ++r) rows[r] = mb + r < M ? x + (mb + r) * K : nullptr;
+    if (full) {
+      for (; k + 4 <= K; k += 4) {
+        __m128 r0 = _mm_loadu_ps(rows[0] + k), r1 = _mm_loadu_ps(rows[1] + k);
+        __m128 r2 = _mm_loadu_ps(rows[2] + k), r3 = _mm_loadu_ps(rows[3] + k);
+        nan_acc = _mm_add_ps(nan_acc, _mm_add_ps(_mm_add_ps(_mm_sub_ps(r0, r0), _mm_sub_ps(r1, r1)),
+                                                 _mm_add_ps(_mm_sub_ps(r2, r2), _mm_sub_ps(r3, r3))));
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(xt + (k + 0) * ldt + mb, r0);
+        _mm_storeu_ps(xt + (k + 1) * ldt + mb, r1);
+        _mm_storeu_ps(xt + (k + 2) * ldt + mb, r2);
+        _mm_storeu_ps(xt + (k + 3) * ldt + mb, r3);
+      }
+    }
+    for (; k < K; ++k) {
+      for (int r = 0; r < 4; ++r) {
+        const float v = rows[r] ? rows[r][k] : 0.0f;
+        finite &= std::isfinite(v);
+        xt[k * ldt + mb + r] = v;
+      }
+    }
+  }
+  return finite && _mm_movemask_ps(_mm_cmpneq_ps(nan_acc, _mm_setzero_ps())) == 0;
+}
+
+}  // namespace
+}  // namespace sparsecpu

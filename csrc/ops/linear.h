@@ -1,0 +1,32 @@
+// The linear op, written once for every front door (pybind11 module, ONNX Runtime custom op):
+// y = act(x W^T + b) with W a packed 4x1 block-sparse weight.
+#pragma once
+#include <cstdint>
+
+#include "core/cpu.h"
+#include "core/format.h"
+#include "kernels/kernels.h"
+
+namespace sparsecpu {
+
+struct LinearArgs {
+  PackedView w;
+  const float* x = nullptr;  // [M][K] row-major
+  int64_t M = 0;
+  const float* bias = nullptr;  // [N] or null
+  Activation act = Activation::none;
+  float* y = nullptr;  // [M][N] row-major (int32 bits when raw_s32)
+  bool raw_s32 = false;  // test hook: int8 accumulators before the epilogue
+};
+
+// Throws std::invalid_argument if x holds NaN or Inf.
+void linear(const LinearArgs& args);
+
+// Active ISA level: the detected best, capped by SPARSECPU_ISA at start-up or by set_isa.
+Isa active_isa();
+// Caps the level (a level above what the CPU supports caps at the CPU's best).
+void set_isa(Isa cap);
+// The kernel name linear() will run for `dtype` at the active level.
+const char* kernel_name(DType dtype);
+
+}  // namespace sparsecpu

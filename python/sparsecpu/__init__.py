@@ -1,0 +1,37 @@
+"""sparsecpu: block-sparse (4x1) and int8 kernels for pruned transformer inference on x86 CPUs.
+
+>>> import sparsecpu
+>>> p = sparsecpu.pack(w, dtype="int8")          # w: N x K, pruned in 4x1 blocks
+>>> y = sparsecpu.linear(x, p, bias=b, activation="gelu")
+"""
+
+from . import _C
+from .formats import PackedWeight, pack
+from .ops import linear
+
+__version__ = "0.1.0"
+
+__all__ = ["PackedWeight", "pack", "linear", "info", "set_num_threads", "get_num_threads", "__version__"]
+
+
+def info() -> dict:
+    """What sparsecpu detected and will run: CPU, features, ISA level, kernel per op, threads.
+
+    The level is the best the CPU and OS support, capped by the ``SPARSECPU_ISA`` environment
+    variable (``reference``, ``avx2``, ``avx512``, ``avx512_vnni``).
+    """
+    d = dict(_C.info())
+    d["version"] = __version__
+    return d
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the size of sparsecpu's thread pool (default: the CPUs this process may run on)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Size of sparsecpu's thread pool."""
+    return _C.get_num_threads()

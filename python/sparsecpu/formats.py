@@ -1,0 +1,154 @@
+"""Packed weights: the 4x1 block-sparse format behind every sparsecpu kernel."""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import numpy as np
+
+from . import _C
+from ._convert import as_numpy_f32
+
+__all__ = ["PackedWeight", "pack"]
+
+_DTYPES = ("int8", "fp32")
+
+
+class PackedWeight:
+    """A pruned ``N x K`` weight packed in 4x1 blocks (4 output channels x 1 input channel).
+
+    The whole weight lives in one self-describing byte buffer (versioned header, block row
+    pointers, column indices, values, per-channel int8 scales) that is validated whenever a
+    ``PackedWeight`` is built from bytes, so a corrupted or hostile buffer is rejected with a
+    ``ValueError`` before any kernel reads it.
+
+    Create one with :func:`sparsecpu.pack`; rebuild one from :meth:`to_bytes` output with
+    :meth:`from_bytes`. It pickles, so ``torch.save``/``torch.load(..., weights_only=False)``
+    round-trip it.
+    """
+
+    __slots__ = ("_buf", "_meta")
+
+    def __init__(self, buf: Any):
+        """Wraps (and fully validates) a packed buffer: ``bytes``, ``bytearray`` or a 1-D uint8 array."""
+        if isinstance(buf, (bytes, bytearray, memoryview)):
+            arr = np.frombuffer(buf, dtype=np.uint8)
+        elif isinstance(buf, np.ndarray):
+            if buf.dtype != np.uint8 or buf.ndim != 1:
+                raise TypeError(f"packed buffer must be a 1-D uint8 array, got {buf.dtype} with {buf.ndim} dims")
+            arr = buf
+        else:
+            raise TypeError(f"packed buffer must be bytes or a uint8 numpy array, got {type(buf).__name__}")
+        # Own an aligned, read-only copy: the kernels trust a buffer once validated.
+        own = np.empty(arr.size, dtype=np.uint8)
+        own[:] = arr
+        own.flags.writeable = False
+        self._meta = _C.validate(own)
+        self._buf = own
+
+    @classmethod
+    def from_bytes(cls, data: Any) -> "PackedWeight":
+        """Rebuilds a packed weight from :meth:`to_bytes` output (validated)."""
+        return cls(data)
+
+    def to_bytes(self) -> bytes:
+        """The packed buffer as bytes (what pickling and ONNX initializers store)."""
+        return self._buf.tobytes()
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The read-only uint8 buffer the kernels consume."""
+        return self._buf
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """``(N, K)``: output and input features."""
+        return (self._meta["n"], self._meta["k"])
+
+    @property
+    def dtype(self) -> str:
+        """``"int8"`` (symmetric per-channel scales) or ``"fp32"``."""
+        return self._meta["dtype"]
+
+    @property
+    def format(self) -> str:
+        """Storage format; ``"bsr"`` (block-sparse rows over groups of 4 output channels)."""
+        return self._meta["format"]
+
+    @property
+    def block(self) -> Tuple[int, int]:
+        """Block shape ``(4, 1)``: 4 output channels x 1 input channel."""
+        return tuple(self._meta["block"])
+
+    @property
+    def kept_blocks(self) -> int:
+        """Blocks with at least one nonzero value."""
+        return self._meta["kept_blocks"]
+
+    @property
+    def density(self) -> float:
+        """Kept blocks / all blocks (``ceil(N / 4) * K``); 0.0 for an empty weight."""
+        n, k = self.shape
+        total = ((n + 3) // 4) * k
+        return self.kept_blocks / total if total else 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the packed buffer in bytes."""
+        return int(self._buf.nbytes)
+
+    def validate(self) -> None:
+        """Re-checks the whole buffer; raises ``ValueError`` naming the first problem."""
+        _C.validate(self._buf)
+
+    def to_dense(self) -> np.ndarray:
+        """The ``N x K`` float32 weight the kernels compute with (dequantized for int8)."""
+        return _C.unpack(self._buf)
+
+    def __reduce__(self):
+        return (PackedWeight.from_bytes, (self.to_bytes(),))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PackedWeight) and np.array_equal(self._buf, other._buf)
+
+    __hash__ = None  # mutable-looking container semantics, like numpy arrays
+
+    def __repr__(self) -> str:
+        n, k = self.shape
+        return (
+            f"PackedWeight(shape=({n}, {k}), dtype={self.dtype}, format={self.format}, block={self.block}, "
+            f"density={self.density:.4f}, nbytes={self.nbytes})"
+        )
+
+
+def pack(weight: Any, *, dtype: str = "int8", block: Tuple[int, int] = (4, 1), format: str = "bsr") -> PackedWeight:
+    """Packs a pruned ``N x K`` float weight (torch tensor or numpy array) for :func:`sparsecpu.linear`.
+
+    The weight should already be pruned in 4x1 blocks (4 output channels x 1 input column); any
+    nonzero inside a block keeps the whole block. ``N`` need not be a multiple of 4.
+
+    Args:
+        weight: ``N x K`` float32 (or float16/float64, converted) weight, as ``nn.Linear.weight`` stores it.
+        dtype: ``"int8"`` (symmetric per-output-channel scales, u8 x s8 kernels) or ``"fp32"``.
+        block: only ``(4, 1)`` is supported.
+        format: only ``"bsr"`` (block-sparse rows) is supported.
+
+    Returns:
+        A validated :class:`PackedWeight`.
+
+    Example:
+        >>> import numpy as np, sparsecpu
+        >>> w = np.zeros((8, 16), np.float32); w[0:4, 3] = 1.0
+        >>> sparsecpu.pack(w, dtype="fp32").density
+        0.03125
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if tuple(block) != (4, 1):
+        raise ValueError(f"block must be (4, 1) (4 output channels x 1 input channel), got {tuple(block)!r}")
+    if format != "bsr":
+        raise ValueError(f"format must be 'bsr', got {format!r}")
+    w = as_numpy_f32(weight, "weight", allow_cast=True)
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (N x K), got shape {tuple(w.shape)}")
+    return PackedWeight(_C.pack(np.ascontiguousarray(w), dtype))

@@ -1,0 +1,76 @@
+"""Functional API: ``sparsecpu.linear`` on torch tensors or numpy arrays."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _C
+from ._convert import as_numpy_f32, is_torch_tensor
+from .formats import PackedWeight
+
+__all__ = ["linear", "ACTIVATIONS"]
+
+ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
+
+
+def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw_s32: bool):
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"packed must be a sparsecpu.PackedWeight (see sparsecpu.pack), got {type(packed).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of None, 'relu', 'gelu', 'gelu_tanh', got {activation!r}")
+    torch_in = is_torch_tensor(x)
+    if torch_in and x.requires_grad and sys.modules["torch"].is_grad_enabled():
+        raise ValueError(
+            "sparsecpu.linear is inference only: x requires grad; call it under torch.no_grad() "
+            "or torch.inference_mode(), or pass x.detach()"
+        )
+    xn = as_numpy_f32(x, "x")
+    n, k = packed.shape
+    if xn.ndim < 1 or xn.shape[-1] != k:
+        raise ValueError(f"x must have shape [..., {k}] (K = {k}), got {tuple(xn.shape)}")
+    lead = xn.shape[:-1]
+    x2 = np.ascontiguousarray(xn.reshape(-1, k))
+    b = None
+    if bias is not None:
+        b = as_numpy_f32(bias, "bias")
+        if b.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
+        b = np.ascontiguousarray(b)
+    out = np.empty((x2.shape[0], n), dtype=np.int32 if raw_s32 else np.float32)
+    _C.linear(x2, packed.buffer, b, ACTIVATIONS[activation], out.view(np.float32), raw_s32)
+    out = out.reshape(*lead, n)
+    if torch_in:
+        return sys.modules["torch"].from_numpy(out)
+    return out
+
+
+def linear(x: Any, packed: PackedWeight, bias: Any = None, activation: Optional[str] = None):
+    """``y = activation(x @ W.T + bias)`` with ``W`` a :class:`PackedWeight`.
+
+    Same semantics as ``torch.nn.functional.linear`` followed by the activation.
+
+    Args:
+        x: float32 ``[..., K]`` torch tensor (CPU) or numpy array; any leading dims, any strides.
+        packed: the weight, from :func:`sparsecpu.pack`.
+        bias: optional float32 ``[N]``.
+        activation: ``None``, ``"relu"``, ``"gelu"`` (erf form, like ``F.gelu``) or ``"gelu_tanh"``
+            (like ``F.gelu(approximate="tanh")``).
+
+    Returns:
+        float32 ``[..., N]``, a torch tensor if ``x`` is one, else a numpy array.
+
+    For int8 weights ``x`` is quantized to u8 per row inside the call (dynamic, asymmetric), so
+    ``x`` must be finite: NaN or Inf raise ``ValueError`` (for fp32 weights too: a sparse product
+    would hide them in some outputs and not in others).
+
+    Example:
+        >>> import numpy as np, sparsecpu
+        >>> w = np.zeros((8, 16), np.float32); w[:4, 3] = 2.0
+        >>> y = sparsecpu.linear(np.ones((2, 16), np.float32), sparsecpu.pack(w, dtype="fp32"))
+        >>> y[0, :5].tolist()
+        [2.0, 2.0, 2.0, 2.0, 0.0]
+    """
+    return _run(x, packed, bias, activation, raw_s32=False)
