@@ -80,25 +80,60 @@ inline typename V::F vactivate(typename V::F v, Activation act) {
 // m_base + stride_j * j + i. Transposed in registers (4x4 per 128-bit lane) so that each row's 4
 // channels leave in one 16-byte store, and y is written row-major once.
 
+// Output of a tile, staged. Each group yields 4 channels x R rows (R = 4 lanes-per-vector);
+// written straight to y that is 16 bytes into each of R rows, and every 4 groups a fresh cache
+// line in each row: store misses commit one at a time, so on large outputs the stores, not the
+// dot products, set the pace. Instead 4 groups are transposed into an L1 buffer (R rows x 16
+// channels) and each row leaves as one 64-byte store.
 template <class V>
-inline void store_tile(const SpmmParams& p, int64_t g, const typename V::F f[4], int64_t m_base,
-                       int stride_j) {
-  using F = typename V::F;
-  const F lo01 = V::unpacklo(f[0], f[1]), hi01 = V::unpackhi(f[0], f[1]);
-  const F lo23 = V::unpacklo(f[2], f[3]), hi23 = V::unpackhi(f[2], f[3]);
-  const F r[4] = {V::unpacklo64(lo01, lo23), V::unpackhi64(lo01, lo23), V::unpacklo64(hi01, hi23),
-                  V::unpackhi64(hi01, hi23)};
-  const int n_valid = static_cast<int>(std::min<int64_t>(4, p.N - 4 * g));
-  float* y = p.y + 4 * g;
+class OutStage {
+ public:
+  static constexpr int kRows = 4 * V::kLanes;
+
+  OutStage(const SpmmParams& p, int64_t m0) : y_(p.y), ldy_(p.ldy), M_(p.M), N_(p.N), m0_(m0) {}
+
+  // f[c] holds channel 4g + c; lane (j, i) of every f[c] is tile row m_rel + stride_j * j + i.
+  inline void put(int64_t g, const typename V::F f[4], int m_rel, int stride_j) {
+    using F = typename V::F;
+    if (count_ == 0) g_first_ = g;
+    const F lo01 = V::unpacklo(f[0], f[1]), hi01 = V::unpackhi(f[0], f[1]);
+    const F lo23 = V::unpacklo(f[2], f[3]), hi23 = V::unpackhi(f[2], f[3]);
+    const F r[4] = {V::unpacklo64(lo01, lo23), V::unpackhi64(lo01, lo23), V::unpacklo64(hi01, hi23),
+                    V::unpackhi64(hi01, hi23)};
+    float* dst = buf_ + 4 * count_;
 #pragma GCC unroll 4
-  for (int j = 0; j < V::kLanes / 4; ++j) {
+    for (int j = 0; j < V::kLanes / 4; ++j) {
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
-      const int64_t m = m_base + stride_j * j + i;
-      if (m < p.M) V::store4(y + m * p.ldy, V::lane(r[i], j), n_valid);
+      for (int i = 0; i < 4; ++i) _mm_store_ps(dst + (m_rel + stride_j * j + i) * 16, V::lane(r[i], j));
     }
   }
-}
+
+  inline void end_group() {
+    if (++count_ == 4) flush();
+  }
+
+  inline void flush() {
+    if (count_ == 0) return;
+    float* y = y_ + m0_ * ldy_ + 4 * g_first_;
+    const int64_t rows = std::min<int64_t>(kRows, M_ - m0_);
+    const int64_t cols = std::min<int64_t>(4 * count_, N_ - 4 * g_first_);
+    if (cols == 16) {
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int c = 0; c < 16; c += V::kLanes) V::storef(y + r * ldy_ + c, V::loadf(buf_ + 16 * r + c));
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * ldy_, buf_ + 16 * r, cols * sizeof(float));
+    }
+    count_ = 0;
+  }
+
+ private:
+  alignas(64) float buf_[kRows * 16];
+  float* y_;
+  int64_t ldy_, M_, N_, m0_;
+  int64_t g_first_ = 0;
+  int count_ = 0;
+};
 
 // ---------------------------------------------------------------------------------------------
 // int8 SpMM, 4x1 blocks. Per quad of blocks (4 input columns k0..k3 of one group):
@@ -107,6 +142,20 @@ inline void store_tile(const SpmmParams& p, int64_t g, const typename V::F f[4],
 //   compute for each of the 4 channels: broadcast its 4 weights (one dword) and issue one dot
 //           per slab. One gather serves 4 channels: 16 dots for 8 shuffles and 4 loads.
 // Register budget (zmm): 16 accumulators + 4 rows + 4 unpack temporaries + 4 slabs + weight.
+
+// One quad step in plain intrinsics: gather 4 rows into 4 slabs, then Dot for 4 channels.
+template <class V, class Dot>
+struct QuadGather {
+  using I = typename V::I;
+  static inline void step(I acc[4][4], const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3,
+                          const int8_t* w) {
+    const I x0 = V::load(r0), x1 = V::load(r1), x2 = V::load(r2), x3 = V::load(r3);
+    const I a = V::unpacklo8(x0, x1), bb = V::unpackhi8(x0, x1);
+    const I c = V::unpacklo8(x2, x3), d = V::unpackhi8(x2, x3);
+    const I s[4] = {V::unpacklo16(a, c), V::unpackhi16(a, c), V::unpacklo16(bb, d), V::unpackhi16(bb, d)};
+    Dot::step(acc, s, w);
+  }
+};
 
 // Without VNNI: split bytes into even/odd 16-bit halves and use vpmaddwd, which is exact
 // (vpmaddubsw would saturate at 2 * 255 * 127).
@@ -132,7 +181,7 @@ struct DotMadd {
   }
 };
 
-template <class V, class Dot, class Idx>
+template <class V, class Quad, class Idx, Activation kAct, bool kRaw>
 void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   using I = typename V::I;
   using F = typename V::F;
@@ -141,66 +190,83 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const int64_t ld = p.ldk;
   const Idx* cols = static_cast<const Idx*>(p.w.col_idx);
   const int8_t* vals = static_cast<const int8_t*>(p.w.values);
+  const uint32_t* row_ptr = p.w.row_ptr;
+  const int32_t* w_sum = p.w.w_sum;
+  const float* w_scale = p.w.w_scale;
+  const float* bias = p.bias;
+  OutStage<V> out(p, m0);
+  // Re-read per group from L1: kept in registers they would push the accumulators into spills.
+  const int32_t* x_zp = p.x_zp + m0;
+  const float* x_scale = p.x_scale + m0;
   for (int64_t g = g0; g < g1; ++g) {
     I acc[4][4];
     for (auto& row : acc)
       for (auto& a : row) a = V::zero();
-    const uint64_t b1 = p.w.row_ptr[g + 1];
-    for (uint64_t b = p.w.row_ptr[g]; b < b1; b += 4) {
-      const I x0 = V::load(xq + cols[b + 0] * ld);
-      const I x1 = V::load(xq + cols[b + 1] * ld);
-      const I x2 = V::load(xq + cols[b + 2] * ld);
-      const I x3 = V::load(xq + cols[b + 3] * ld);
-      const I a = V::unpacklo8(x0, x1), bb = V::unpackhi8(x0, x1);
-      const I c = V::unpacklo8(x2, x3), d = V::unpackhi8(x2, x3);
-      const I s[4] = {V::unpacklo16(a, c), V::unpackhi16(a, c), V::unpacklo16(bb, d), V::unpackhi16(bb, d)};
-      Dot::step(acc, s, vals + b * 4);
+    const uint64_t b1 = row_ptr[g + 1];
+    for (uint64_t b = row_ptr[g]; b < b1; b += 4) {
+      Quad::step(acc, xq + cols[b + 0] * ld, xq + cols[b + 1] * ld, xq + cols[b + 2] * ld, xq + cols[b + 3] * ld,
+                 vals + b * 4);
     }
     const int64_t ch0 = 4 * g;
 #pragma GCC unroll 4
     for (int s = 0; s < 4; ++s) {
       F f[4];
-      if (p.raw_s32) {
-        for (int c = 0; c < 4; ++c) f[c] = V::asf(acc[c][s]);
-      } else {
-        const I zp = V::loadi(p.x_zp + m0 + s * V::kLanes);
-        const F sx = V::loadf(p.x_scale + m0 + s * V::kLanes);
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const I centered = V::sub32(acc[c][s], V::mullo32(zp, V::set1(p.w.w_sum[ch0 + c])));
-          const F scale = V::mul(sx, V::set1f(p.w.w_scale[ch0 + c]));
-          const F bias = V::set1f(p.bias ? p.bias[ch0 + c] : 0.0f);
-          f[c] = vactivate<V>(V::fmadd(V::cvt(centered), scale, bias), p.act);
+      for (int c = 0; c < 4; ++c) {
+        if (kRaw) {
+          f[c] = V::asf(acc[c][s]);
+        } else {
+          const I centered = V::sub32(acc[c][s], V::mullo32(V::loadi(x_zp + s * V::kLanes), V::set1(w_sum[ch0 + c])));
+          const F scale = V::mul(V::loadf(x_scale + s * V::kLanes), V::set1f(w_scale[ch0 + c]));
+          const F b = V::set1f(bias ? bias[ch0 + c] : 0.0f);
+          f[c] = vactivate<V>(V::fmadd(V::cvt(centered), scale, b), kAct);
         }
       }
-      store_tile<V>(p, g, f, m0 + 4 * s, 16);
+      out.put(g, f, 4 * s, 16);
     }
+    out.end_group();
+  }
+  out.flush();
+}
+
+template <class V, class Quad, class Idx>
+void spmm_s8_idx(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  if (p.raw_s32) return spmm_s8_tile<V, Quad, Idx, Activation::none, true>(p, g0, g1, m0);
+  switch (p.act) {
+    case Activation::none: return spmm_s8_tile<V, Quad, Idx, Activation::none, false>(p, g0, g1, m0);
+    case Activation::relu: return spmm_s8_tile<V, Quad, Idx, Activation::relu, false>(p, g0, g1, m0);
+    case Activation::gelu: return spmm_s8_tile<V, Quad, Idx, Activation::gelu, false>(p, g0, g1, m0);
+    case Activation::gelu_tanh: return spmm_s8_tile<V, Quad, Idx, Activation::gelu_tanh, false>(p, g0, g1, m0);
   }
 }
 
-template <class V, class Dot>
+// Quad: the policy that consumes one quad of blocks (QuadGather<V, Dot> or a hand-scheduled one).
+template <class V, class Quad>
 void spmm_s8(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  if (p.w.index_bytes == 2) spmm_s8_tile<V, Dot, uint16_t>(p, g0, g1, m0);
-  else spmm_s8_tile<V, Dot, uint32_t>(p, g0, g1, m0);
+  if (p.w.index_bytes == 2) spmm_s8_idx<V, Quad, uint16_t>(p, g0, g1, m0);
+  else spmm_s8_idx<V, Quad, uint32_t>(p, g0, g1, m0);
 }
 
 // ---------------------------------------------------------------------------------------------
 // fp32 SpMM: per block, 4 loads of K-major activations feed 16 FMAs (4 channels x 4 vectors),
 // weights broadcast. Lane (j, i) of vector s is row V::kLanes s + 4 j + i.
 
-template <class V, class Idx>
+template <class V, class Idx, Activation kAct>
 void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   using F = typename V::F;
   const float* xt = static_cast<const float*>(p.xk) + m0;
   const int64_t ld = p.ldk;
   const Idx* cols = static_cast<const Idx*>(p.w.col_idx);
   const float* vals = static_cast<const float*>(p.w.values);
+  const uint32_t* row_ptr = p.w.row_ptr;
+  const float* bias = p.bias;
+  OutStage<V> out(p, m0);
   for (int64_t g = g0; g < g1; ++g) {
     F acc[4][4];
     for (auto& row : acc)
       for (auto& a : row) a = V::zerof();
-    const uint64_t b1 = p.w.row_ptr[g + 1];
-    for (uint64_t b = p.w.row_ptr[g]; b < b1; b += 4) {
+    const uint64_t b1 = row_ptr[g + 1];
+    for (uint64_t b = row_ptr[g]; b < b1; b += 4) {
       const float* wq = vals + b * 4;
 #pragma GCC unroll 4
       for (int kk = 0; kk < 4; ++kk) {
@@ -221,18 +287,30 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
       F f[4];
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
-        const F bias = V::set1f(p.bias ? p.bias[4 * g + c] : 0.0f);
-        f[c] = vactivate<V>(V::add(acc[c][s], bias), p.act);
+        const F b = V::set1f(bias ? bias[4 * g + c] : 0.0f);
+        f[c] = vactivate<V>(V::add(acc[c][s], b), kAct);
       }
-      store_tile<V>(p, g, f, m0 + V::kLanes * s, 4);
+      out.put(g, f, V::kLanes * s, 4);
     }
+    out.end_group();
+  }
+  out.flush();
+}
+
+template <class V, class Idx>
+void spmm_f32_idx(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+  switch (p.act) {
+    case Activation::none: return spmm_f32_tile<V, Idx, Activation::none>(p, g0, g1, m0);
+    case Activation::relu: return spmm_f32_tile<V, Idx, Activation::relu>(p, g0, g1, m0);
+    case Activation::gelu: return spmm_f32_tile<V, Idx, Activation::gelu>(p, g0, g1, m0);
+    case Activation::gelu_tanh: return spmm_f32_tile<V, Idx, Activation::gelu_tanh>(p, g0, g1, m0);
   }
 }
 
 template <class V>
 void spmm_f32(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  if (p.w.index_bytes == 2) spmm_f32_tile<V, uint16_t>(p, g0, g1, m0);
-  else spmm_f32_tile<V, uint32_t>(p, g0, g1, m0);
+  if (p.w.index_bytes == 2) spmm_f32_idx<V, uint16_t>(p, g0, g1, m0);
+  else spmm_f32_idx<V, uint32_t>(p, g0, g1, m0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,19 +346,22 @@ inline void transpose16x16_u8(const uint8_t* src, int64_t lds, uint8_t* dst, int
   }
 }
 
+// Rows are taken 64 at a time (m0 and m1 are multiples of 64) so that each 64-byte line of the
+// K-major output is written by four back-to-back stores: written 16 rows at a time, every line
+// would miss four times, and store misses commit one after another.
 template <class V>
 bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
                      float* scale, int32_t* zp) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr int L = V::kLanes;
-  constexpr int64_t kChunk = 64;  // columns quantized into the row-major staging tile at a time
-  alignas(64) uint8_t stage[16][kChunk];
+  constexpr int kRows = 64, kCols = 4 * L;
+  alignas(64) uint8_t stage[kRows][kCols];
   F nan_acc = V::zerof();
   bool finite = true;
-  for (int64_t mb = m0; mb < m1; mb += 16) {
-    RowQParams q[16];
-    for (int r = 0; r < 16; ++r) {
+  for (int64_t mb = m0; mb < m1; mb += kRows) {
+    RowQParams q[kRows];
+    for (int r = 0; r < kRows; ++r) {
       const int64_t m = mb + r;
       if (m >= M) {
         q[r] = {1.0f, 1.0f, 0};
@@ -305,27 +386,28 @@ bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m
       scale[m] = q[r].scale;
       zp[m] = q[r].zp;
     }
-    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-      const int64_t kc = std::min(kChunk, K - k0);
-      for (int r = 0; r < 16; ++r) {
-        const int64_t m = mb + r;
-        if (m >= M) {
-          std::memset(stage[r], 0, kChunk);
-          continue;
-        }
-        const float* row = x + m * K + k0;
-        const F inv = V::set1f(q[r].inv);
-        const I zpv = V::set1(q[r].zp);
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, M - mb));
+    for (int64_t k0 = 0; k0 < K; k0 += kCols) {
+      const int64_t kc = std::min<int64_t>(kCols, K - k0);
+      for (int r = 0; r < rows; ++r) {
+        const float* row = x + (mb + r) * K + k0;
         int64_t k = 0;
-        for (; k + L <= kc; k += L) {
-          const I v = V::add32(V::cvt_round(V::mul(V::loadf(row + k), inv)), zpv);
-          V::store_u8(stage[r] + k, V::max32(v, V::zero()));
+        if (kc == kCols) {
+          const F inv = V::set1f(q[r].inv);
+          const I zpv = V::set1(q[r].zp);
+          I v[4];
+          for (int i = 0; i < 4; ++i) v[i] = V::add32(V::cvt_round(V::mul(V::loadf(row + i * L), inv)), zpv);
+          V::store_u8x4(stage[r], v[0], v[1], v[2], v[3]);
+          k = kCols;
         }
         for (; k < kc; ++k) stage[r][k] = quantize_u8(row[k], q[r]);
       }
-      for (int64_t kb = 0; kb < kc; kb += 16) {
-        transpose16x16_u8<V>(&stage[0][kb], kChunk, xq + (k0 + kb) * ldq + mb, ldq,
-                             static_cast<int>(std::min<int64_t>(16, kc - kb)));
+      if (rows < kRows) std::memset(stage[rows], 0, sizeof(stage[0]) * (kRows - rows));
+      for (int kb = 0; kb < kc; kb += 16) {
+        const int kn = static_cast<int>(std::min<int64_t>(16, kc - kb));
+        for (int blk = 0; blk < kRows / 16; ++blk) {
+          transpose16x16_u8<V>(&stage[16 * blk][kb], kCols, xq + (k0 + kb) * ldq + mb + 16 * blk, ldq, kn);
+        }
       }
     }
   }

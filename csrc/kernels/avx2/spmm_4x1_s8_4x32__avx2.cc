@@ -5,7 +5,7 @@
 namespace sparsecpu {
 
 void spmm_4x1_s8_4x32__avx2(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  spmm_s8<Vec256, DotMadd<Vec256>>(p, g0, g1, m0);
+  spmm_s8<Vec256, QuadGather<Vec256, DotMadd<Vec256>>>(p, g0, g1, m0);
 }
 
 }  // namespace sparsecpu

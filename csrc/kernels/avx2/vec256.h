@@ -80,10 +80,11 @@ struct Vec256 {
       _mm_maskstore_ps(dst, mask, v);
     }
   }
-  // 8 int32 in [0, 255] to 8 bytes.
-  static void store_u8(uint8_t* dst, I v) {
-    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(w, w));
+  // 4 x 8 int32 -> 32 u8 with unsigned saturation, in order.
+  static void store_u8x4(uint8_t* dst, I v0, I v1, I v2, I v3) {
+    const I b = _mm256_packus_epi16(_mm256_packus_epi32(v0, v1), _mm256_packus_epi32(v2, v3));
+    const I order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(b, order));
   }
 };
 

@@ -73,8 +73,13 @@ struct Vec512 {
     if (n == 4) _mm_storeu_ps(dst, v);
     else _mm_mask_storeu_ps(dst, static_cast<__mmask8>((1u << n) - 1), v);
   }
-  // 16 floats to 16 bytes with unsigned saturation (inputs already >= 0).
-  static void store_u8(uint8_t* dst, I v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtusepi32_epi8(v)); }
+  // 4 x 16 int32 -> 64 u8 with unsigned saturation, in order. Two in-lane packs and one dword
+  // permute: the store form of vpmovusdb would be far slower.
+  static void store_u8x4(uint8_t* dst, I v0, I v1, I v2, I v3) {
+    const I b = _mm512_packus_epi16(_mm512_packus_epi32(v0, v1), _mm512_packus_epi32(v2, v3));
+    const I order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_si512(dst, _mm512_permutexvar_epi32(order, b));
+  }
 };
 
 }  // namespace
