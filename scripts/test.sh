@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): builds sparsecpu into a fresh virtual environment the way a
+# user installs it and runs pytest against the installed package, not the source tree, so a file
+# missing from the wheel fails the tests.
+#   bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${SPARSECPU_TEST_VENV:-.venv-test}"
+rm -rf "$venv"
+python3 -m venv "$venv"
+# torch is pinned: this release is a CPU build on the machine's disk; an unpinned torch pulls a
+# multi-GB CUDA build. The package itself only asks for torch>=2.1 in its [test] extra.
+"$venv/bin/pip" install --quiet torch==2.13.0
+"$venv/bin/pip" install --quiet ".[test]"
+# Import from outside the source tree and check it is the installed copy.
+(cd / && "$venv/bin/python" -c "import sparsecpu, sys; assert 'site-packages' in sparsecpu.__file__, sparsecpu.__file__; print('testing', sparsecpu.__file__, sparsecpu.info()['isa'])")
+exec "$venv/bin/python" -m pytest -p no:cacheprovider tests "$@"
