@@ -85,7 +85,10 @@ inline typename V::F vactivate(typename V::F v, Activation act) {
 // line in each row: store misses commit one at a time, so on large outputs the stores, not the
 // dot products, set the pace. Instead 4 groups are transposed into an L1 buffer (R rows x 16
 // channels) and each row leaves as one 64-byte store.
-template <class V>
+// The activation is applied here, on the way out. put/end_group are forced inline and flush kept
+// out of line: otherwise GCC gives up keeping the kernel's 16 accumulators in registers (they went
+// to the stack around every quad step: 2x slower), and GELU's constants would crowd them too.
+template <class V, Activation kAct>
 class OutStage {
  public:
   static constexpr int kRows = 4 * V::kLanes;
@@ -93,7 +96,7 @@ class OutStage {
   OutStage(const SpmmParams& p, int64_t m0) : y_(p.y), ldy_(p.ldy), M_(p.M), N_(p.N), m0_(m0) {}
 
   // f[c] holds channel 4g + c; lane (j, i) of every f[c] is tile row m_rel + stride_j * j + i.
-  inline void put(int64_t g, const typename V::F f[4], int m_rel, int stride_j) {
+  __attribute__((always_inline)) inline void put(int64_t g, const typename V::F f[4], int m_rel, int stride_j) {
     using F = typename V::F;
     if (count_ == 0) g_first_ = g;
     const F lo01 = V::unpacklo(f[0], f[1]), hi01 = V::unpackhi(f[0], f[1]);
@@ -108,21 +111,25 @@ class OutStage {
     }
   }
 
-  inline void end_group() {
+  __attribute__((always_inline)) inline void end_group() {
     if (++count_ == 4) flush();
   }
 
-  inline void flush() {
+  __attribute__((noinline)) void flush() {
     if (count_ == 0) return;
     float* y = y_ + m0_ * ldy_ + 4 * g_first_;
     const int64_t rows = std::min<int64_t>(kRows, M_ - m0_);
     const int64_t cols = std::min<int64_t>(4 * count_, N_ - 4 * g_first_);
     if (cols == 16) {
       for (int64_t r = 0; r < rows; ++r) {
-        for (int c = 0; c < 16; c += V::kLanes) V::storef(y + r * ldy_ + c, V::loadf(buf_ + 16 * r + c));
+        for (int c = 0; c < 16; c += V::kLanes)
+          V::storef(y + r * ldy_ + c, vactivate<V>(V::loadf(buf_ + 16 * r + c), kAct));
       }
     } else {
-      for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * ldy_, buf_ + 16 * r, cols * sizeof(float));
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int c = 0; c < 16; c += V::kLanes) V::storef(buf_ + 16 * r + c, vactivate<V>(V::loadf(buf_ + 16 * r + c), kAct));
+        std::memcpy(y + r * ldy_, buf_ + 16 * r, cols * sizeof(float));
+      }
     }
     count_ = 0;
   }
@@ -194,7 +201,7 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const int32_t* w_sum = p.w.w_sum;
   const float* w_scale = p.w.w_scale;
   const float* bias = p.bias;
-  OutStage<V> out(p, m0);
+  OutStage<V, kAct> out(p, m0);
   // Re-read per group from L1: kept in registers they would push the accumulators into spills.
   const int32_t* x_zp = p.x_zp + m0;
   const float* x_scale = p.x_scale + m0;
@@ -219,7 +226,7 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
           const I centered = V::sub32(acc[c][s], V::mullo32(V::loadi(x_zp + s * V::kLanes), V::set1(w_sum[ch0 + c])));
           const F scale = V::mul(V::loadf(x_scale + s * V::kLanes), V::set1f(w_scale[ch0 + c]));
           const F b = V::set1f(bias ? bias[ch0 + c] : 0.0f);
-          f[c] = vactivate<V>(V::fmadd(V::cvt(centered), scale, b), kAct);
+          f[c] = V::fmadd(V::cvt(centered), scale, b);
         }
       }
       out.put(g, f, 4 * s, 16);
@@ -260,7 +267,7 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const float* vals = static_cast<const float*>(p.w.values);
   const uint32_t* row_ptr = p.w.row_ptr;
   const float* bias = p.bias;
-  OutStage<V> out(p, m0);
+  OutStage<V, kAct> out(p, m0);
   for (int64_t g = g0; g < g1; ++g) {
     F acc[4][4];
     for (auto& row : acc)
@@ -288,7 +295,7 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         const F b = V::set1f(bias ? bias[4 * g + c] : 0.0f);
-        f[c] = vactivate<V>(V::add(acc[c][s], b), kAct);
+        f[c] = V::add(acc[c][s], b);
       }
       out.put(g, f, V::kLanes * s, 4);
     }

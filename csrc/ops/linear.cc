@@ -127,53 +127,76 @@ void linear(const LinearArgs& a) {
     p.bias = bias;
   }
 
-  // 1. Activations to K-major (u8-quantized for int8), rows split over threads in 64-row units.
+  // Work is split one of two ways.
+  //  - By rows, when x has at least as many 64-row units as there are threads (and they divide
+  //    evenly, or there are many): each thread quantizes its own rows and runs every group over
+  //    them. One dispatch, no barrier, and each core reads only the K-major rows it wrote.
+  //  - By output channels otherwise (few rows: the decode and small-batch case): the rows are
+  //    prepared first, then groups are split into chunks of equal nonzero count.
+  const auto kernel = reinterpret_cast<SpmmFn>(spmm.fn);
   const int64_t units = Mpad / kRowAlign;
-  const int act_threads = static_cast<int>(std::min<int64_t>(threads, units));
-  std::vector<char> finite(act_threads, 1);
+  const int64_t tiles_per_unit = kRowAlign / spmm.mr;
+  const bool by_rows = threads > 1 && units >= threads && (units % threads == 0 || units >= 4 * threads);
+
+  uint8_t* xq = nullptr;
+  float *xt = nullptr, *scale = nullptr, *scale_s = nullptr;
+  int32_t *zp = nullptr, *zp_s = nullptr;
+  QuantFn quant = nullptr;
+  TransposeFn transpose = nullptr;
   if (int8) {
-    auto* xq = s.get<uint8_t>(1, K * Mpad);
-    auto* scale = s.get<float>(2, Mpad);
-    auto* zp = s.get<int32_t>(3, Mpad);
-    const auto quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8, isa).fn);
-    tp.run(act_threads, [&](int t) {
-      const int64_t u0 = units * t / act_threads, u1 = units * (t + 1) / act_threads;
-      finite[t] = quant(a.x, M, K, u0 * kRowAlign, u1 * kRowAlign, xq, Mpad, scale, zp);
-    });
+    xq = s.get<uint8_t>(1, K * Mpad);
+    scale = s.get<float>(2, Mpad);
+    zp = s.get<int32_t>(3, Mpad);
+    scale_s = s.get<float>(4, Mpad);
+    zp_s = s.get<int32_t>(5, Mpad);
+    quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8, isa).fn);
+    p.xk = xq;
+    p.x_scale = scale_s;
+    p.x_zp = zp_s;
+  } else {
+    xt = s.get<float>(1, K * Mpad);
+    transpose = reinterpret_cast<TransposeFn>(select_kernel(Op::transpose_f32, isa).fn);
+    p.xk = xt;
+  }
+  // Rows [u0, u1) (in 64-row units) to K-major; returns false on NaN/Inf.
+  auto prepare = [&](int64_t u0, int64_t u1) {
+    const int64_t m0 = u0 * kRowAlign, m1 = u1 * kRowAlign;
+    if (!int8) return transpose(a.x, M, K, m0, m1, xt, Mpad);
+    const bool ok = quant(a.x, M, K, m0, m1, xq, Mpad, scale, zp);
     // Per-row parameters in the order the kernel's accumulator lanes hold the rows.
-    auto* scale_s = s.get<float>(4, Mpad);
-    auto* zp_s = s.get<int32_t>(5, Mpad);
-    for (int64_t m = 0; m < Mpad; ++m) {
+    for (int64_t m = m0; m < m1; ++m) {
       const int64_t tile = m / spmm.mr * spmm.mr;
       const int64_t at = tile + slab_order_index(m - tile, spmm.lanes);
       scale_s[at] = scale[m];
       zp_s[at] = zp[m];
     }
-    p.xk = xq;
-    p.x_scale = scale_s;
-    p.x_zp = zp_s;
-  } else {
-    auto* xt = s.get<float>(1, K * Mpad);
-    const auto transpose = reinterpret_cast<TransposeFn>(select_kernel(Op::transpose_f32, isa).fn);
-    tp.run(act_threads, [&](int t) {
-      const int64_t u0 = units * t / act_threads, u1 = units * (t + 1) / act_threads;
-      finite[t] = transpose(a.x, M, K, u0 * kRowAlign, u1 * kRowAlign, xt, Mpad);
+    return ok;
+  };
+  auto run_tiles = [&](int64_t g0, int64_t g1, int64_t u0, int64_t u1) {
+    for (int64_t t = u0 * tiles_per_unit; t < u1 * tiles_per_unit && t * spmm.mr < M; ++t) kernel(p, g0, g1, t * spmm.mr);
+  };
+
+  std::vector<char> finite(threads, 1);
+  if (by_rows) {
+    tp.run(threads, [&](int t) {
+      const int64_t u0 = units * t / threads, u1 = units * (t + 1) / threads;
+      finite[t] = prepare(u0, u1);
+      if (finite[t]) run_tiles(0, G, u0, u1);
     });
-    p.xk = xt;
+  } else {
+    const int prep_threads = static_cast<int>(std::min<int64_t>(threads, units));
+    tp.run(prep_threads, [&](int t) {
+      finite[t] = prepare(units * t / prep_threads, units * (t + 1) / prep_threads);
+    });
   }
   for (char f : finite) {
     if (!f) throw std::invalid_argument("x contains NaN or Inf");
   }
-
-  // 2. SpMM: groups split into one chunk of equal work per thread, each chunk swept over all row
-  //    tiles so that its weights stay in cache.
-  const auto kernel = reinterpret_cast<SpmmFn>(spmm.fn);
-  const int64_t mtiles = Mpad / spmm.mr;
-  const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, G)));
-  const std::vector<int64_t> bounds = balanced_chunks(w, chunks);
-  tp.run(chunks, [&](int t) {
-    for (int64_t mt = 0; mt < mtiles && mt * spmm.mr < M; ++mt) kernel(p, bounds[t], bounds[t + 1], mt * spmm.mr);
-  });
+  if (!by_rows) {
+    const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, G)));
+    const std::vector<int64_t> bounds = balanced_chunks(w, chunks);
+    tp.run(chunks, [&](int t) { run_tiles(bounds[t], bounds[t + 1], 0, units); });
+  }
 }
 
 }  // namespace sparsecpu

@@ -16,6 +16,15 @@ __all__ = ["linear", "ACTIVATIONS"]
 ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
 
 
+def _empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts on a cache line: the kernels write each
+    output row in 64-byte pieces, and a misaligned start splits every one of them over two lines."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    offset = -raw.ctypes.data % align
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
 def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw_s32: bool):
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"packed must be a sparsecpu.PackedWeight (see sparsecpu.pack), got {type(packed).__name__}")
@@ -39,7 +48,7 @@ def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
         b = np.ascontiguousarray(b)
-    out = np.empty((x2.shape[0], n), dtype=np.int32 if raw_s32 else np.float32)
+    out = _empty_aligned((x2.shape[0], n), np.int32 if raw_s32 else np.float32)
     _C.linear(x2, packed.buffer, b, ACTIVATIONS[activation], out.view(np.float32), raw_s32)
     out = out.reshape(*lead, n)
     if torch_in:
