@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -13,9 +14,25 @@ namespace {
 
 inline void cpu_relax() { __builtin_ia32_pause(); }
 
-// Workers spin this long after a job before they sleep: back-to-back layer calls then start
-// without a futex wake-up (tens of microseconds on a loaded VM), idle processes still sleep.
-constexpr auto kSpin = std::chrono::microseconds(2000);
+// After a job, a worker polls for the next one before it sleeps: a futex wake-up costs tens of
+// microseconds on a VM, as much as a whole sparse layer. It spins with `pause` briefly, then polls
+// with sched_yield(), which hands the core to any other runnable thread (torch's or ONNX
+// Runtime's own pool between our layers) and returns at once when there is none.
+// SPARSECPU_SPIN_US sets how long it polls (default 2000; 0 sleeps at once).
+std::chrono::microseconds poll_time() {
+  static const std::chrono::microseconds t = [] {
+    const char* env = std::getenv("SPARSECPU_SPIN_US");
+    long us = 2000;
+    if (env && *env) {
+      char* end = nullptr;
+      const long v = std::strtol(env, &end, 10);
+      if (end && *end == '\0' && v >= 0 && v <= 1000000) us = v;
+    }
+    return std::chrono::microseconds(us);
+  }();
+  return t;
+}
+constexpr auto kPureSpin = std::chrono::microseconds(20);
 
 }  // namespace
 
@@ -37,17 +54,24 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::worker_loop(int id) {
   uint64_t seen = 0;
   for (;;) {
-    auto start = std::chrono::steady_clock::now();
+    const auto start = std::chrono::steady_clock::now();
     int spins = 0;
     while (generation_.load(std::memory_order_acquire) == seen) {
-      cpu_relax();
-      if (++spins % 1024 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        sleepers_.fetch_add(1);
-        wake_.wait(lock, [&] { return generation_.load() != seen; });
-        sleepers_.fetch_sub(1);
-        break;
+      if (++spins % 64 != 0) {
+        cpu_relax();
+        continue;
       }
+      const auto waited = std::chrono::steady_clock::now() - start;
+      if (waited < kPureSpin) continue;
+      if (waited < poll_time()) {
+        sched_yield();
+        continue;
+      }
+      std::unique_lock<std::mutex> lock(mutex_);
+      sleepers_.fetch_add(1);
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      sleepers_.fetch_sub(1);
+      break;
     }
     const std::function<void(int)>* job;
     int n;
