@@ -324,31 +324,43 @@ void spmm_f32(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 // Activation passes: x [M][K] row-major -> K-major, with per-row u8 quantization (int8) or as is
 // (fp32). Both check finiteness on the way (x - x is NaN exactly for NaN and Inf).
 
-// 16x16 byte transpose (SSE2 unpacks in 4 stages); V only keeps instances per ISA apart.
+// Byte transpose of 16 rows x (16 * lanes) columns: each 128-bit lane of the vectors is its own
+// 16x16 block, so one 4-stage unpack network transposes 4 blocks (zmm) or 2 (ymm) at once. Output
+// row c (column c of the source) goes to dst + c * ldd; only columns < cols are stored.
 template <class V>
-inline void transpose16x16_u8(const uint8_t* src, int64_t lds, uint8_t* dst, int64_t ldd, int rows_out) {
-  __m128i a[16], t[16], u[16];
-  for (int r = 0; r < 16; ++r) a[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + r * lds));
+inline void transpose16xL_u8(const uint8_t* src, int64_t lds, uint8_t* dst, int64_t ldd, int cols) {
+  using I = typename V::I;
+  constexpr int kLanes128 = V::kBytes / 16;
+  I a[16], t[16];
+#pragma GCC unroll 16
+  for (int r = 0; r < 16; ++r) a[r] = V::load(src + r * lds);
+#pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
-    t[i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
-    t[i + 8] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+    t[i] = V::unpacklo8(a[2 * i], a[2 * i + 1]);
+    t[i + 8] = V::unpackhi8(a[2 * i], a[2 * i + 1]);
   }
+  // t[i]: rows 2i, 2i+1 interleaved for columns 0..7 of each lane; t[i + 8]: columns 8..15.
+#pragma GCC unroll 2
   for (int h = 0; h < 2; ++h) {
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {
-      u[8 * h + i] = _mm_unpacklo_epi16(t[8 * h + 2 * i], t[8 * h + 2 * i + 1]);
-      u[8 * h + 4 + i] = _mm_unpackhi_epi16(t[8 * h + 2 * i], t[8 * h + 2 * i + 1]);
+      a[8 * h + i] = V::unpacklo16(t[8 * h + 2 * i], t[8 * h + 2 * i + 1]);
+      a[8 * h + 4 + i] = V::unpackhi16(t[8 * h + 2 * i], t[8 * h + 2 * i + 1]);
     }
   }
-  // u[4q + r]: rows 4r..4r+3 of columns 4q..4q+3.
+  // a[4q + r]: rows 4r..4r+3 of columns 4q..4q+3 (per lane).
+#pragma GCC unroll 4
   for (int q = 0; q < 4; ++q) {
-    const __m128i l01 = _mm_unpacklo_epi32(u[4 * q + 0], u[4 * q + 1]);
-    const __m128i h01 = _mm_unpackhi_epi32(u[4 * q + 0], u[4 * q + 1]);
-    const __m128i l23 = _mm_unpacklo_epi32(u[4 * q + 2], u[4 * q + 3]);
-    const __m128i h23 = _mm_unpackhi_epi32(u[4 * q + 2], u[4 * q + 3]);
-    const __m128i out[4] = {_mm_unpacklo_epi64(l01, l23), _mm_unpackhi_epi64(l01, l23),
-                            _mm_unpacklo_epi64(h01, h23), _mm_unpackhi_epi64(h01, h23)};
-    for (int i = 0; i < 4; ++i) {
-      if (4 * q + i < rows_out) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + i) * ldd), out[i]);
+    const I l01 = V::unpacklo32(a[4 * q + 0], a[4 * q + 1]), h01 = V::unpackhi32(a[4 * q + 0], a[4 * q + 1]);
+    const I l23 = V::unpacklo32(a[4 * q + 2], a[4 * q + 3]), h23 = V::unpackhi32(a[4 * q + 2], a[4 * q + 3]);
+    const I out[4] = {V::unpacklo64(l01, l23), V::unpackhi64(l01, l23), V::unpacklo64(h01, h23), V::unpackhi64(h01, h23)};
+#pragma GCC unroll 4
+    for (int j = 0; j < kLanes128; ++j) {
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const int c = 16 * j + 4 * q + i;
+        if (c < cols) V::store_lane(dst + c * ldd, out[i], j);
+      }
     }
   }
 }
@@ -410,11 +422,8 @@ bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m
         for (; k < kc; ++k) stage[r][k] = quantize_u8(row[k], q[r]);
       }
       if (rows < kRows) std::memset(stage[rows], 0, sizeof(stage[0]) * (kRows - rows));
-      for (int kb = 0; kb < kc; kb += 16) {
-        const int kn = static_cast<int>(std::min<int64_t>(16, kc - kb));
-        for (int blk = 0; blk < kRows / 16; ++blk) {
-          transpose16x16_u8<V>(&stage[16 * blk][kb], kCols, xq + (k0 + kb) * ldq + mb + 16 * blk, ldq, kn);
-        }
+      for (int blk = 0; blk < kRows / 16; ++blk) {
+        transpose16xL_u8<V>(&stage[16 * blk][0], kCols, xq + k0 * ldq + mb + 16 * blk, ldq, static_cast<int>(kc));
       }
     }
   }

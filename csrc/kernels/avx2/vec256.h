@@ -22,6 +22,10 @@ struct Vec256 {
   static I unpackhi8(I a, I b) { return _mm256_unpackhi_epi8(a, b); }
   static I unpacklo16(I a, I b) { return _mm256_unpacklo_epi16(a, b); }
   static I unpackhi16(I a, I b) { return _mm256_unpackhi_epi16(a, b); }
+  static I unpacklo32(I a, I b) { return _mm256_unpacklo_epi32(a, b); }
+  static I unpackhi32(I a, I b) { return _mm256_unpackhi_epi32(a, b); }
+  static I unpacklo64(I a, I b) { return _mm256_unpacklo_epi64(a, b); }
+  static I unpackhi64(I a, I b) { return _mm256_unpackhi_epi64(a, b); }
   static I add32(I a, I b) { return _mm256_add_epi32(a, b); }
   static I sub32(I a, I b) { return _mm256_sub_epi32(a, b); }
   static I mullo32(I a, I b) { return _mm256_mullo_epi32(a, b); }
@@ -72,6 +76,9 @@ struct Vec256 {
   }
 
   static __m128 lane(F v, int j) { return j == 0 ? _mm256_castps256_ps128(v) : _mm256_extractf128_ps(v, 1); }
+  static void store_lane(void* dst, I v, int j) {
+    _mm_storeu_si128(static_cast<__m128i*>(dst), j == 0 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1));
+  }
   static void store4(float* dst, __m128 v, int n) {
     if (n == 4) {
       _mm_storeu_ps(dst, v);

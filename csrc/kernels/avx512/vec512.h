@@ -22,6 +22,10 @@ struct Vec512 {
   static I unpackhi8(I a, I b) { return _mm512_unpackhi_epi8(a, b); }
   static I unpacklo16(I a, I b) { return _mm512_unpacklo_epi16(a, b); }
   static I unpackhi16(I a, I b) { return _mm512_unpackhi_epi16(a, b); }
+  static I unpacklo32(I a, I b) { return _mm512_unpacklo_epi32(a, b); }
+  static I unpackhi32(I a, I b) { return _mm512_unpackhi_epi32(a, b); }
+  static I unpacklo64(I a, I b) { return _mm512_unpacklo_epi64(a, b); }
+  static I unpackhi64(I a, I b) { return _mm512_unpackhi_epi64(a, b); }
   static I add32(I a, I b) { return _mm512_add_epi32(a, b); }
   static I sub32(I a, I b) { return _mm512_sub_epi32(a, b); }
   static I mullo32(I a, I b) { return _mm512_mullo_epi32(a, b); }
@@ -67,6 +71,16 @@ struct Vec512 {
       case 2: return _mm512_extractf32x4_ps(v, 2);
       default: return _mm512_extractf32x4_ps(v, 3);
     }
+  }
+  static void store_lane(void* dst, I v, int j) {
+    __m128i q;
+    switch (j) {
+      case 0: q = _mm512_castsi512_si128(v); break;
+      case 1: q = _mm512_extracti32x4_epi32(v, 1); break;
+      case 2: q = _mm512_extracti32x4_epi32(v, 2); break;
+      default: q = _mm512_extracti32x4_epi32(v, 3); break;
+    }
+    _mm_storeu_si128(static_cast<__m128i*>(dst), q);
   }
   // Stores the first n (1..4) floats of a 128-bit lane.
   static void store4(float* dst, __m128 v, int n) {
