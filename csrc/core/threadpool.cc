@@ -38,7 +38,7 @@ constexpr auto kPureSpin = std::chrono::microseconds(20);
 
 ThreadPool::ThreadPool(int threads) {
   if (threads < 1) throw std::invalid_argument("thread count must be >= 1");
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -51,7 +51,14 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::worker_loop(int id) {
+void ThreadPool::work(Job& job) {
+  for (int t = job.next.fetch_add(1); t < job.n; t = job.next.fetch_add(1)) {
+    (*job.fn)(t);
+    job.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
     const auto start = std::chrono::steady_clock::now();
@@ -73,43 +80,41 @@ void ThreadPool::worker_loop(int id) {
       sleepers_.fetch_sub(1);
       break;
     }
-    const std::function<void(int)>* job;
-    int n;
+    std::shared_ptr<Job> job;
     {
-      // Generation and job are published together under the mutex, so a worker never pairs
-      // one job's generation with another job's function.
       std::lock_guard<std::mutex> lock(mutex_);
       if (stop_) return;
       seen = generation_.load(std::memory_order_relaxed);
       job = job_;
-      n = job_threads_;
     }
-    if (job && id < n) {
-      (*job)(id);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
-    }
+    if (job) work(*job);
   }
 }
 
 void ThreadPool::run(int n, const std::function<void(int)>& fn) {
-  if (n <= 1 || workers_.empty()) {
-    for (int t = 0; t < std::max(n, 1); ++t) fn(t);
+  if (n <= 0) return;
+  if (n == 1 || workers_.empty()) {
+    for (int t = 0; t < n; ++t) fn(t);
     return;
   }
-  if (n > size()) n = size();
   std::lock_guard<std::mutex> serial(run_mutex_);
+  auto job = std::make_shared<Job>();
+  job->fn = &fn;
+  job->n = n;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    job_ = &fn;
-    job_threads_ = n;
-    pending_.store(n - 1, std::memory_order_relaxed);
+    job_ = job;
     generation_.fetch_add(1, std::memory_order_release);
   }
   if (sleepers_.load() > 0) wake_.notify_all();
-  fn(0);
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  work(*job);
+  // Tasks still running belong to workers; wait for them without holding the core.
+  for (int spins = 0; job->done.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < 2048) cpu_relax();
+    else sched_yield();
+  }
   std::lock_guard<std::mutex> lock(mutex_);
-  job_ = nullptr;
+  job_.reset();
 }
 
 int default_num_threads() {

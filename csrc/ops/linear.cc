@@ -128,15 +128,15 @@ void linear(const LinearArgs& a) {
   }
 
   // Work is split one of two ways.
-  //  - By rows, when x has at least as many 64-row units as there are threads (and they divide
-  //    evenly, or there are many): each thread quantizes its own rows and runs every group over
-  //    them. One dispatch, no barrier, and each core reads only the K-major rows it wrote.
+  //  - By rows, when x has at least as many 64-row units as there are threads: a task quantizes
+  //    one unit and runs every group over it. One dispatch, no barrier, and each core reads only
+  //    the K-major rows it wrote.
   //  - By output channels otherwise (few rows: the decode and small-batch case): the rows are
   //    prepared first, then groups are split into chunks of equal nonzero count.
   const auto kernel = reinterpret_cast<SpmmFn>(spmm.fn);
   const int64_t units = Mpad / kRowAlign;
   const int64_t tiles_per_unit = kRowAlign / spmm.mr;
-  const bool by_rows = threads > 1 && units >= threads && (units % threads == 0 || units >= 4 * threads);
+  const bool by_rows = threads > 1 && units >= threads;
 
   uint8_t* xq = nullptr;
   float *xt = nullptr, *scale = nullptr, *scale_s = nullptr;
@@ -176,24 +176,22 @@ void linear(const LinearArgs& a) {
     for (int64_t t = u0 * tiles_per_unit; t < u1 * tiles_per_unit && t * spmm.mr < M; ++t) kernel(p, g0, g1, t * spmm.mr);
   };
 
-  std::vector<char> finite(threads, 1);
+  // Tasks are claimed dynamically (see ThreadPool::run): one per 64-row unit, or one per chunk.
+  std::vector<char> finite(units, 1);
   if (by_rows) {
-    tp.run(threads, [&](int t) {
-      const int64_t u0 = units * t / threads, u1 = units * (t + 1) / threads;
-      finite[t] = prepare(u0, u1);
-      if (finite[t]) run_tiles(0, G, u0, u1);
+    tp.run(static_cast<int>(units), [&](int u) {
+      finite[u] = prepare(u, u + 1);
+      if (finite[u]) run_tiles(0, G, u, u + 1);
     });
   } else {
-    const int prep_threads = static_cast<int>(std::min<int64_t>(threads, units));
-    tp.run(prep_threads, [&](int t) {
-      finite[t] = prepare(units * t / prep_threads, units * (t + 1) / prep_threads);
-    });
+    tp.run(static_cast<int>(units), [&](int u) { finite[u] = prepare(u, u + 1); });
   }
   for (char f : finite) {
     if (!f) throw std::invalid_argument("x contains NaN or Inf");
   }
   if (!by_rows) {
-    const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, G)));
+    // Two chunks per thread: a thread that loses its core for a while leaves work to the others.
+    const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(2 * threads, G)));
     const std::vector<int64_t> bounds = balanced_chunks(w, chunks);
     tp.run(chunks, [&](int t) { run_tiles(bounds[t], bounds[t + 1], 0, units); });
   }
