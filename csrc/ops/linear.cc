@@ -109,7 +109,9 @@ void linear(const LinearArgs& a) {
   const int64_t Mpad = round_up(M, kRowAlign);
   Scratch& s = scratch();
   ThreadPool& tp = pool();
-  const int threads = tp.size();
+  // Below a few microseconds of work, waking a worker costs more than it saves.
+  constexpr uint64_t kMinParallelWork = uint64_t(1) << 18;  // block x row products
+  const int threads = (w.nnzb + 4 * w.groups) * static_cast<uint64_t>(Mpad) < kMinParallelWork ? 1 : tp.size();
 
   SpmmParams p{};
   p.w = w;

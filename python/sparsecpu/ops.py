@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Optional
 
 import numpy as np
 
 from . import _C
-from ._convert import as_numpy_f32, is_torch_tensor
+from ._convert import as_numpy_f32
 from .formats import PackedWeight
 
 __all__ = ["linear", "ACTIVATIONS"]
@@ -19,41 +20,59 @@ ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
 def _empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
     """An uninitialized C-contiguous array whose data starts on a cache line: the kernels write each
     output row in 64-byte pieces, and a misaligned start splits every one of them over two lines."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     raw = np.empty(nbytes + align, dtype=np.uint8)
-    offset = -raw.ctypes.data % align
+    offset = -raw.__array_interface__["data"][0] % align
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def _as_input(x: Any):
+    """``(float32 numpy view of x, torch module or None)`` with the common case checked cheaply."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        if x.requires_grad:
+            if torch.is_grad_enabled():
+                raise ValueError(
+                    "sparsecpu.linear is inference only: x requires grad; call it under torch.no_grad() "
+                    "or torch.inference_mode(), or pass x.detach()"
+                )
+            x = x.detach()
+        if x.dtype is torch.float32 and x.is_cpu and x.layout is torch.strided:
+            return x.numpy(), torch
+        return as_numpy_f32(x, "x"), torch  # raises the error that fits
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        return x, None
+    return as_numpy_f32(x, "x"), None
 
 
 def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw_s32: bool):
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"packed must be a sparsecpu.PackedWeight (see sparsecpu.pack), got {type(packed).__name__}")
-    if activation not in ACTIVATIONS:
+    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
+    if act < 0:
         raise ValueError(f"activation must be one of None, 'relu', 'gelu', 'gelu_tanh', got {activation!r}")
-    torch_in = is_torch_tensor(x)
-    if torch_in and x.requires_grad and sys.modules["torch"].is_grad_enabled():
-        raise ValueError(
-            "sparsecpu.linear is inference only: x requires grad; call it under torch.no_grad() "
-            "or torch.inference_mode(), or pass x.detach()"
-        )
-    xn = as_numpy_f32(x, "x")
+    xn, torch = _as_input(x)
     n, k = packed.shape
     if xn.ndim < 1 or xn.shape[-1] != k:
         raise ValueError(f"x must have shape [..., {k}] (K = {k}), got {tuple(xn.shape)}")
     lead = xn.shape[:-1]
-    x2 = np.ascontiguousarray(xn.reshape(-1, k))
+    x2 = xn if xn.ndim == 2 and xn.flags.c_contiguous else np.ascontiguousarray(xn.reshape(-1, k))
     b = None
     if bias is not None:
         b = as_numpy_f32(bias, "bias")
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
         b = np.ascontiguousarray(b)
-    out = _empty_aligned((x2.shape[0], n), np.int32 if raw_s32 else np.float32)
-    _C.linear(x2, packed.buffer, b, ACTIVATIONS[activation], out.view(np.float32), raw_s32)
-    out = out.reshape(*lead, n)
-    if torch_in:
-        return sys.modules["torch"].from_numpy(out)
-    return out
+    if torch is not None:
+        # torch's CPU allocator already aligns to 64 bytes.
+        out_t = torch.empty((x2.shape[0], n), dtype=torch.int32 if raw_s32 else torch.float32)
+        out = out_t.numpy()
+    else:
+        out = _empty_aligned((x2.shape[0], n), np.int32 if raw_s32 else np.float32)
+    _C.linear(x2, packed.buffer, b, act, out.view(np.float32) if raw_s32 else out, raw_s32)
+    if torch is not None:
+        return out_t if len(lead) == 1 else out_t.reshape(*lead, n)
+    return out if len(lead) == 1 else out.reshape(*lead, n)
 
 
 def linear(x: Any, packed: PackedWeight, bias: Any = None, activation: Optional[str] = None):
