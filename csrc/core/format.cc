@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 
 namespace sparsecpu {
@@ -67,15 +68,23 @@ std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtyp
   const uint64_t groups = (n + 3) / 4;
   auto wat = [&](uint64_t c, uint64_t kk) { return c < n ? w[c * k + kk] : 0.0f; };
 
-  // Per-channel symmetric scales (int8).
+  // Per-channel symmetric scales (int8); the smallest normal float at least, so that w / scale
+  // stays finite for channels of denormal magnitude (whose values then quantize to zero).
   std::vector<float> scale(groups * 4, 1.0f);
   if (dtype == DType::int8) {
     for (uint64_t c = 0; c < n; ++c) {
       float amax = 0;
       for (uint64_t kk = 0; kk < k; ++kk) amax = std::max(amax, std::fabs(w[c * k + kk]));
-      if (amax > 0) scale[c] = amax / 127.0f;
+      if (amax > 0) scale[c] = std::max(amax / 127.0f, std::numeric_limits<float>::min());
     }
   }
+  // The value a kernel will see: int8 after quantization, so a block whose values all round to
+  // zero is pruned here rather than stored as a block of zeros.
+  auto quantized = [&](uint64_t c, uint64_t kk) {
+    const float x = wat(c, kk);
+    if (dtype != DType::int8) return x;
+    return std::min(127.0f, std::max(-127.0f, std::nearbyint(x / scale[c])));
+  };
 
   // Kept columns per group; lists padded to a multiple of 4.
   std::vector<uint32_t> row_ptr(groups + 1, 0);
@@ -85,7 +94,7 @@ std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtyp
     uint64_t start = cols.size();
     for (uint64_t kk = 0; kk < k; ++kk) {
       bool nz = false;
-      for (uint64_t c = 4 * g; c < 4 * g + 4; ++c) nz |= wat(c, kk) != 0.0f;
+      for (uint64_t c = 4 * g; c < 4 * g + 4; ++c) nz |= quantized(c, kk) != 0.0f;
       if (nz) cols.push_back(static_cast<uint32_t>(kk));
     }
     kept += cols.size() - start;
@@ -130,11 +139,9 @@ std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtyp
       const bool padding = b >= row_ptr[g] + 1 && cols[b] == cols[b - 1];
       for (uint64_t c = 0; c < 4; ++c) {
         const uint64_t at = (b / 4) * 16 + c * 4 + (b % 4);
-        const float x = padding ? 0.0f : wat(4 * g + c, cols[b]);
+        const float x = padding ? 0.0f : quantized(4 * g + c, cols[b]);
         if (dtype == DType::int8) {
-          float q = std::nearbyint(x / scale[4 * g + c]);
-          q = std::min(127.0f, std::max(-127.0f, q));
-          v8[at] = static_cast<int8_t>(q);
+          v8[at] = static_cast<int8_t>(x);
           wsum[4 * g + c] += v8[at];
         } else {
           v32[at] = x;

@@ -29,6 +29,8 @@ def set_num_threads(n: int) -> None:
     """Sets the size of sparsecpu's thread pool (default: the CPUs this process may run on)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
+    if not 1 <= n <= 1024:
+        raise ValueError(f"num_threads must be in [1, 1024], got {n}")
     _C.set_num_threads(n)
 
 

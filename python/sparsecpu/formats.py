@@ -57,8 +57,9 @@ class PackedWeight:
 
     @property
     def buffer(self) -> np.ndarray:
-        """The read-only uint8 buffer the kernels consume."""
-        return self._buf
+        """The uint8 buffer the kernels consume, as a read-only view (a view of a read-only array
+        cannot be made writable again: the kernels trust this buffer)."""
+        return self._buf.view()
 
     @property
     def shape(self) -> Tuple[int, int]:

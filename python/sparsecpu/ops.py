@@ -56,9 +56,15 @@ def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw
     if xn.ndim < 1 or xn.shape[-1] != k:
         raise ValueError(f"x must have shape [..., {k}] (K = {k}), got {tuple(xn.shape)}")
     lead = xn.shape[:-1]
-    x2 = xn if xn.ndim == 2 and xn.flags.c_contiguous else np.ascontiguousarray(xn.reshape(-1, k))
+    x2 = xn if xn.ndim == 2 and xn.flags.c_contiguous else np.ascontiguousarray(xn.reshape(math.prod(lead), k))
     b = None
     if bias is not None:
+        tmod = sys.modules.get("torch")
+        if tmod is not None and isinstance(bias, tmod.Tensor) and bias.requires_grad and tmod.is_grad_enabled():
+            raise ValueError(
+                "sparsecpu.linear is inference only: bias requires grad; call it under torch.no_grad() "
+                "or torch.inference_mode(), or pass bias.detach()"
+            )
         b = as_numpy_f32(bias, "bias")
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
