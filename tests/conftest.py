@@ -1,0 +1,50 @@
+"""Shared fixtures for the sparsecpu suite. Helpers (data, pairwise cases, numpy mirrors of the
+kernels, the packed-buffer reader) live in ``_util.py`` next to this file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# The default (prepend) import mode already puts tests/ on sys.path (it has no __init__.py); this
+# keeps ``import _util`` working under --import-mode=importlib too.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import sparsecpu
+from sparsecpu import testing
+
+
+def pytest_report_header(config):
+    d = sparsecpu.info()
+    return [
+        f"sparsecpu {d['version']} from {sparsecpu.__file__}",
+        f"cpu: {d['cpu']} ({d['vendor']}); isa: {d['isa']} (detected {d['detected_isa']}); "
+        f"levels under test: {', '.join(testing.supported_isas())}; threads: {d['threads']}",
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads_and_isa():
+    """Every test leaves the thread pool size and the ISA level as it found them."""
+    threads = sparsecpu.get_num_threads()
+    isa = sparsecpu.info()["isa"]
+    yield
+    if sparsecpu.get_num_threads() != threads:
+        sparsecpu.set_num_threads(threads)
+    assert sparsecpu.info()["isa"] == isa, "a test left the ISA level changed"
+
+
+@pytest.fixture
+def num_threads():
+    """Sets sparsecpu's thread count for the test: ``num_threads(2)``; restored afterwards
+    (by the autouse fixture above)."""
+
+    def set_(n: int) -> None:
+        sparsecpu.set_num_threads(n)
+        assert sparsecpu.get_num_threads() == n
+
+    return set_

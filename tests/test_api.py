@@ -1,0 +1,226 @@
+"""Public API around the kernels: info(), ISA selection (testing.isa, SPARSECPU_ISA), thread
+count, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sparsecpu
+from sparsecpu import testing
+
+LEVELS = testing.supported_isas()
+ALL_LEVELS = ["reference", "avx2", "avx512", "avx512_vnni"]
+OPS = ["spmm_s8", "spmm_f32", "quant_u8", "transpose_f32"]
+
+
+def test_exports():
+    for name in ("PackedWeight", "pack", "linear", "info", "set_num_threads", "get_num_threads", "__version__"):
+        assert hasattr(sparsecpu, name), name
+        assert name in sparsecpu.__all__
+    assert isinstance(sparsecpu.__version__, str) and sparsecpu.__version__
+
+
+def test_info_keys_and_types():
+    d = sparsecpu.info()
+    assert set(d) >= {"vendor", "cpu", "features", "detected_isa", "isa", "kernels", "threads", "version"}
+    assert isinstance(d["vendor"], str) and d["vendor"]
+    assert isinstance(d["cpu"], str)
+    assert isinstance(d["features"], list) and all(isinstance(f, str) for f in d["features"])
+    assert d["detected_isa"] in ALL_LEVELS and d["isa"] in ALL_LEVELS
+    assert ALL_LEVELS.index(d["isa"]) <= ALL_LEVELS.index(d["detected_isa"])
+    assert isinstance(d["kernels"], dict) and set(d["kernels"]) == set(OPS)
+    assert all(isinstance(v, str) and v for v in d["kernels"].values())
+    assert isinstance(d["threads"], int) and not isinstance(d["threads"], bool)
+    assert d["threads"] == sparsecpu.get_num_threads() >= 1
+    assert d["version"] == sparsecpu.__version__
+    json.dumps(d)  # plain data
+
+
+def test_supported_isas_match_info():
+    d = sparsecpu.info()
+    assert LEVELS == ALL_LEVELS[: len(LEVELS)], "levels are listed lowest first, without gaps"
+    assert LEVELS[0] == "reference" and LEVELS[-1] == d["detected_isa"]
+    if "SPARSECPU_ISA" not in os.environ:
+        assert d["isa"] == d["detected_isa"]
+    # The features behind each level are reported.
+    if "avx2" in LEVELS:
+        assert {"avx2", "fma"} <= set(d["features"])
+    if "avx512" in LEVELS:
+        assert {"avx512f", "avx512bw"} <= set(d["features"])
+    if "avx512_vnni" in LEVELS:
+        assert "avx512_vnni" in d["features"]
+
+
+def test_testing_isa_reference_switches_kernels():
+    before = sparsecpu.info()
+    with testing.isa("reference") as level:
+        assert level == "reference"
+        d = sparsecpu.info()
+        assert d["isa"] == "reference"
+        assert set(d["kernels"]) == set(OPS)
+        for op, name in d["kernels"].items():
+            assert name.endswith("__ref"), (op, name)
+        assert d["detected_isa"] == before["detected_isa"]
+    assert sparsecpu.info() == before
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_testing_isa_each_level(level):
+    with testing.isa(level) as got:
+        assert got == level
+        kernels = sparsecpu.info()["kernels"]
+        assert sparsecpu.info()["isa"] == level
+        if level != "reference":
+            assert not any(name.endswith("__ref") for name in kernels.values()), kernels
+            # AVX2 kernels say so; AVX-512 levels run AVX-512 kernels.
+            tag = "avx2" if level == "avx2" else "avx512"
+            assert all(tag in name for name in kernels.values()), kernels
+        if level == "avx512_vnni":
+            assert "vnni" in kernels["spmm_s8"]
+
+
+def test_testing_isa_nested_and_restored_on_error():
+    top = sparsecpu.info()["isa"]
+    with pytest.raises(RuntimeError):
+        with testing.isa("reference"):
+            with testing.isa(LEVELS[-1]) as inner:
+                assert inner == LEVELS[-1]
+            assert sparsecpu.info()["isa"] == "reference"
+            raise RuntimeError("boom")
+    assert sparsecpu.info()["isa"] == top
+
+
+def test_testing_isa_caps_at_the_cpu():
+    with testing.isa("avx512_vnni") as got:
+        assert got == LEVELS[-1]
+
+
+@pytest.mark.parametrize("bad", ["bogus", "AVX2", "", "avx512-vnni"])
+def test_testing_isa_unknown(bad):
+    top = sparsecpu.info()["isa"]
+    with pytest.raises(ValueError, match="reference, avx2, avx512, avx512_vnni"):
+        with testing.isa(bad):
+            pass
+    assert sparsecpu.info()["isa"] == top
+
+
+def test_threads(num_threads):
+    default = sparsecpu.get_num_threads()
+    assert default >= 1
+    num_threads(1)
+    assert sparsecpu.info()["threads"] == 1
+    num_threads(3)
+    assert sparsecpu.info()["threads"] == 3
+    y3 = sparsecpu.linear(np.ones((130, 8), np.float32), sparsecpu.pack(np.ones((40, 8), np.float32)))
+    assert (y3 != 0).all()
+    num_threads(default)
+
+
+@pytest.mark.parametrize(
+    "bad, exc",
+    [(0, ValueError), (-1, ValueError), (1025, ValueError), ("2", TypeError), (2.0, TypeError),
+     (True, TypeError), (None, TypeError)],
+    ids=["zero", "negative", "too-many", "str", "float", "bool", "none"],
+)
+def test_set_num_threads_errors(bad, exc):
+    before = sparsecpu.get_num_threads()
+    with pytest.raises(exc):
+        sparsecpu.set_num_threads(bad)
+    assert sparsecpu.get_num_threads() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: the environment variable and the command line.
+
+
+def _env(**overrides):
+    env = {k: v for k, v in os.environ.items() if k != "SPARSECPU_ISA"}
+    env.update(overrides)
+    return env
+
+
+def _python(code_or_args, tmp_path, **env):
+    args = [sys.executable, "-c", code_or_args] if isinstance(code_or_args, str) else [sys.executable, *code_or_args]
+    return subprocess.run(args, capture_output=True, text=True, env=_env(**env), cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_env_var_caps_isa(level, tmp_path):
+    r = _python("import json, sparsecpu; print(json.dumps(sparsecpu.info()))", tmp_path, SPARSECPU_ISA=level)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["isa"] == level
+    assert d["detected_isa"] == LEVELS[-1]
+    if level == "reference":
+        assert all(name.endswith("__ref") for name in d["kernels"].values())
+
+
+def test_env_var_avx2(tmp_path):
+    if "avx2" not in LEVELS:
+        pytest.skip("this CPU does not run AVX2")
+    r = _python("import sparsecpu; print(sparsecpu.info()['isa'])", tmp_path, SPARSECPU_ISA="avx2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "avx2"
+
+
+def test_env_var_above_cpu_caps_at_cpu(tmp_path):
+    r = _python("import sparsecpu; print(sparsecpu.info()['isa'])", tmp_path, SPARSECPU_ISA="avx512_vnni")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == LEVELS[-1]
+
+
+def test_env_var_empty_means_unset(tmp_path):
+    r = _python("import sparsecpu; print(sparsecpu.info()['isa'])", tmp_path, SPARSECPU_ISA="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == LEVELS[-1]
+
+
+@pytest.mark.parametrize("bad", ["bogus", "AVX512"])
+def test_env_var_unknown_fails_import(bad, tmp_path):
+    r = _python("import sparsecpu", tmp_path, SPARSECPU_ISA=bad)
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr
+    assert bad in r.stderr
+    for level in ALL_LEVELS:
+        assert level in r.stderr, r.stderr
+
+
+def test_cli_module_info_json(tmp_path):
+    r = _python(["-m", "sparsecpu", "info", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    expected = sparsecpu.info()
+    assert set(d) == set(expected)
+    for key in ("vendor", "cpu", "features", "detected_isa", "kernels", "version"):
+        assert d[key] == expected[key], key
+
+
+def test_cli_module_info_text(tmp_path):
+    r = _python(["-m", "sparsecpu", "info"], tmp_path, SPARSECPU_ISA="reference")
+    assert r.returncode == 0, r.stderr
+    assert "active isa:   reference" in r.stdout
+    assert "spmm_4x1_s8__ref" in r.stdout and sparsecpu.__version__ in r.stdout
+
+
+def test_cli_usage_errors(tmp_path):
+    r = _python(["-m", "sparsecpu"], tmp_path)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = _python(["-m", "sparsecpu", "nope"], tmp_path)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_console_script(tmp_path):
+    script = Path(sys.executable).parent / "sparsecpu"
+    if not script.exists():
+        pytest.skip("the sparsecpu console script is not installed in this environment")
+    r = subprocess.run([str(script), "info", "--json"], capture_output=True, text=True, env=_env(), cwd=tmp_path,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["version"] == sparsecpu.__version__

@@ -1,0 +1,453 @@
+"""The packed format: what pack() stores (checked byte by byte against csrc/core/format.h), the
+PackedWeight properties, serialization round trips, and validation of untrusted buffers."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import _util
+import sparsecpu
+from sparsecpu import PackedWeight
+
+DTYPES = ["int8", "fp32"]
+
+# A small weight with a known structure: N = 10 (3 groups, the last one half padding), K = 16.
+#   group 0: columns 0, 3, 4, 9, 15      (5 blocks -> 8 stored)
+#   group 1: no block                    (an empty group)
+#   group 2: columns 2, 3, 9, 10         (4 blocks; channels 10 and 11 are padding)
+# Columns 1, 5, 6, 7, 8, 11, 12, 13, 14 are never used.
+KNOWN_N, KNOWN_K = 10, 16
+KNOWN_COLS = {0: [0, 3, 4, 9, 15], 1: [], 2: [2, 3, 9, 10]}
+
+
+def known_weight() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    w = np.zeros((KNOWN_N, KNOWN_K), np.float32)
+    for g, cols in KNOWN_COLS.items():
+        for k in cols:
+            rows = slice(4 * g, min(4 * g + 4, KNOWN_N))
+            w[rows, k] = rng.uniform(0.5, 2.0, size=len(range(KNOWN_N)[rows])) * rng.choice([-1, 1])
+    # Any nonzero keeps a block: in block (group 0, column 9) only channel 2 is nonzero.
+    w[0:4, 9] = [0.0, 0.0, -0.75, 0.0]
+    # -0.0 is zero: this block is not kept.
+    w[4:8, 5] = -0.0
+    return w
+
+
+def known_mask() -> np.ndarray:
+    mask = np.zeros((3, KNOWN_K), bool)
+    for g, cols in KNOWN_COLS.items():
+        mask[g, cols] = True
+    return mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_properties_and_layout(dtype):
+    w = known_weight()
+    p = sparsecpu.pack(w, dtype=dtype)
+    mask = known_mask()
+    row_ptr, cols, kept = _util.expected_structure(mask)
+    assert kept == 9
+    assert p.shape == (10, 16)
+    assert p.dtype == dtype and p.format == "bsr" and p.block == (4, 1)
+    assert p.kept_blocks == 9
+    assert p.density == 9 / (3 * 16)
+    raw = p.to_bytes()
+    assert isinstance(raw, bytes) and p.nbytes == len(raw)
+    assert p.buffer.dtype == np.uint8 and p.buffer.ndim == 1 and p.buffer.tobytes() == raw
+    b = _util.Buffer.of(raw)
+    h = b.header
+    assert h["magic"] == b"SPCPUPW\0"
+    assert (h["version"], h["format"], h["dtype"]) == (1, 1, _util.DTYPE_CODES[dtype])
+    assert (h["block_n"], h["block_k"], h["index_bytes"]) == (4, 1, 2)
+    assert (h["n"], h["k"], h["nnzb"], h["kept_blocks"]) == (10, 16, 12, 9)
+    assert h["total_bytes"] == len(raw) == b.offsets["total"]
+    assert b.offsets["row_ptr"] == 128
+    np.testing.assert_array_equal(b.row_ptr, row_ptr)
+    assert row_ptr.tolist() == [0, 8, 8, 12]
+    np.testing.assert_array_equal(b.col_idx, cols)
+    assert b.col_idx.tolist() == [0, 3, 4, 9, 15, 15, 15, 15, 2, 3, 9, 10]
+    # Values: block b, channel c at (b // 4) * 16 + c * 4 + b % 4; padding blocks and channels hold 0.
+    if dtype == "fp32":
+        stored = lambda v: v  # noqa: E731
+    else:
+        wq, scale = _util.quantize_weight(w)
+        wq_pad = np.zeros((12, KNOWN_K), np.float32)
+        wq_pad[:10] = wq
+        stored = None
+        np.testing.assert_array_equal(b.w_scale[:10], scale)
+        np.testing.assert_array_equal(b.w_scale[10:], [1.0, 1.0])
+        np.testing.assert_array_equal(b.w_sum, wq_pad.sum(axis=1).astype(np.int32))
+        assert b.w_sum[4:8].tolist() == [0, 0, 0, 0]  # the empty group
+    w_pad = np.zeros((12, KNOWN_K), np.float32)
+    w_pad[:10] = w
+    for g in range(3):
+        for blk in range(int(row_ptr[g]), int(row_ptr[g + 1])):
+            is_pad = blk > row_ptr[g] and cols[blk] == cols[blk - 1]
+            for c in range(4):
+                got = b.value(blk, c)
+                if is_pad:
+                    assert got == 0, (g, blk, c)
+                elif dtype == "fp32":
+                    assert got == w_pad[4 * g + c, cols[blk]], (g, blk, c)
+                else:
+                    assert got == wq_pad[4 * g + c, cols[blk]], (g, blk, c)
+    p.validate()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_to_dense_is_the_pruned_weight(dtype):
+    rng = np.random.default_rng(12)
+    w, _ = _util.pruned_weight(rng, 22, 70, 0.3)
+    p = sparsecpu.pack(w, dtype=dtype)
+    d = p.to_dense()
+    assert d.dtype == np.float32 and d.shape == (22, 70)
+    if dtype == "fp32":
+        np.testing.assert_array_equal(d, w)
+    else:
+        wq, scale = _util.quantize_weight(w)
+        np.testing.assert_array_equal(d, (wq * scale[:, None]).astype(np.float32))
+        # Within half a quantization step of each channel (plus float rounding).
+        assert (np.abs(d - w) <= scale[:, None] * (0.5 + 1e-5)).all()
+        assert (w[d != 0] != 0).all()  # pruned zeros stay zero
+    assert np.count_nonzero(d) > 0.2 * d.size
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 9])
+def test_n_not_multiple_of_4(n, dtype):
+    rng = np.random.default_rng([13, n])
+    w = rng.standard_normal((n, 9)).astype(np.float32)
+    w[:, 4] = 0.0
+    p = sparsecpu.pack(w, dtype=dtype)
+    groups = (n + 3) // 4
+    assert p.shape == (n, 9)
+    assert p.kept_blocks == groups * 8
+    assert p.density == 8 / 9
+    d = p.to_dense()
+    assert d.shape == (n, 9)
+    if dtype == "fp32":
+        np.testing.assert_array_equal(d, w)
+    else:
+        _, scale = _util.quantize_weight(w)
+        assert (np.abs(d - w) <= scale[:, None] * (0.5 + 1e-5)).all()
+    h = _util.Buffer.of(p.to_bytes()).header
+    assert h["n"] == n and h["nnzb"] == groups * 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_density_extremes(dtype):
+    assert sparsecpu.pack(np.zeros((8, 5), np.float32), dtype=dtype).density == 0.0
+    assert sparsecpu.pack(np.zeros((8, 5), np.float32), dtype=dtype).kept_blocks == 0
+    assert sparsecpu.pack(np.ones((8, 5), np.float32), dtype=dtype).density == 1.0
+    empty_k = sparsecpu.pack(np.zeros((8, 0), np.float32), dtype=dtype)
+    assert empty_k.shape == (8, 0) and empty_k.density == 0.0 and empty_k.to_dense().shape == (8, 0)
+    empty_n = sparsecpu.pack(np.zeros((0, 5), np.float32), dtype=dtype)
+    assert empty_n.shape == (0, 5) and empty_n.density == 0.0
+    one = np.zeros((8, 5), np.float32)
+    one[6, 2] = 1e-30  # one nonzero anywhere keeps its block
+    assert sparsecpu.pack(one, dtype=dtype).kept_blocks == 1
+    assert sparsecpu.pack(one, dtype=dtype).density == 1 / 10
+
+
+def test_pack_inputs_torch_float64_noncontiguous():
+    rng = np.random.default_rng(14)
+    w, _ = _util.pruned_weight(rng, 12, 20, 0.5)
+    for dtype in DTYPES:
+        ref = sparsecpu.pack(w, dtype=dtype)
+        assert sparsecpu.pack(torch.from_numpy(w), dtype=dtype) == ref
+        assert sparsecpu.pack(w.astype(np.float64), dtype=dtype) == ref
+        assert sparsecpu.pack(np.asfortranarray(w), dtype=dtype) == ref
+        assert sparsecpu.pack(torch.from_numpy(np.ascontiguousarray(w.T)).T, dtype=dtype) == ref
+        param = torch.nn.Parameter(torch.from_numpy(w.copy()))  # requires_grad: packing is fine
+        assert sparsecpu.pack(param, dtype=dtype) == ref
+        half = w.astype(np.float16)
+        assert sparsecpu.pack(torch.from_numpy(half), dtype=dtype) == sparsecpu.pack(half.astype(np.float32), dtype=dtype)
+
+
+def test_int8_block_quantizing_to_zero_still_packs():
+    """A block whose values are all below half a quantization step of their channels: pack() must
+    accept the weight (it currently builds a buffer its own validation rejects: the header counts
+    the block as kept from the float values, the check recounts it from the int8 values, all 0)."""
+    w = np.zeros((4, 3), np.float32)
+    w[:, 0] = 1.0
+    w[:, 1] = 1e-4  # 1e-4 / (1 / 127) rounds to 0 in every channel
+    w[:, 2] = -0.5
+    p = sparsecpu.pack(w, dtype="int8")
+    _, scale = _util.quantize_weight(w)
+    assert (np.abs(p.to_dense() - w) <= scale[:, None] * 0.5).all()
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(sparsecpu.linear(x, p), x @ p.to_dense().T, rtol=1e-5)
+
+
+def test_int8_denormal_channel_scale():
+    """A channel whose largest |w| is ~1e-44: max/127 underflows to a zero scale. pack() must not
+    turn that into garbage (0/0 -> NaN -> -127 in every block) and reject its own buffer."""
+    w = np.zeros((4, 3), np.float32)
+    w[0, 0] = np.float32(1e-44)
+    w[1, :] = 1.0
+    p = sparsecpu.pack(w, dtype="int8")
+    d = p.to_dense()
+    assert np.isfinite(d).all() and np.abs(d - w).max() <= 1e-37
+    y = sparsecpu.linear(np.ones((1, 3), np.float32), p)
+    np.testing.assert_allclose(y[0], [0.0, 3.0, 0.0, 0.0], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialization round trips.
+
+
+def _packed_pair(dtype):
+    rng = np.random.default_rng(15)
+    w, _ = _util.pruned_weight(rng, 20, 33, 0.4)
+    x = rng.standard_normal((5, 33)).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+    return sparsecpu.pack(w, dtype=dtype), x, bias
+
+
+def _same(p: PackedWeight, q: PackedWeight, x, bias):
+    assert isinstance(q, PackedWeight)
+    assert q == p and not (q != p)
+    assert (q.shape, q.dtype, q.format, q.block, q.density, q.kept_blocks, q.nbytes) == (
+        p.shape, p.dtype, p.format, p.block, p.density, p.kept_blocks, p.nbytes
+    )
+    assert q.to_bytes() == p.to_bytes()
+    y_p = sparsecpu.linear(x, p, bias=bias, activation="gelu")
+    y_q = sparsecpu.linear(x, q, bias=bias, activation="gelu")
+    assert y_p.tobytes() == y_q.tobytes()
+    _util.assert_informative(y_p, y_p, "gelu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_round_trip(dtype, protocol):
+    p, x, bias = _packed_pair(dtype)
+    _same(p, pickle.loads(pickle.dumps(p, protocol=protocol)), x, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_save_load_round_trip(dtype, tmp_path):
+    p, x, bias = _packed_pair(dtype)
+    path = tmp_path / "packed.pt"
+    torch.save(p, path)
+    _same(p, torch.load(path, weights_only=False), x, bias)
+    buf = io.BytesIO()
+    torch.save({"layer.weight": p, "layer.bias": torch.from_numpy(bias)}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=False)
+    _same(p, state["layer.weight"], x, state["layer.bias"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_from_bytes_round_trip(dtype):
+    p, x, bias = _packed_pair(dtype)
+    raw = p.to_bytes()
+    _same(p, PackedWeight.from_bytes(raw), x, bias)
+    _same(p, PackedWeight(raw), x, bias)
+    _same(p, PackedWeight(bytearray(raw)), x, bias)
+    _same(p, PackedWeight(memoryview(b"\0" + raw)[1:]), x, bias)  # misaligned source: copied
+    _same(p, PackedWeight(p.buffer), x, bias)
+    _same(p, PackedWeight(np.frombuffer(raw, np.uint8).copy()), x, bias)
+
+
+def test_equality():
+    p, _, _ = _packed_pair("int8")
+    q, _, _ = _packed_pair("fp32")
+    assert p != q
+    assert p != p.to_bytes() and p != None  # noqa: E711
+    w = p.to_dense()
+    w[0, 0] = 0 if w[0, 0] else 1
+    assert sparsecpu.pack(w, dtype="int8") != p
+    with pytest.raises(TypeError):
+        hash(p)
+    assert "PackedWeight" in repr(p) and "(20, 33)" in repr(p) and "int8" in repr(p)
+
+
+def test_source_buffer_is_copied():
+    p, x, bias = _packed_pair("fp32")
+    raw = bytearray(p.to_bytes())
+    q = PackedWeight(raw)
+    raw[:8] = b"XXXXXXXX"
+    raw[200:] = b"\xff" * (len(raw) - 200)
+    q.validate()
+    _same(p, q, x, bias)
+
+
+def test_buffer_is_read_only():
+    """The kernels trust a validated buffer, so nobody may change it afterwards: writes must fail,
+    and so must making it writable again (numpy allows that on an array that owns its memory, after
+    which a corrupt column index makes linear() read out of bounds)."""
+    p, _, _ = _packed_pair("fp32")
+    buf = p.buffer
+    assert not buf.flags.writeable
+    with pytest.raises(ValueError):
+        buf[0] = 1
+    with pytest.raises(ValueError):
+        p.buffer.flags.writeable = True
+    assert p.buffer.tobytes() == p.to_bytes()
+    p.validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted buffers: every corruption is a ValueError naming the problem.
+
+
+def _int8_value(b: _util.Buffer, blk: int, c: int, v: int) -> None:
+    b.values[_util.value_index(blk, c)] = v
+
+
+def _zero_block(b: _util.Buffer, blk: int) -> None:
+    for c in range(4):
+        b.values[_util.value_index(blk, c)] = 0
+
+
+def _set(name, value):
+    return lambda b: b.set_header(name, value)
+
+
+def _arr(attr, index, value):
+    def f(b):
+        getattr(b, attr)[index] = value
+
+    return f
+
+
+# (id, dtypes, edit of a _util.Buffer copy of the known weight's buffer, or a function of the raw
+# bytes returning new bytes, message regex)
+CORRUPTIONS = [
+    ("truncated-header", DTYPES, ("raw", lambda r: r[:71]), r"shorter than the header"),
+    ("empty", DTYPES, ("raw", lambda r: b""), r"shorter than the header"),
+    ("truncated-1", DTYPES, ("raw", lambda r: r[:-1]), r"length is \d+ bytes"),
+    ("truncated-section", DTYPES, ("raw", lambda r: r[:-64]), r"length is \d+ bytes"),
+    ("trailing-bytes", DTYPES, ("raw", lambda r: r + bytes(64)), r"length is \d+ bytes"),
+    ("bad-magic", DTYPES, _set("magic", b"SPCPUPX\0"), r"bad magic"),
+    ("magic-of-nothing", DTYPES, ("raw", lambda r: bytes(len(r))), r"bad magic"),
+    ("version-2", DTYPES, _set("version", 2), r"version 2 is not supported"),
+    ("version-0", DTYPES, _set("version", 0), r"version 0 is not supported"),
+    ("format-code", DTYPES, _set("format", 2), r"unknown format code 2"),
+    ("dtype-code-3", DTYPES, _set("dtype", 3), r"unknown dtype code 3"),
+    ("dtype-code-0", DTYPES, _set("dtype", 0), r"unknown dtype code 0"),
+    ("block-8x1", DTYPES, _set("block_n", 8), r"block 8x1 is not supported"),
+    ("block-4x2", DTYPES, _set("block_k", 2), r"block 4x2 is not supported"),
+    ("index-width", DTYPES, _set("index_bytes", 4), r"index width 4 does not match K"),
+    ("n-2**31", DTYPES, _set("n", 2**31), r"2\*\*31"),
+    ("int8-k-over-limit", ["int8"], _set("k", 70000), r"K > 65535"),
+    ("nnzb-not-multiple-of-4", DTYPES, _set("nnzb", 13), r"block count 13 is not a multiple of 4"),
+    ("nnzb-huge", DTYPES, _set("nnzb", 2**62), r"overflow|length is"),
+    ("nnzb-grown", DTYPES, _set("nnzb", 64), r"length is \d+ bytes"),
+    ("total-bytes", DTYPES, lambda b: b.set_header("total_bytes", b.header["total_bytes"] + 64), r"header says"),
+    ("kept-exceeds-stored", DTYPES, _set("kept_blocks", 13), r"kept block count exceeds"),
+    ("kept-blocks-header", DTYPES, _set("kept_blocks", 8), r"header counts 8 kept blocks, the data holds 9"),
+    ("kept-blocks-data", DTYPES, lambda b: _zero_block(b, 1), r"header counts 9 kept blocks, the data holds 8"),
+    ("row-ptr-0", DTYPES, _arr("row_ptr", 0, 4), r"row_ptr\[0\]"),
+    ("row-ptr-end", DTYPES, _arr("row_ptr", 3, 8), r"row_ptr does not end at the block count"),
+    ("row-ptr-decreasing", DTYPES, _arr("row_ptr", 2, 4), r"row_ptr of group 1 is out of range or decreasing"),
+    ("row-ptr-past-end", DTYPES, _arr("row_ptr", 3, 16), r"row_ptr of group 2 is out of range"),
+    ("row-ptr-not-multiple-of-4", DTYPES, _arr("row_ptr", 1, 6), r"group 0 holds a block count that is not a multiple of 4"),
+    ("col-out-of-range", DTYPES, _arr("col_idx", 11, 16), r"column index 16 out of range \(K = 16\)"),
+    ("col-max-u16", DTYPES, _arr("col_idx", 11, 65535), r"column index 65535 out of range"),
+    ("cols-unsorted", DTYPES, _arr("col_idx", 1, 5), r"column indices of group 0 are not sorted"),
+    ("cols-unsorted-group-2", DTYPES, _arr("col_idx", 8, 4), r"column indices of group 2 are not sorted"),
+    ("w-sum", ["int8"], _arr("w_sum", 0, 12345), r"weight sum of channel 0 does not match"),
+    ("w-sum-via-value", ["int8"], lambda b: _int8_value(b, 0, 1, int(b.value(0, 1)) // 2 + 1), r"weight sum of channel 1"),
+    ("scale-nan", ["int8"], _arr("w_scale", 2, np.nan), r"channel 2 has a scale that is not finite and > 0"),
+    ("scale-inf", ["int8"], _arr("w_scale", 3, np.inf), r"channel 3 has a scale that is not finite"),
+    ("scale-zero", ["int8"], _arr("w_scale", 0, 0.0), r"channel 0 has a scale"),
+    ("scale-negative", ["int8"], _arr("w_scale", 11, -1.0), r"channel 11 has a scale"),
+    ("value-nan", ["fp32"], _arr("values", 5, np.nan), r"non-finite weight value"),
+    ("value-inf-in-padding", ["fp32"], _arr("values", _util.value_index(6, 2), np.inf), r"non-finite weight value"),
+]
+
+
+def _corrupt(dtype, edit) -> bytes:
+    raw = sparsecpu.pack(known_weight(), dtype=dtype).to_bytes()
+    if isinstance(edit, tuple):
+        return edit[1](raw)
+    b = _util.Buffer.of(raw)
+    edit(b)
+    return b.tobytes()
+
+
+@pytest.mark.parametrize(
+    "dtype, edit, match",
+    [pytest.param(dt, edit, match, id=f"{name}-{dt}") for name, dts, edit, match in CORRUPTIONS for dt in dts],
+)
+def test_corrupt_buffer_rejected(dtype, edit, match):
+    bad = _corrupt(dtype, edit)
+    with pytest.raises(ValueError, match=match) as info:
+        PackedWeight.from_bytes(bad)
+    assert str(info.value).startswith("invalid packed weight: ")
+    with pytest.raises(ValueError, match=match):
+        PackedWeight(np.frombuffer(bad, np.uint8))
+
+
+def test_corruption_edits_are_the_intended_ones():
+    """The unedited known buffer validates, and the structure the edits rely on is as assumed."""
+    for dtype in DTYPES:
+        b = _util.Buffer.of(sparsecpu.pack(known_weight(), dtype=dtype).to_bytes())
+        assert b.row_ptr.tolist() == [0, 8, 8, 12]
+        assert b.header["nnzb"] == 12 and b.header["kept_blocks"] == 9
+        PackedWeight(b.tobytes()).validate()
+        if dtype == "int8":
+            assert b.value(0, 1) != 0
+
+
+def test_wide_index_buffer_rejects_out_of_range_column():
+    w = np.zeros((4, 65537), np.float32)
+    w[:, [3, 65536]] = 1.0
+    b = _util.Buffer.of(sparsecpu.pack(w, dtype="fp32").to_bytes())
+    assert b.header["index_bytes"] == 4 and b.col_idx.tolist()[:2] == [3, 65536]
+    b.col_idx[1] = 65537
+    with pytest.raises(ValueError, match=r"column index 65537 out of range"):
+        PackedWeight(b.tobytes())
+
+
+def test_not_a_buffer_type():
+    with pytest.raises(TypeError):
+        PackedWeight(12)
+    with pytest.raises(TypeError):
+        PackedWeight(np.zeros(100, np.int8))
+    with pytest.raises(TypeError):
+        PackedWeight(np.zeros((10, 10), np.uint8))
+    with pytest.raises(TypeError):
+        PackedWeight("SPCPUPW")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_random_corruption_never_crashes(dtype):
+    """Seeded random byte edits: each buffer is rejected with ValueError, or accepted and then
+    consistent (to_dense and linear agree, nothing non-finite)."""
+    rng = np.random.default_rng([16, len(dtype)])
+    base = np.frombuffer(sparsecpu.pack(known_weight(), dtype=dtype).to_bytes(), np.uint8)
+    x = rng.standard_normal((3, KNOWN_K)).astype(np.float32)
+    rejected = accepted = 0
+    for _ in range(400):
+        b = base.copy()
+        for _ in range(int(rng.integers(1, 4))):
+            # Header bytes are hit as often as the rest.
+            i = int(rng.integers(0, 72)) if rng.random() < 0.5 else int(rng.integers(0, b.size))
+            b[i] = rng.integers(0, 256)
+        try:
+            p = PackedWeight(b)
+        except ValueError:
+            rejected += 1
+            continue
+        accepted += 1
+        p.validate()
+        d = p.to_dense()
+        assert np.isfinite(d).all()
+        if p.shape[1] == KNOWN_K:
+            y = sparsecpu.linear(x, p)
+            assert y.shape == (3, p.shape[0]) and np.isfinite(y).all()
+    assert rejected > 100 and accepted > 10
+
+
+def test_header_struct_size():
+    assert _util.HEADER.size == 72
+    assert struct.calcsize("<8s6I5Q") == 72
