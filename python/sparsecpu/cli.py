@@ -1,11 +1,13 @@
-"""The ``sparsecpu`` command: ``info`` (more subcommands arrive with the benchmark harness)."""
+"""The ``sparsecpu`` command: ``info``, ``demo`` and ``bench kernels``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple, TypeVar
+
+T = TypeVar("T")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -26,13 +28,156 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _have_torch(command: str) -> bool:
+    """Whether torch imports; if not, tells the user how to get it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(f"sparsecpu {command} compares against PyTorch, which is not installed: pip install torch", file=sys.stderr)
+        return False
+    return True
+
+
+def _run_and_print(shapes, ms, sparsities, dtypes, threads, repeat) -> List[dict]:
+    """Runs the kernel cases (progress to stderr); prints a line about the machine, then the table."""
+    import torch
+
+    import sparsecpu
+    from sparsecpu.bench import default_threads, format_table, run_kernel_cases
+
+    threads = threads or [default_threads()]
+    d = sparsecpu.info()
+    print(f"sparsecpu {d['version']} ({d['isa']}), torch {torch.__version__}, {d['cpu']}, threads {','.join(map(str, threads))}")
+    sys.stdout.flush()
+    records = run_kernel_cases(
+        shapes, ms, sparsities, dtypes, threads, repeat, progress=lambda line: print(line, file=sys.stderr)
+    )
+    print(format_table(records))
+    return records
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if not _have_torch("demo"):
+        return 2
+    from sparsecpu.bench import BERT_BASE_SHAPES
+
+    print("sparsecpu demo: BERT-base linear layers (N x K = 768x768, 3072x768, 768x3072), M = 128 tokens,")
+    print("random weights pruned to 90% in 4x1 blocks; sparsecpu.linear vs PyTorch's dense kernels.")
+    _run_and_print(BERT_BASE_SHAPES, [128], [0.9], ["int8", "fp32"], args.threads, args.repeat)
+    return 0
+
+
+def _cmd_bench_kernels(args: argparse.Namespace) -> int:
+    if not _have_torch("bench kernels"):
+        return 2
+    import torch
+
+    import sparsecpu
+    from sparsecpu.bench import BERT_BASE_SHAPES, DEFAULT_MS, DEFAULT_SPARSITIES
+
+    records = _run_and_print(
+        args.shapes or BERT_BASE_SHAPES, args.m or DEFAULT_MS, args.sparsity or DEFAULT_SPARSITIES,
+        args.dtypes, args.threads, args.repeat,
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": sparsecpu.info(), "torch": torch.__version__, "records": records}, f, indent=2)
+            f.write("\n")
+        print(f"wrote {len(records)} records to {args.json}", file=sys.stderr)
+    return 0
+
+
+def _csv(item: Callable[[str], T], what: str) -> Callable[[str], List[T]]:
+    """An argparse type: a comma-separated list of ``item``."""
+
+    def parse(text: str) -> List[T]:
+        try:
+            values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r} ({e})") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return values
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise ValueError(f"{v} is not positive")
+    return v
+
+
+def _sparsity(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{v} is not in [0, 1]")
+    return v
+
+
+def _shape(text: str) -> Tuple[int, int]:
+    n, sep, k = text.lower().partition("x")
+    if not sep:
+        raise ValueError(f"{text!r} is not NxK")
+    return _positive_int(n), _positive_int(k)
+
+
+def _dtype(text: str) -> str:
+    if text not in ("int8", "fp32"):
+        raise ValueError(f"{text!r} is not int8 or fp32")
+    return text
+
+
+def _add_timing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads", type=_csv(_positive_int, "thread counts like 1,2"), default=None,
+        help="thread counts for torch and sparsecpu, comma-separated (default: the CPUs this process may use)",
+    )
+    p.add_argument("--repeat", type=_positive_int, default=15, help="timed repeats per implementation (default: 15)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``sparsecpu`` console script and ``python -m sparsecpu``."""
     parser = argparse.ArgumentParser(prog="sparsecpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("info", help="detected CPU features, ISA level, kernels and threads")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(fn=_cmd_info)
+
+    p = sub.add_parser(
+        "demo",
+        help="time BERT-base-sized layers pruned to 90%% against F.linear and torch._int_mm (needs torch)",
+        description="Packs random BERT-base-sized weights (768x768, 3072x768, 768x3072) pruned to 90% in 4x1 "
+        "blocks and prints the median time of sparsecpu.linear (int8, fp32) beside F.linear and "
+        "torch._int_mm for M = 128, with speedups. Needs torch.",
+    )
+    _add_timing_args(p)
+    p.set_defaults(fn=_cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks (needs torch)")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser(
+        "kernels",
+        help="sparsecpu.linear vs F.linear and torch._int_mm over shapes and sparsities",
+        description="Times sparsecpu.linear (int8, fp32; float32 torch x in, y out) against F.linear on the "
+        "pruned weight stored dense and torch._int_mm on pre-quantized int8 inputs, interleaving the "
+        "implementations round-robin. Prints a table; progress goes to stderr.",
+    )
+    p.add_argument("--m", type=_csv(_positive_int, "row counts like 128"), default=None,
+                   help="rows of x (tokens), comma-separated (default: 128)")
+    p.add_argument("--sparsity", type=_csv(_sparsity, "fractions of zero 4x1 blocks like 0.7,0.9"),
+                   default=None, help="fractions of zero 4x1 blocks, comma-separated (default: 0.7,0.8,0.9)")
+    p.add_argument("--shapes", type=_csv(_shape, "weight shapes NxK like 768x3072"),
+                   default=None,
+                   help="weight shapes N x K (out x in), comma-separated (default: BERT-base 768x768,3072x768,768x3072)")
+    p.add_argument("--dtypes", type=_csv(_dtype, "int8 and/or fp32"), default=["int8", "fp32"],
+                   help="sparsecpu weight dtypes, each timed beside its torch baseline (default: int8,fp32)")
+    _add_timing_args(p)
+    p.add_argument("--json", metavar="FILE", help="also write the records (and sparsecpu.info()) as JSON to FILE")
+    p.set_defaults(fn=_cmd_bench_kernels)
+
     args = parser.parse_args(argv)
     return args.fn(args)
 
