@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 venv="${SPARSECPU_TEST_VENV:-.venv-test}"
 rm -rf "$venv"
 python3 -m venv "$venv"
+venv="$(cd "$venv" && pwd)"
 # torch is pinned: this release is a CPU build on the machine's disk; an unpinned torch pulls a
 # multi-GB CUDA build. The package itself only asks for torch>=2.1 in its [test] extra.
 "$venv/bin/pip" install --quiet torch==2.13.0
