@@ -376,7 +376,8 @@ bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m
   constexpr int L = V::kLanes;
   constexpr int kRows = 64, kCols = 4 * L;
   alignas(64) uint8_t stage[kRows][kCols];
-  F nan_acc = V::zerof();
+  // x - x is +0.0 exactly when x is finite: OR-ing its bits finds NaN and Inf in one cheap op.
+  I bad = V::zero();
   bool finite = true;
   for (int64_t mb = m0; mb < m1; mb += kRows) {
     RowQParams q[kRows];
@@ -386,15 +387,27 @@ bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m
         q[r] = {1.0f, 1.0f, 0};
       } else {
         const float* row = x + m * K;
-        F vmn = V::zerof(), vmx = V::zerof();
+        // Four independent accumulator sets: one chain of min/max would run at their latency.
+        F vmn[4] = {V::zerof(), V::zerof(), V::zerof(), V::zerof()};
+        F vmx[4] = {V::zerof(), V::zerof(), V::zerof(), V::zerof()};
         int64_t k = 0;
+        for (; k + 4 * L <= K; k += 4 * L) {
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            const F v = V::loadf(row + k + i * L);
+            vmn[i] = V::min(vmn[i], v);
+            vmx[i] = V::max(vmx[i], v);
+            bad = V::or_(bad, V::asi(V::sub(v, v)));
+          }
+        }
         for (; k + L <= K; k += L) {
           const F v = V::loadf(row + k);
-          vmn = V::min(vmn, v);
-          vmx = V::max(vmx, v);
-          nan_acc = V::add(nan_acc, V::sub(v, v));
+          vmn[0] = V::min(vmn[0], v);
+          vmx[0] = V::max(vmx[0], v);
+          bad = V::or_(bad, V::asi(V::sub(v, v)));
         }
-        float mn = V::hmin(vmn), mx = V::hmax(vmx);
+        float mn = V::hmin(V::min(V::min(vmn[0], vmn[1]), V::min(vmn[2], vmn[3])));
+        float mx = V::hmax(V::max(V::max(vmx[0], vmx[1]), V::max(vmx[2], vmx[3])));
         for (; k < K; ++k) {
           finite &= std::isfinite(row[k]);
           mn = std::min(mn, row[k]);
@@ -427,7 +440,7 @@ bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m
       }
     }
   }
-  return finite && V::all_zero(nan_acc);
+  return finite && V::all_zero(V::asf(bad));
 }
 
 template <class V>

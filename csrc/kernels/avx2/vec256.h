@@ -31,6 +31,7 @@ struct Vec256 {
   static I mullo32(I a, I b) { return _mm256_mullo_epi32(a, b); }
   static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }
   static I and_(I a, I b) { return _mm256_and_si256(a, b); }
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
   static I srli16(I a, int n) { return _mm256_srli_epi16(a, n); }
   static I slli16(I a, int n) { return _mm256_slli_epi16(a, n); }
   static I srai16(I a, int n) { return _mm256_srai_epi16(a, n); }

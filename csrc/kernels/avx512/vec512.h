@@ -31,6 +31,7 @@ struct Vec512 {
   static I mullo32(I a, I b) { return _mm512_mullo_epi32(a, b); }
   static I madd16(I a, I b) { return _mm512_madd_epi16(a, b); }
   static I and_(I a, I b) { return _mm512_and_si512(a, b); }
+  static I or_(I a, I b) { return _mm512_or_si512(a, b); }
   static I srli16(I a, int n) { return _mm512_srli_epi16(a, n); }
   static I slli16(I a, int n) { return _mm512_slli_epi16(a, n); }
   static I srai16(I a, int n) { return _mm512_srai_epi16(a, n); }
