@@ -149,7 +149,8 @@ std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtyp
       }
     }
   }
-  if (dtype == DType::int8) {
+  // N = 0 leaves these vectors empty, and memcpy from their null data() is undefined even for 0 bytes.
+  if (dtype == DType::int8 && groups > 0) {
     std::memcpy(buf.data() + l.w_scale, scale.data(), groups * 16);
     std::memcpy(buf.data() + l.w_sum, wsum.data(), groups * 16);
   }
