@@ -443,37 +443,42 @@ bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m
   return finite && V::all_zero(V::asf(bad));
 }
 
+// 16 rows at a time (m0 and m1 are multiples of 16), so that each 64-byte line of the K-major
+// output gets its four 16-byte pieces back to back.
 template <class V>
 bool transpose_f32_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt, int64_t ldt) {
-  __m128 nan_acc = _mm_setzero_ps();
+  __m128 bad = _mm_setzero_ps();
   bool finite = true;
-  for (int64_t mb = m0; mb < m1; mb += 4) {
-    const float* rows[4];
+  for (int64_t mb = m0; mb < m1; mb += 16) {
     int64_t k = 0;
-    const bool full = mb + 4 <= M;
-    for (int r = 0; r < 4; ++r) rows[r] = mb + r < M ? x + (mb + r) * K : nullptr;
-    if (full) {
+    if (mb + 16 <= M) {
       for (; k + 4 <= K; k += 4) {
-        __m128 r0 = _mm_loadu_ps(rows[0] + k), r1 = _mm_loadu_ps(rows[1] + k);
-        __m128 r2 = _mm_loadu_ps(rows[2] + k), r3 = _mm_loadu_ps(rows[3] + k);
-        nan_acc = _mm_add_ps(nan_acc, _mm_add_ps(_mm_add_ps(_mm_sub_ps(r0, r0), _mm_sub_ps(r1, r1)),
-                                                 _mm_add_ps(_mm_sub_ps(r2, r2), _mm_sub_ps(r3, r3))));
-        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-        _mm_storeu_ps(xt + (k + 0) * ldt + mb, r0);
-        _mm_storeu_ps(xt + (k + 1) * ldt + mb, r1);
-        _mm_storeu_ps(xt + (k + 2) * ldt + mb, r2);
-        _mm_storeu_ps(xt + (k + 3) * ldt + mb, r3);
+#pragma GCC unroll 4
+        for (int sub = 0; sub < 4; ++sub) {
+          const float* src = x + (mb + 4 * sub) * K + k;
+          __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + K);
+          __m128 r2 = _mm_loadu_ps(src + 2 * K), r3 = _mm_loadu_ps(src + 3 * K);
+          bad = _mm_or_ps(bad, _mm_or_ps(_mm_or_ps(_mm_sub_ps(r0, r0), _mm_sub_ps(r1, r1)),
+                                         _mm_or_ps(_mm_sub_ps(r2, r2), _mm_sub_ps(r3, r3))));
+          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+          float* dst = xt + k * ldt + mb + 4 * sub;
+          _mm_storeu_ps(dst, r0);
+          _mm_storeu_ps(dst + ldt, r1);
+          _mm_storeu_ps(dst + 2 * ldt, r2);
+          _mm_storeu_ps(dst + 3 * ldt, r3);
+        }
       }
     }
     for (; k < K; ++k) {
-      for (int r = 0; r < 4; ++r) {
-        const float v = rows[r] ? rows[r][k] : 0.0f;
+      for (int r = 0; r < 16; ++r) {
+        const float v = mb + r < M ? x[(mb + r) * K + k] : 0.0f;
         finite &= std::isfinite(v);
         xt[k * ldt + mb + r] = v;
       }
     }
   }
-  return finite && _mm_movemask_ps(_mm_cmpneq_ps(nan_acc, _mm_setzero_ps())) == 0;
+  // x - x is +0.0 exactly when x is finite (see quant_u8_kmajor).
+  return finite && _mm_movemask_ps(_mm_cmpneq_ps(bad, _mm_setzero_ps())) == 0;
 }
 
 }  // namespace
