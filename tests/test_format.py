@@ -451,3 +451,18 @@ def test_random_corruption_never_crashes(dtype):
 def test_header_struct_size():
     assert _util.HEADER.size == 72
     assert struct.calcsize("<8s6I5Q") == 72
+
+
+def test_torch_load_default_weights_only_with_safe_globals(tmp_path):
+    """torch.load's default (weights_only=True) refuses unknown classes; allowing PackedWeight suffices."""
+    w, _ = _util.pruned_weight(np.random.default_rng(7), 12, 40, 0.5)
+    packed = sparsecpu.pack(w, dtype="int8")
+    path = tmp_path / "packed.pt"
+    torch.save({"layer": packed}, path)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global|not an allowed global"):
+        torch.load(path)
+    with torch.serialization.safe_globals([sparsecpu.PackedWeight]):
+        loaded = torch.load(path)["layer"]
+    assert loaded == packed
+    x = np.random.default_rng(8).standard_normal((5, 40)).astype(np.float32)
+    np.testing.assert_array_equal(sparsecpu.linear(x, loaded), sparsecpu.linear(x, packed))

@@ -23,8 +23,9 @@ class PackedWeight:
     ``ValueError`` before any kernel reads it.
 
     Create one with :func:`sparsecpu.pack`; rebuild one from :meth:`to_bytes` output with
-    :meth:`from_bytes`. It pickles, so ``torch.save``/``torch.load(..., weights_only=False)``
-    round-trip it.
+    :meth:`from_bytes`. It pickles, so ``torch.save``/``torch.load`` round-trip it: with torch's default
+    ``weights_only=True`` after ``torch.serialization.add_safe_globals([sparsecpu.PackedWeight])``,
+    or with ``weights_only=False``.
     """
 
     __slots__ = ("_buf", "_meta")
@@ -107,7 +108,10 @@ class PackedWeight:
         return _C.unpack(self._buf)
 
     def __reduce__(self):
-        return (PackedWeight.from_bytes, (self.to_bytes(),))
+        # The class itself rebuilds (and validates) it from bytes, so that torch.load's default
+        # weights_only unpickler accepts it once allowed:
+        # torch.serialization.add_safe_globals([sparsecpu.PackedWeight]).
+        return (PackedWeight, (self.to_bytes(),))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PackedWeight) and np.array_equal(self._buf, other._buf)
