@@ -11,10 +11,11 @@ namespace sparsecpu {
 enum class Activation : int { none = 0, relu = 1, gelu = 2, gelu_tanh = 3 };
 
 // Activations are stored K-major for the SpMM kernels: row k holds x[m0.., k] for a tile of
-// `mr` rows of x. A kernel with vectors of V 32-bit lanes produces, for the s-th vector of a tile,
-// lane (j, i) (j = 128-bit lane, i = 0..3) of row  m = 16 j + 4 s + i  (int8: the byte unpack
-// order of the VNNI gather) or  m = V s + 4 j + i  (fp32: plain loads). Per-row quantization
-// parameters are handed over in the int8 order ("slab order"), see slab_order_index().
+// `mr` rows of x. A kernel with vectors of V 32-bit lanes holds a tile in S = mr / V vectors per
+// channel; lane (j, i) (j = 128-bit lane, i = 0..3) of the s-th vector is row
+// m = 4 S j + 4 s + i  (int8: the unpack order of the VNNI gather) or  m = V s + 4 j + i  (fp32:
+// plain loads). Per-row quantization parameters are handed over in the int8 order ("slab
+// order"), see slab_order_index().
 struct SpmmParams {
   PackedView w;
   const void* xk;          // uint8 (int8 kernels) or float (fp32 kernels), [K][ldk]
@@ -41,9 +42,10 @@ using QuantFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64
 using TransposeFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
                              int64_t ldt);
 
-// Position of row m (0 <= m < mr) of a tile in slab order, for a kernel with V-lane vectors.
-inline int64_t slab_order_index(int64_t m, int lanes) {
-  const int64_t j = m / 16, s = (m % 16) / 4, i = m % 4;
+// Position of row m (0 <= m < mr) of an mr-row tile in slab order, for a kernel with `lanes`-lane vectors.
+inline int64_t slab_order_index(int64_t m, int mr, int lanes) {
+  const int64_t span = 4 * (mr / lanes);  // rows covered by one 128-bit lane across the slabs
+  const int64_t j = m / span, s = (m % span) / 4, i = m % 4;
   return s * lanes + 4 * j + i;
 }
 

@@ -80,19 +80,17 @@ inline typename V::F vactivate(typename V::F v, Activation act) {
 // m_base + stride_j * j + i. Transposed in registers (4x4 per 128-bit lane) so that each row's 4
 // channels leave in one 16-byte store, and y is written row-major once.
 
-// Output of a tile, staged. Each group yields 4 channels x R rows (R = 4 lanes-per-vector);
+// Output of a tile, staged. Each group yields 4 channels x kRows rows (the tile height);
 // written straight to y that is 16 bytes into each of R rows, and every 4 groups a fresh cache
 // line in each row: store misses commit one at a time, so on large outputs the stores, not the
-// dot products, set the pace. Instead 4 groups are transposed into an L1 buffer (R rows x 16
+// dot products, set the pace. Instead 4 groups are transposed into an L1 buffer (kRows rows x 16
 // channels) and each row leaves as one 64-byte store.
 // The activation is applied here, on the way out. put/end_group are forced inline and flush kept
 // out of line: otherwise GCC gives up keeping the kernel's 16 accumulators in registers (they went
 // to the stack around every quad step: 2x slower), and GELU's constants would crowd them too.
-template <class V, Activation kAct>
+template <class V, Activation kAct, int kRows>
 class OutStage {
  public:
-  static constexpr int kRows = 4 * V::kLanes;
-
   OutStage(const SpmmParams& p, int64_t m0) : y_(p.y), ldy_(p.ldy), M_(p.M), N_(p.N), m0_(m0) {}
 
   // f[c] holds channel 4g + c; lane (j, i) of every f[c] is tile row m_rel + stride_j * j + i.
@@ -149,11 +147,15 @@ class OutStage {
 //   compute for each of the 4 channels: broadcast its 4 weights (one dword) and issue one dot
 //           per slab. One gather serves 4 channels: 16 dots for 8 shuffles and 4 loads.
 // Register budget (zmm): 16 accumulators + 4 rows + 4 unpack temporaries + 4 slabs + weight.
+//
+// A Quad policy consumes one quad of blocks for a tile of kSlabs vectors per channel; lane (j, i)
+// (j = 128-bit lane, i = 0..3) of slab s holds tile row  4 kSlabs j + 4 s + i  (see slab_order_index).
 
 // One quad step in plain intrinsics: gather 4 rows into 4 slabs, then Dot for 4 channels.
 template <class V, class Dot>
 struct QuadGather {
   using I = typename V::I;
+  static constexpr int kSlabs = 4;
   static inline void step(I acc[4][4], const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3,
                           const int8_t* w) {
     const I x0 = V::load(r0), x1 = V::load(r1), x2 = V::load(r2), x3 = V::load(r3);
@@ -192,7 +194,7 @@ template <class V, class Quad, class Idx, Activation kAct, bool kRaw>
 void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   using I = typename V::I;
   using F = typename V::F;
-  static_assert(V::kBytes == 4 * V::kLanes, "one row load must yield 4 slabs");
+  constexpr int S = Quad::kSlabs;
   const uint8_t* xq = static_cast<const uint8_t*>(p.xk) + m0;
   const int64_t ld = p.ldk;
   const Idx* cols = static_cast<const Idx*>(p.w.col_idx);
@@ -201,12 +203,12 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const int32_t* w_sum = p.w.w_sum;
   const float* w_scale = p.w.w_scale;
   const float* bias = p.bias;
-  OutStage<V, kAct> out(p, m0);
+  OutStage<V, kAct, S * V::kLanes> out(p, m0);
   // Re-read per group from L1: kept in registers they would push the accumulators into spills.
   const int32_t* x_zp = p.x_zp + m0;
   const float* x_scale = p.x_scale + m0;
   for (int64_t g = g0; g < g1; ++g) {
-    I acc[4][4];
+    I acc[4][S];
     for (auto& row : acc)
       for (auto& a : row) a = V::zero();
     const uint64_t b1 = row_ptr[g + 1];
@@ -216,7 +218,7 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
     }
     const int64_t ch0 = 4 * g;
 #pragma GCC unroll 4
-    for (int s = 0; s < 4; ++s) {
+    for (int s = 0; s < S; ++s) {
       F f[4];
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
@@ -229,7 +231,7 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
           f[c] = V::fmadd(V::cvt(centered), scale, b);
         }
       }
-      out.put(g, f, 4 * s, 16);
+      out.put(g, f, 4 * s, 4 * S);
     }
     out.end_group();
   }
@@ -255,10 +257,11 @@ void spmm_s8(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fp32 SpMM: per block, 4 loads of K-major activations feed 16 FMAs (4 channels x 4 vectors),
-// weights broadcast. Lane (j, i) of vector s is row V::kLanes s + 4 j + i.
+// fp32 SpMM: per block, kVecs loads of K-major activations feed 4 kVecs FMAs (4 channels x kVecs
+// vectors), weights broadcast. Lane (j, i) of vector s is row V::kLanes s + 4 j + i. kVecs is set
+// by the register file: 4 kVecs accumulators + kVecs activations + a weight must fit (zmm: 4, ymm: 2).
 
-template <class V, class Idx, Activation kAct>
+template <class V, int kVecs, class Idx, Activation kAct>
 void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   using F = typename V::F;
   const float* xt = static_cast<const float*>(p.xk) + m0;
@@ -267,9 +270,9 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const float* vals = static_cast<const float*>(p.w.values);
   const uint32_t* row_ptr = p.w.row_ptr;
   const float* bias = p.bias;
-  OutStage<V, kAct> out(p, m0);
+  OutStage<V, kAct, kVecs * V::kLanes> out(p, m0);
   for (int64_t g = g0; g < g1; ++g) {
-    F acc[4][4];
+    F acc[4][kVecs];
     for (auto& row : acc)
       for (auto& a : row) a = V::zerof();
     const uint64_t b1 = row_ptr[g + 1];
@@ -278,19 +281,19 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 #pragma GCC unroll 4
       for (int kk = 0; kk < 4; ++kk) {
         const float* xr = xt + cols[b + kk] * ld;
-        F x[4];
+        F x[kVecs];
 #pragma GCC unroll 4
-        for (int s = 0; s < 4; ++s) x[s] = V::loadf(xr + s * V::kLanes);
+        for (int s = 0; s < kVecs; ++s) x[s] = V::loadf(xr + s * V::kLanes);
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
           const F w = V::set1f(wq[4 * c + kk]);
 #pragma GCC unroll 4
-          for (int s = 0; s < 4; ++s) acc[c][s] = V::fmadd(x[s], w, acc[c][s]);
+          for (int s = 0; s < kVecs; ++s) acc[c][s] = V::fmadd(x[s], w, acc[c][s]);
         }
       }
     }
 #pragma GCC unroll 4
-    for (int s = 0; s < 4; ++s) {
+    for (int s = 0; s < kVecs; ++s) {
       F f[4];
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
@@ -304,20 +307,21 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   out.flush();
 }
 
-template <class V, class Idx>
+template <class V, int kVecs, class Idx>
 void spmm_f32_idx(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   switch (p.act) {
-    case Activation::none: return spmm_f32_tile<V, Idx, Activation::none>(p, g0, g1, m0);
-    case Activation::relu: return spmm_f32_tile<V, Idx, Activation::relu>(p, g0, g1, m0);
-    case Activation::gelu: return spmm_f32_tile<V, Idx, Activation::gelu>(p, g0, g1, m0);
-    case Activation::gelu_tanh: return spmm_f32_tile<V, Idx, Activation::gelu_tanh>(p, g0, g1, m0);
+    case Activation::none: return spmm_f32_tile<V, kVecs, Idx, Activation::none>(p, g0, g1, m0);
+    case Activation::relu: return spmm_f32_tile<V, kVecs, Idx, Activation::relu>(p, g0, g1, m0);
+    case Activation::gelu: return spmm_f32_tile<V, kVecs, Idx, Activation::gelu>(p, g0, g1, m0);
+    case Activation::gelu_tanh: return spmm_f32_tile<V, kVecs, Idx, Activation::gelu_tanh>(p, g0, g1, m0);
   }
 }
 
-template <class V>
+// Tile: 4 channels x kVecs * V::kLanes rows.
+template <class V, int kVecs>
 void spmm_f32(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  if (p.w.index_bytes == 2) spmm_f32_idx<V, uint16_t>(p, g0, g1, m0);
-  else spmm_f32_idx<V, uint32_t>(p, g0, g1, m0);
+  if (p.w.index_bytes == 2) spmm_f32_idx<V, kVecs, uint16_t>(p, g0, g1, m0);
+  else spmm_f32_idx<V, kVecs, uint32_t>(p, g0, g1, m0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ void linear(const LinearArgs& a) {
     // Per-row parameters in the order the kernel's accumulator lanes hold the rows.
     for (int64_t m = m0; m < m1; ++m) {
       const int64_t tile = m / spmm.mr * spmm.mr;
-      const int64_t at = tile + slab_order_index(m - tile, spmm.lanes);
+      const int64_t at = tile + slab_order_index(m - tile, spmm.mr, spmm.lanes);
       scale_s[at] = scale[m];
       zp_s[at] = zp[m];
     }

@@ -5,7 +5,7 @@
 namespace sparsecpu {
 
 void spmm_4x1_f32_4x64__avx512f(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  spmm_f32<Vec512>(p, g0, g1, m0);
+  spmm_f32<Vec512, 4>(p, g0, g1, m0);
 }
 
 }  // namespace sparsecpu
