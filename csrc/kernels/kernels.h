@@ -28,6 +28,7 @@ struct SpmmParams {
   int64_t M, N;
   Activation act;
   bool raw_s32;            // test hook: store the s32 accumulators, no epilogue
+  uint64_t prefetch;       // prefetch the activation rows of the block this far ahead (0: off)
 };
 
 // Computes output channels of groups [g0, g1) for rows [m0, m0 + mr) (stores only rows < M).

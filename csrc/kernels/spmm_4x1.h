@@ -140,6 +140,14 @@ class OutStage {
   int count_ = 0;
 };
 
+// Activation rows of the quad `pf` blocks ahead, so that their L2/L3 latency overlaps the dots
+// in between (the column order is data, no hardware prefetcher can follow it).
+template <class T, class Idx>
+inline void prefetch_quad(const T* x, const Idx* cols, int64_t ld) {
+#pragma GCC unroll 4
+  for (int kk = 0; kk < 4; ++kk) _mm_prefetch(reinterpret_cast<const char*>(x + cols[kk] * ld), _MM_HINT_T0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // int8 SpMM, 4x1 blocks. Per quad of blocks (4 input columns k0..k3 of one group):
 //   gather  4 rows of u8 activations, kBytes each, into 4 "slabs" in VNNI order with 8 unpacks
@@ -204,6 +212,7 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const float* w_scale = p.w.w_scale;
   const float* bias = p.bias;
   OutStage<V, kAct, S * V::kLanes> out(p, m0);
+  const uint64_t nnzb = p.w.nnzb, pf = p.prefetch;
   // Re-read per group from L1: kept in registers they would push the accumulators into spills.
   const int32_t* x_zp = p.x_zp + m0;
   const float* x_scale = p.x_scale + m0;
@@ -213,6 +222,7 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
       for (auto& a : row) a = V::zero();
     const uint64_t b1 = row_ptr[g + 1];
     for (uint64_t b = row_ptr[g]; b < b1; b += 4) {
+      if (pf && b + pf < nnzb) prefetch_quad(xq, cols + b + pf, ld);
       Quad::step(acc, xq + cols[b + 0] * ld, xq + cols[b + 1] * ld, xq + cols[b + 2] * ld, xq + cols[b + 3] * ld,
                  vals + b * 4);
     }
@@ -271,6 +281,7 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const uint32_t* row_ptr = p.w.row_ptr;
   const float* bias = p.bias;
   OutStage<V, kAct, kVecs * V::kLanes> out(p, m0);
+  const uint64_t nnzb = p.w.nnzb, pf = p.prefetch;
   for (int64_t g = g0; g < g1; ++g) {
     F acc[4][kVecs];
     for (auto& row : acc)
@@ -278,6 +289,7 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
     const uint64_t b1 = row_ptr[g + 1];
     for (uint64_t b = row_ptr[g]; b < b1; b += 4) {
       const float* wq = vals + b * 4;
+      if (pf && b + pf < nnzb) prefetch_quad(xt, cols + b + pf, ld);
 #pragma GCC unroll 4
       for (int kk = 0; kk < 4; ++kk) {
         const float* xr = xt + cols[b + kk] * ld;

@@ -122,6 +122,12 @@ void linear(const LinearArgs& a) {
   p.N = static_cast<int64_t>(w.n);
   p.act = a.act;
   p.raw_s32 = a.raw_s32;
+  // A tile reads K-major activation rows in the (data-dependent) order of the column indices. Once
+  // the rows one thread works on (K x 64 of them) no longer sit in its L2 beside the weights
+  // streaming through, they come from L3 or memory: fetch them 4 quads ahead. Measured on Zen 3:
+  // 10-20% faster from 196 KB of rows up, slightly slower below.
+  constexpr uint64_t kPrefetchFromBytes = uint64_t(128) << 10;
+  p.prefetch = w.k * kRowAlign * (int8 ? 1 : 4) >= kPrefetchFromBytes ? 16 : 0;
   if (a.bias) {
     float* bias = s.get<float>(0, 4 * G);
     std::fill(bias, bias + 4 * G, 0.0f);
