@@ -91,9 +91,10 @@ def test_sparse_tensor(packed):
         (np.nan, (0, 0)),                  # first element
         (np.inf, (4, K - 1)),              # last element, in the scalar tail of a row
         (-np.inf, (2, 16)),                # inside the vectorized part
+        (np.inf, (13, 33)),                # in the 4-wide remainder (fp32 transpose: K % 8)
         (np.nan, (69, 5)),                 # second 64-row unit
     ],
-    ids=["nan-first", "inf-last", "neg-inf-middle", "nan-row-69"],
+    ids=["nan-first", "inf-last", "neg-inf-middle", "inf-remainder", "nan-row-69"],
 )
 def test_non_finite_x(packed, level, value, where):
     x = _x(70)

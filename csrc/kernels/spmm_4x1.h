@@ -459,15 +459,55 @@ bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m
   return finite && V::all_zero(V::asf(bad));
 }
 
+// In-register transpose of 8 rows of 8 floats: r[i] becomes column i.
+inline void transpose8x8(__m256 r[8]) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
+
 // 16 rows at a time (m0 and m1 are multiples of 16), so that each 64-byte line of the K-major
-// output gets its four 16-byte pieces back to back.
+// output gets its pieces back to back.
 template <class V>
 bool transpose_f32_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt, int64_t ldt) {
   __m128 bad = _mm_setzero_ps();
+  __m256 bad8 = _mm256_setzero_ps();
   bool finite = true;
   for (int64_t mb = m0; mb < m1; mb += 16) {
     int64_t k = 0;
     if (mb + 16 <= M) {
+      // 8 x 8 blocks: 24 shuffles per 64 values (the 4 x 4 form below needs 32) and 32-byte stores.
+      for (; k + 8 <= K; k += 8) {
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; ++half) {
+          const float* src = x + (mb + 8 * half) * K + k;
+          __m256 r[8];
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) {
+            r[i] = _mm256_loadu_ps(src + i * K);
+            bad8 = _mm256_or_ps(bad8, _mm256_sub_ps(r[i], r[i]));
+          }
+          transpose8x8(r);
+          float* dst = xt + k * ldt + mb + 8 * half;
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * ldt, r[i]);
+        }
+      }
       for (; k + 4 <= K; k += 4) {
 #pragma GCC unroll 4
         for (int sub = 0; sub < 4; ++sub) {
@@ -494,6 +534,7 @@ bool transpose_f32_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int6
     }
   }
   // x - x is +0.0 exactly when x is finite (see quant_u8_kmajor).
+  bad = _mm_or_ps(bad, _mm_or_ps(_mm256_castps256_ps128(bad8), _mm256_extractf128_ps(bad8, 1)));
   return finite && _mm_movemask_ps(_mm_cmpneq_ps(bad, _mm_setzero_ps())) == 0;
 }
 
