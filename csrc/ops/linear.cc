@@ -235,16 +235,16 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   const auto quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8_rows, isa).fn);
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, N = static_cast<int64_t>(w.n);
   const int64_t ldx = round_up(std::max<int64_t>(K, 1), 64);
-  // Channel tiles: 16-channel panels (dense) or 4-channel groups (skinny, which reads a pair's
-  // parameters 8 wide: one spare group of bias padding).
+  // Channel tiles: 16-channel panels (dense) or 4-channel groups (skinny).
   const int64_t tiles = dense ? static_cast<int64_t>(w.panels) : static_cast<int64_t>(w.groups);
-  const int64_t padded = dense ? 16 * tiles : 4 * tiles + 4;
+  const int64_t padded = dense ? 16 * tiles : 4 * tiles;
   Scratch& s = scratch();
   ThreadPool& tp = pool();
 
   RowParams p{};
   p.w = w;
-  p.xq = s.get<uint8_t>(1, M * ldx);
+  // 4 spare bytes: the skinny kernel gathers a dword at each column.
+  p.xq = s.get<uint8_t>(1, M * ldx + 4);
   p.ldx = ldx;
   float* scale = s.get<float>(2, M);
   int32_t* zp = s.get<int32_t>(3, M);
@@ -264,7 +264,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
     p.bias = bias;
   }
   // Multiply-adds below which waking a worker costs more than it saves.
-  constexpr uint64_t kMinParallelMacs = uint64_t(1) << 18;
+  constexpr uint64_t kMinParallelMacs = uint64_t(1) << 16;
   const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
   const int threads = macs < kMinParallelMacs ? 1 : tp.size();
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
