@@ -122,7 +122,7 @@ def main(argv=None):
                 fns = {"sparsecpu_dense": None}
                 pd = sparsecpu.pack(torch.randn(n, k, generator=g), dtype="int8", format="dense")
                 fns["sparsecpu_dense"] = lambda: sparsecpu.linear(x, pd)
-                for d in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+                for d in (0.5, 0.6, 0.7, 0.8, 0.9):
                     pb = sparsecpu.pack(pruned_weight(n, k, 1 - d, seed=4), dtype="int8", format="bsr")
                     fns[f"bsr_density_{d}"] = (lambda pb=pb: sparsecpu.linear(x, pb))
                 case(f"density sweep M=128 {n}x{k}", fns, a.repeat, rows)

@@ -16,9 +16,10 @@ _DTYPES = ("int8", "fp32")
 _FORMATS = ("auto", "bsr", "dense")
 
 # format="auto": an int8 weight whose 4x1-block density is at least this is packed dense. Measured on
-# the reference machine (AMD EPYC Zen 3, AVX2, 2 threads) on the BERT-base shapes at M = 128: the
-# block-sparse int8 kernel is faster than the dense int8 GEMM below this density (see README).
-AUTO_DENSE_DENSITY = 0.5
+# the reference machine (AMD EPYC Zen 3, AVX2) on the BERT-base shapes (768x768, 3072x768, 768x3072)
+# at M = 128: the block-sparse int8 kernel is faster than the dense int8 GEMM up to a block density
+# of 0.7 on every shape and slower from 0.8 on (bench/dense_skinny.py --density-sweep; see README).
+AUTO_DENSE_DENSITY = 0.75
 
 
 def block_density(weight: np.ndarray) -> float:
@@ -175,7 +176,7 @@ def pack(
         format: ``"bsr"`` (block-sparse; int8 or fp32), ``"dense"`` (dense int8 GEMM; ``dtype="fp32"``
             raises ``ValueError``: a dense fp32 layer is best left to ``torch.nn.functional.linear``)
             or ``"auto"``: int8 weights whose 4x1-block density is at least ``AUTO_DENSE_DENSITY``
-            (0.5, measured on the BERT-base shapes at M = 128 on an AVX2 Zen 3: below it the
+            (0.75, measured on the BERT-base shapes at M = 128 on an AVX2 Zen 3: below it the
             block-sparse kernel is faster) are packed dense, others block-sparse; fp32 is always ``"bsr"``.
         outlier_threshold: int8 only, ``None`` (off) or a positive float such as 6.0: at run time the
             input columns holding a value of magnitude above it (in any row of ``x``) are computed in

@@ -1,10 +1,11 @@
-// Dense int8 GEMM on AVX2: tile 4 rows x 16 channels (one panel of the dense format), exact dots.
+// Dense int8 GEMM on AVX2: tile 3 rows x 16 channels (one panel of the dense format), exact dots.
 //
 // Per VNNI dword step (4 input columns): the panel's 64 weight bytes (16 channels x 4 columns) are
 // split once into even / odd columns as int16 (4 vectors), then for each row its 4 u8 activations
 // are broadcast, split the same way, and each half meets its weights in one vpmaddwd: 255 * 127 * 2
-// fits, where vpmaddubsw would saturate. Register budget (16 ymm): 8 accumulators (4 rows x 2 x 8
-// channels), 4 weight halves, the broadcast row and its 2 halves; the byte mask comes from memory.
+// fits, where vpmaddubsw would saturate. Register budget (16 ymm): 6 accumulators (3 rows x 2 x 8
+// channels), 4 weight halves, the row's 2 halves and a product or two. With 4 rows (8
+// accumulators) GCC moves accumulators to the stack in the loop and the kernel runs 1.5x slower.
 // The accumulators hold rows in order and channels in order, so the epilogue stores y directly.
 #include <cstring>
 
@@ -24,17 +25,18 @@ __attribute__((always_inline)) inline void gemm_tile(const RowParams& p, int64_t
   __m256i acc[MR][2];
 #pragma GCC unroll 4
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = V::zero();
-  const __m256i low = V::set1(0x00FF00FF);
   for (int64_t q = 0; q < kq; ++q) {
     const __m256i w0 = V::load(w + 64 * q), w1 = V::load(w + 64 * q + 32);
     const __m256i we0 = V::srai16(V::slli16(w0, 8), 8), wo0 = V::srai16(w0, 8);
     const __m256i we1 = V::srai16(V::slli16(w1, 8), 8), wo1 = V::srai16(w1, 8);
-#pragma GCC unroll 4
+#pragma GCC unroll 3
     for (int r = 0; r < MR; ++r) {
       const __m256i xv = V::bcast32(x + r * ldx + 4 * q);
-      const __m256i xe = V::and_(xv, low), xo = V::srli16(xv, 8);
-      acc[r][0] = V::add32(acc[r][0], V::add32(V::madd16(xe, we0), V::madd16(xo, wo0)));
-      acc[r][1] = V::add32(acc[r][1], V::add32(V::madd16(xe, we1), V::madd16(xo, wo1)));
+      const __m256i xo = V::srli16(xv, 8), xe = V::srli16(V::slli16(xv, 8), 8);
+      acc[r][0] = V::add32(acc[r][0], V::madd16(xe, we0));
+      acc[r][1] = V::add32(acc[r][1], V::madd16(xe, we1));
+      acc[r][0] = V::add32(acc[r][0], V::madd16(xo, wo0));
+      acc[r][1] = V::add32(acc[r][1], V::madd16(xo, wo1));
     }
   }
   const int64_t ch0 = panel * 16;
@@ -71,9 +73,8 @@ template <Activation kAct, bool kRaw>
 void gemm_run(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
   for (int64_t panel = c0; panel < c1; ++panel) {
     int64_t m = m0;
-    for (; m + 4 <= m1; m += 4) gemm_tile<4, kAct, kRaw>(p, panel, m);
+    for (; m + 3 <= m1; m += 3) gemm_tile<3, kAct, kRaw>(p, panel, m);
     switch (m1 - m) {
-      case 3: gemm_tile<3, kAct, kRaw>(p, panel, m); break;
       case 2: gemm_tile<2, kAct, kRaw>(p, panel, m); break;
       case 1: gemm_tile<1, kAct, kRaw>(p, panel, m); break;
       default: break;
@@ -83,7 +84,7 @@ void gemm_run(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1
 
 }  // namespace
 
-void gemm_s8_4x16__avx2(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
+void gemm_s8_3x16__avx2(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
   if (p.raw_s32) return gemm_run<Activation::none, true>(p, c0, c1, m0, m1);
   switch (p.act) {
     case Activation::none: return gemm_run<Activation::none, false>(p, c0, c1, m0, m1);
