@@ -108,6 +108,12 @@ def linear(x: Any, packed: PackedWeight, bias: Any = None, activation: Optional[
     ``x`` must be finite: NaN or Inf raise ``ValueError`` (for fp32 weights too: a sparse product
     would hide them in some outputs and not in others).
 
+    The kernel follows the weight and ``M`` (rows of ``x``): a dense int8 weight runs the dense GEMM;
+    a block-sparse int8 weight runs, for ``M <= 8`` (token-by-token decoding), a kernel vectorized
+    over output channels and otherwise the SpMM tile vectorized over rows (``sparsecpu.testing.
+    kernel_for`` names it). A weight packed with ``outlier_threshold`` computes the input columns
+    holding ``|x| >`` threshold in fp32 beside the int8 product (see :func:`sparsecpu.pack`).
+
     Example:
         >>> import numpy as np, sparsecpu
         >>> w = np.zeros((8, 16), np.float32); w[:4, 3] = 2.0
