@@ -268,7 +268,8 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
   const int threads = macs < kMinParallelMacs ? 1 : tp.size();
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
-  const bool by_rows = threads > 1 && units >= threads;
+  // By rows only when the 64-row units share out evenly (M = 65 would leave one thread 1 row).
+  const bool by_rows = threads > 1 && units >= threads && (units % threads == 0 || units >= 4 * threads);
   const bool fused = by_rows && !check_outliers;
   auto rows_of = [&](int64_t u) { return std::min<int64_t>(M, (u + 1) * kRowAlign); };
 
