@@ -338,18 +338,21 @@ def assert_informative(pre: np.ndarray, y: np.ndarray, activation: Optional[str]
 # ---------------------------------------------------------------------------------------------
 # The packed buffer (csrc/core/format.h), for checking the layout and building corruptions.
 
-HEADER = struct.Struct("<8s6I5Q")
-assert HEADER.size == 72
+HEADER = struct.Struct("<8s6I5QfI")
+assert HEADER.size == 80
 HEADER_FIELDS = (
     "magic", "version", "format", "dtype", "block_n", "block_k", "index_bytes",
-    "n", "k", "nnzb", "kept_blocks", "total_bytes",
+    "n", "k", "nnzb", "kept_blocks", "total_bytes", "outlier_threshold", "reserved",
 )
 # Byte offset of each header field.
 HEADER_OFFSETS = {
     "magic": 0, "version": 8, "format": 12, "dtype": 16, "block_n": 20, "block_k": 24,
     "index_bytes": 28, "n": 32, "k": 40, "nnzb": 48, "kept_blocks": 56, "total_bytes": 64,
+    "outlier_threshold": 72, "reserved": 76,
 }
 DTYPE_CODES = {"int8": 1, "fp32": 2}
+FORMAT_CODES = {"bsr": 1, "dense": 2}
+DENSE_PANEL = 16
 ALIGN = 64
 
 
@@ -380,6 +383,30 @@ def layout(dtype_code: int, n: int, index_bytes: int, nnzb: int) -> Dict[str, in
     return out
 
 
+def layout_dense(n: int, k: int) -> Dict[str, int]:
+    """Sections of the dense int8 format: panels of 16 channels x ceil(K / 4) VNNI dwords."""
+    panels, kq = -(-n // DENSE_PANEL), -(-k // 4)
+    cursor = HEADER.size
+    out = {"groups": groups_of(n), "panels": panels, "kq": kq}
+
+    def place(name, nbytes):
+        nonlocal cursor
+        start = round_up(cursor, ALIGN)
+        out[name] = start
+        cursor = start + nbytes
+
+    place("values", panels * kq * DENSE_PANEL * 4)
+    place("w_scale", panels * DENSE_PANEL * 4)
+    place("w_sum", panels * DENSE_PANEL * 4)
+    out["total"] = round_up(cursor, ALIGN)
+    return out
+
+
+def dense_index(kq: int, c: int, k: int) -> int:
+    """Offset of channel ``c``, input column ``k`` in the dense panels."""
+    return ((c // DENSE_PANEL) * kq + k // 4) * DENSE_PANEL * 4 + (c % DENSE_PANEL) * 4 + k % 4
+
+
 @dataclass
 class Buffer:
     """A writable copy of a packed buffer with numpy views on every section."""
@@ -393,8 +420,22 @@ class Buffer:
         b = cls(bytearray(raw))
         b.header = dict(zip(HEADER_FIELDS, HEADER.unpack_from(b.data, 0)))
         h = b.header
-        b.offsets = layout(h["dtype"], h["n"], h["index_bytes"], h["nnzb"])
+        if h["format"] == FORMAT_CODES["dense"]:
+            b.offsets = layout_dense(h["n"], h["k"])
+        else:
+            b.offsets = layout(h["dtype"], h["n"], h["index_bytes"], h["nnzb"])
         return b
+
+    @property
+    def dense_values(self) -> np.ndarray:
+        """Dense format: the panels as int8 ``[panels][kq][16][4]``."""
+        o = self.offsets
+        return self._view("values", np.int8, o["panels"] * o["kq"] * DENSE_PANEL * 4)
+
+    @property
+    def dense_channels(self) -> int:
+        """Dense format: channels with a scale and a sum (N rounded up to 16)."""
+        return self.offsets["panels"] * DENSE_PANEL
 
     @property
     def groups(self) -> int:
@@ -417,20 +458,24 @@ class Buffer:
         dt = np.int8 if self.header["dtype"] == 1 else np.float32
         return self._view("values", dt, self.header["nnzb"] * 4)
 
+    def _channels(self) -> int:
+        return self.dense_channels if "panels" in self.offsets else 4 * self.groups
+
     @property
     def w_scale(self) -> np.ndarray:
-        return self._view("w_scale", np.float32, 4 * self.groups)
+        return self._view("w_scale", np.float32, self._channels())
 
     @property
     def w_sum(self) -> np.ndarray:
-        return self._view("w_sum", np.int32, 4 * self.groups)
+        return self._view("w_sum", np.int32, self._channels())
 
     def value(self, block: int, channel: int):
         """Value of channel ``channel`` (0..3) of stored block ``block`` (quads, channel-major)."""
         return self.values[value_index(block, channel)]
 
     def set_header(self, name: str, value) -> None:
-        fmt = {"magic": "8s", "n": "Q", "k": "Q", "nnzb": "Q", "kept_blocks": "Q", "total_bytes": "Q"}.get(name, "I")
+        fmt = {"magic": "8s", "n": "Q", "k": "Q", "nnzb": "Q", "kept_blocks": "Q", "total_bytes": "Q",
+               "outlier_threshold": "f"}.get(name, "I")
         struct.pack_into("<" + fmt, self.data, HEADER_OFFSETS[name], value)
         self.header[name] = value
 

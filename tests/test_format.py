@@ -50,7 +50,7 @@ def known_mask() -> np.ndarray:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pack_properties_and_layout(dtype):
     w = known_weight()
-    p = sparsecpu.pack(w, dtype=dtype)
+    p = sparsecpu.pack(w, dtype=dtype, format="bsr")
     mask = known_mask()
     row_ptr, cols, kept = _util.expected_structure(mask)
     assert kept == 9
@@ -64,7 +64,8 @@ def test_pack_properties_and_layout(dtype):
     b = _util.Buffer.of(raw)
     h = b.header
     assert h["magic"] == b"SPCPUPW\0"
-    assert (h["version"], h["format"], h["dtype"]) == (1, 1, _util.DTYPE_CODES[dtype])
+    assert (h["version"], h["format"], h["dtype"]) == (2, 1, _util.DTYPE_CODES[dtype])
+    assert (h["outlier_threshold"], h["reserved"]) == (0.0, 0) and p.outlier_threshold is None
     assert (h["block_n"], h["block_k"], h["index_bytes"]) == (4, 1, 2)
     assert (h["n"], h["k"], h["nnzb"], h["kept_blocks"]) == (10, 16, 12, 9)
     assert h["total_bytes"] == len(raw) == b.offsets["total"]
@@ -125,7 +126,7 @@ def test_n_not_multiple_of_4(n, dtype):
     rng = np.random.default_rng([13, n])
     w = rng.standard_normal((n, 9)).astype(np.float32)
     w[:, 4] = 0.0
-    p = sparsecpu.pack(w, dtype=dtype)
+    p = sparsecpu.pack(w, dtype=dtype, format="bsr")
     groups = (n + 3) // 4
     assert p.shape == (n, 9)
     assert p.kept_blocks == groups * 8
@@ -208,7 +209,7 @@ def _packed_pair(dtype):
     w, _ = _util.pruned_weight(rng, 20, 33, 0.4)
     x = rng.standard_normal((5, 33)).astype(np.float32)
     bias = rng.standard_normal(20).astype(np.float32)
-    return sparsecpu.pack(w, dtype=dtype), x, bias
+    return sparsecpu.pack(w, dtype=dtype, format="bsr"), x, bias
 
 
 def _same(p: PackedWeight, q: PackedWeight, x, bias):
@@ -328,9 +329,14 @@ CORRUPTIONS = [
     ("trailing-bytes", DTYPES, ("raw", lambda r: r + bytes(64)), r"length is \d+ bytes"),
     ("bad-magic", DTYPES, _set("magic", b"SPCPUPX\0"), r"bad magic"),
     ("magic-of-nothing", DTYPES, ("raw", lambda r: bytes(len(r))), r"bad magic"),
-    ("version-2", DTYPES, _set("version", 2), r"version 2 is not supported"),
+    ("version-3", DTYPES, _set("version", 3), r"version 3 is not supported"),
     ("version-0", DTYPES, _set("version", 0), r"version 0 is not supported"),
-    ("format-code", DTYPES, _set("format", 2), r"unknown format code 2"),
+    ("format-code", DTYPES, _set("format", 3), r"unknown format code 3"),
+    ("format-dense-on-bsr-data", DTYPES, _set("format", 2), r"dense format with dtype fp32|block 4x1 is not supported"),
+    ("outlier-threshold-nan", ["int8"], _set("outlier_threshold", float("nan")), r"outlier threshold is not finite"),
+    ("outlier-threshold-negative", ["int8"], _set("outlier_threshold", -1.0), r"outlier threshold is not finite"),
+    ("outlier-threshold-on-fp32", ["fp32"], _set("outlier_threshold", 6.0), r"outlier threshold on an fp32 weight"),
+    ("reserved", DTYPES, _set("reserved", 1), r"reserved header field"),
     ("dtype-code-3", DTYPES, _set("dtype", 3), r"unknown dtype code 3"),
     ("dtype-code-0", DTYPES, _set("dtype", 0), r"unknown dtype code 0"),
     ("block-8x1", DTYPES, _set("block_n", 8), r"block 8x1 is not supported"),
@@ -449,7 +455,7 @@ def test_random_corruption_never_crashes(dtype):
 
 
 def test_header_struct_size():
-    assert _util.HEADER.size == 72
+    assert _util.HEADER.size == 80
     assert struct.calcsize("<8s6I5Q") == 72
 
 

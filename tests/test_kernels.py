@@ -105,7 +105,7 @@ def _reference(index: int):
     one case run back to back, one per level)."""
     c = CASES[index]
     data = _util.make_case_data([SEED, index], c["M"], c["N"], c["K"], c["density"], c["bias"])
-    packed = sparsecpu.pack(data.w, dtype=c["dtype"])
+    packed = sparsecpu.pack(data.w, dtype=c["dtype"], format="bsr")
     with testing.isa("reference") as got:
         assert got == "reference"
         assert sparsecpu.info()["kernels"]["spmm_s8"].endswith("__ref")
@@ -208,7 +208,7 @@ def test_n_not_multiple_of_4(n, dtype):
     w, _ = _util.pruned_weight(rng, n, 37, 0.5, holes=False)
     x = rng.standard_normal((70, 37)).astype(np.float32)
     bias = (rng.standard_normal(n) + 0.5).astype(np.float32)
-    packed = sparsecpu.pack(w, dtype=dtype)
+    packed = sparsecpu.pack(w, dtype=dtype, format="bsr")
     assert packed.shape == (n, 37)
     outs = _check_all_levels_vs_numpy(x, w, packed, bias, "gelu")
     assert outs["reference"][0].shape == (70, n)
@@ -241,7 +241,7 @@ def test_int8_quantization_edge_rows(k):
     rng = np.random.default_rng([SEED, 2, k])
     w, _ = _util.pruned_weight(rng, 20, k, 0.6, holes=False)
     x = _edge_rows(k, rng)
-    packed = sparsecpu.pack(w, dtype="int8")
+    packed = sparsecpu.pack(w, dtype="int8", format="bsr")
     bias = (rng.standard_normal(20) + 0.5).astype(np.float32)
     _check_all_levels_vs_numpy(x, w, packed, bias, None)
 
@@ -258,7 +258,7 @@ def test_int8_extreme_magnitudes_s32():
     x[1, ::3] = np.float32(-3.4e38)
     x[2] = np.finfo(np.float32).tiny
     x[3, 7] = np.float32(3e38)
-    packed = sparsecpu.pack(w, dtype="int8")
+    packed = sparsecpu.pack(w, dtype="int8", format="bsr")
     with np.errstate(over="ignore"):  # the float outputs overflow; only the accumulators matter
         ex = _util.int8_expected(x, w, None, None)
     for level in LEVELS:
@@ -300,7 +300,7 @@ def test_random_shapes_every_level(index):
     w, _ = _util.pruned_weight(rng, c["N"], c["K"], c["density"])
     x = rng.standard_normal((c["M"], c["K"])).astype(np.float32)
     bias = (rng.standard_normal(c["N"]) + 0.5).astype(np.float32)
-    packed = sparsecpu.pack(w, dtype=c["dtype"])
+    packed = sparsecpu.pack(w, dtype=c["dtype"], format="bsr")
     _check_all_levels_vs_numpy(x, w, packed, bias, c["activation"])
 
 
@@ -327,7 +327,7 @@ def test_int8_largest_k_s32_does_not_overflow():
     x[1] = -1.5       # all negative: zero point 255, q = 0
     x[2] = np.where(np.arange(k) % 3 == 0, -1.0, 2.0)
     x[3] = rng.standard_normal(k)
-    packed = sparsecpu.pack(w, dtype="int8")
+    packed = sparsecpu.pack(w, dtype="int8", format="bsr")
     ex = _util.int8_expected(x, w, None, None)
     q, zp = ex.q, ex.zp
     assert (q[0] == 255).all() and zp[0] == 0 and (q[1] == 0).all() and zp[1] == 255
@@ -357,7 +357,7 @@ def test_fp32_column_index_width(k, index_bytes):
     w, mask = _util.pruned_weight(rng, 8, k, 0.01)
     mask[:, k - 1] = True  # the last column, the widest index
     w[:, k - 1] = rng.standard_normal(8)
-    packed = sparsecpu.pack(w, dtype="fp32")
+    packed = sparsecpu.pack(w, dtype="fp32", format="bsr")
     assert _util.Buffer.of(packed.to_bytes()).header["index_bytes"] == index_bytes
     assert packed.to_dense()[:, k - 1].tolist() == w[:, k - 1].tolist()
     x = rng.standard_normal((3, k)).astype(np.float32)
@@ -369,17 +369,19 @@ def test_fp32_column_index_width(k, index_bytes):
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("dtype", ["int8", "fp32"])
+@pytest.mark.parametrize("kind", ["int8", "fp32", "dense"])
 @pytest.mark.parametrize(
-    "m", [1, 128, 129], ids=["M1-by-channels", "M128-by-rows", "M129-by-channels"]
+    "m", [1, 5, 128, 129], ids=["M1-by-channels", "M5-by-channels", "M128-by-rows", "M129-by-channels"]
 )
-def test_threads_bitwise_identical(m, dtype, level, num_threads):
+def test_threads_bitwise_identical(m, kind, level, num_threads):
+    """int8 / fp32: block-sparse (M <= 8: the skinny kernel for int8); dense: the dense int8 GEMM."""
     rng = np.random.default_rng([SEED, 6, m])
     n, k = 772, 768
     w, _ = _util.pruned_weight(rng, n, k, 0.1)
     x = rng.standard_normal((m, k)).astype(np.float32)
     bias = (rng.standard_normal(n) + 0.5).astype(np.float32)
-    packed = sparsecpu.pack(w, dtype=dtype)
+    dtype = "fp32" if kind == "fp32" else "int8"
+    packed = sparsecpu.pack(w, dtype=dtype, format="dense" if kind == "dense" else "bsr")
     results = {}
     with testing.isa(level):
         for threads in (1, 2, 3):
@@ -407,7 +409,7 @@ def test_concurrent_calls_from_python_threads():
     """linear() releases the GIL; concurrent callers must each get their own correct result."""
     rng = np.random.default_rng([SEED, 7])
     w, _ = _util.pruned_weight(rng, 772, 768, 0.1)
-    packed = {dt: sparsecpu.pack(w, dtype=dt) for dt in ("int8", "fp32")}
+    packed = {dt: sparsecpu.pack(w, dtype=dt, format="bsr") for dt in ("int8", "fp32")}
     xs = [rng.standard_normal((m, 768)).astype(np.float32) for m in (1, 17, 128, 129)]
     expected = {(dt, i): sparsecpu.linear(x, packed[dt]) for dt in packed for i, x in enumerate(xs)}
     failures = []

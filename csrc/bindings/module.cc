@@ -39,8 +39,9 @@ py::dict describe(const PackedView& v, size_t nbytes) {
   d["n"] = v.n;
   d["k"] = v.k;
   d["dtype"] = dtype_name(v.dtype);
-  d["format"] = "bsr";
-  d["block"] = py::make_tuple(4, 1);
+  d["format"] = format_name(v.format);
+  d["block"] = v.format == Format::dense ? py::make_tuple(1, 1) : py::make_tuple(4, 1);
+  d["outlier_threshold"] = v.outlier_threshold;
   d["stored_blocks"] = v.nnzb;
   d["kept_blocks"] = v.kept_blocks;
   d["index_bytes"] = v.index_bytes;
@@ -48,13 +49,17 @@ py::dict describe(const PackedView& v, size_t nbytes) {
   return d;
 }
 
-U8Array pack(const F32Array& w, const std::string& dtype) {
+U8Array pack(const F32Array& w, const std::string& dtype, const std::string& format, float outlier_threshold) {
   if (w.ndim() != 2) throw std::invalid_argument("weight must be 2-D (N x K)");
   const DType dt = parse_dtype(dtype);
+  if (format != "bsr" && format != "dense") throw std::invalid_argument("format must be 'bsr' or 'dense'");
+  if (format == "dense" && dt != DType::int8) throw std::invalid_argument("format 'dense' needs dtype 'int8'");
   std::vector<uint8_t> buf;
   {
     py::gil_scoped_release release;
-    buf = pack_bsr(w.data(), static_cast<uint64_t>(w.shape(0)), static_cast<uint64_t>(w.shape(1)), dt);
+    const uint64_t n = static_cast<uint64_t>(w.shape(0)), k = static_cast<uint64_t>(w.shape(1));
+    buf = format == "dense" ? pack_dense(w.data(), n, k, outlier_threshold)
+                            : pack_bsr(w.data(), n, k, dt, outlier_threshold);
   }
   U8Array out(static_cast<py::ssize_t>(buf.size()));
   std::memcpy(out.mutable_data(), buf.data(), buf.size());
@@ -96,8 +101,7 @@ py::dict info() {
   d["detected_isa"] = isa_name(c.best);
   d["isa"] = isa_name(active_isa());
   py::dict kernels;
-  for (Op op : {Op::spmm_s8, Op::spmm_f32, Op::quant_u8, Op::transpose_f32})
-    kernels[op_name(op)] = select_kernel(op, active_isa()).name;
+  for (Op op : kAllOps) kernels[op_name(op)] = select_kernel(op, active_isa()).name;
   d["kernels"] = kernels;
   d["threads"] = get_num_threads();
   return d;
@@ -137,7 +141,8 @@ PYBIND11_MODULE(_C, m) {
   // Fail the import on a bad SPARSECPU_ISA rather than on the first call.
   active_isa();
 
-  m.def("pack", &pack, py::arg("weight"), py::arg("dtype"));
+  m.def("pack", &pack, py::arg("weight"), py::arg("dtype"), py::arg("format") = "bsr",
+        py::arg("outlier_threshold") = 0.0f);
   m.def("validate", [](const U8Array& buf) { return describe(view_of(buf, true), buf.size()); }, py::arg("buf"));
   m.def("describe", [](const U8Array& buf) { return describe(view_of(buf, false), buf.size()); }, py::arg("buf"));
   m.def("unpack", [](const U8Array& buf) {
@@ -154,6 +159,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
   m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name)); }, py::arg("level"));
   m.def("kernel_name", [](const std::string& dtype) { return std::string(kernel_name(parse_dtype(dtype))); });
+  m.def("kernel_for", [](const U8Array& buf, int64_t m) { return std::string(kernel_for(view_of(buf, false), m)); },
+        py::arg("buf"), py::arg("m"));
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
 }

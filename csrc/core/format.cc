@@ -35,9 +35,61 @@ uint64_t col_at(const void* col_idx, uint32_t index_bytes, uint64_t i) {
                           : static_cast<const uint32_t*>(col_idx)[i];
 }
 
+void check_dims(uint64_t n, uint64_t k, DType dtype) {
+  if (n >= kMaxDim || k >= kMaxDim) throw std::invalid_argument("weight dimensions must be below 2**31");
+  if (dtype == DType::int8 && k > kMaxK_int8)
+    throw std::invalid_argument("int8 weights need K <= 65535 (exact int32 accumulation); got K = " +
+                                std::to_string(k));
+}
+
+void check_finite(const float* w, uint64_t count) {
+  for (uint64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(w[i])) throw std::invalid_argument("weight contains NaN or Inf");
+  }
+}
+
+void check_threshold(float t, DType dtype) {
+  if (!(std::isfinite(t) && t >= 0.0f))
+    throw std::invalid_argument("outlier_threshold must be finite and >= 0 (0 = off)");
+  if (t > 0.0f && dtype != DType::int8) throw std::invalid_argument("outlier_threshold applies to int8 weights only");
+}
+
+// Per-channel symmetric scales (int8); the smallest normal float at least, so that w / scale
+// stays finite for channels of denormal magnitude (whose values then quantize to zero).
+std::vector<float> channel_scales(const float* w, uint64_t n, uint64_t k, uint64_t padded) {
+  std::vector<float> scale(padded, 1.0f);
+  for (uint64_t c = 0; c < n; ++c) {
+    float amax = 0;
+    for (uint64_t kk = 0; kk < k; ++kk) amax = std::max(amax, std::fabs(w[c * k + kk]));
+    if (amax > 0) scale[c] = std::max(amax / 127.0f, std::numeric_limits<float>::min());
+  }
+  return scale;
+}
+
+float quantize_weight(float x, float scale) { return std::min(127.0f, std::max(-127.0f, std::nearbyint(x / scale))); }
+
+Header make_header(Format format, DType dtype, uint64_t n, uint64_t k, float outlier_threshold) {
+  Header h{};
+  std::memcpy(h.magic, kMagic, sizeof(kMagic));
+  h.version = kFormatVersion;
+  h.format = static_cast<uint32_t>(format);
+  h.dtype = static_cast<uint32_t>(dtype);
+  h.n = n;
+  h.k = k;
+  h.outlier_threshold = outlier_threshold;
+  return h;
+}
+
+// Offset of channel c, input column kk in the dense panels.
+uint64_t dense_at(uint64_t kq, uint64_t c, uint64_t kk) {
+  return ((c / kDensePanel) * kq + kk / kDenseQuad) * (kDensePanel * kDenseQuad) + (c % kDensePanel) * kDenseQuad +
+         kk % kDenseQuad;
+}
+
 }  // namespace
 
 const char* dtype_name(DType d) { return d == DType::int8 ? "int8" : "fp32"; }
+const char* format_name(Format f) { return f == Format::dense ? "dense" : "bsr"; }
 
 bool compute_layout(DType dtype, uint64_t n, uint64_t index_bytes, uint64_t nnzb, Layout* out) {
   Layout l;
@@ -57,33 +109,34 @@ bool compute_layout(DType dtype, uint64_t n, uint64_t index_bytes, uint64_t nnzb
   return true;
 }
 
-std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtype) {
-  if (n >= kMaxDim || k >= kMaxDim) throw std::invalid_argument("weight dimensions must be below 2**31");
-  if (dtype == DType::int8 && k > kMaxK_int8)
-    throw std::invalid_argument("int8 weights need K <= 65535 (exact int32 accumulation); got K = " +
-                                std::to_string(k));
-  for (uint64_t i = 0; i < n * k; ++i) {
-    if (!std::isfinite(w[i])) throw std::invalid_argument("weight contains NaN or Inf");
-  }
+bool compute_layout_dense(uint64_t n, uint64_t k, Layout* out) {
+  Layout l;
+  l.groups = (n + 3) / 4;
+  const uint64_t panels = (n + kDensePanel - 1) / kDensePanel, kq = (k + kDenseQuad - 1) / kDenseQuad;
+  uint64_t cursor = sizeof(Header), bytes;
+  if (mul_ovf(panels * kq, kDensePanel * kDenseQuad, &bytes) || !place(&cursor, bytes, &l.values)) return false;
+  if (!place(&cursor, panels * kDensePanel * 4, &l.w_scale)) return false;
+  if (!place(&cursor, panels * kDensePanel * 4, &l.w_sum)) return false;
+  if (add_ovf(cursor, kAlign - 1, &l.total)) return false;
+  l.total &= ~(kAlign - 1);
+  *out = l;
+  return true;
+}
+
+std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtype, float outlier_threshold) {
+  check_dims(n, k, dtype);
+  check_threshold(outlier_threshold, dtype);
+  check_finite(w, n * k);
   const uint64_t groups = (n + 3) / 4;
   auto wat = [&](uint64_t c, uint64_t kk) { return c < n ? w[c * k + kk] : 0.0f; };
-
-  // Per-channel symmetric scales (int8); the smallest normal float at least, so that w / scale
-  // stays finite for channels of denormal magnitude (whose values then quantize to zero).
-  std::vector<float> scale(groups * 4, 1.0f);
-  if (dtype == DType::int8) {
-    for (uint64_t c = 0; c < n; ++c) {
-      float amax = 0;
-      for (uint64_t kk = 0; kk < k; ++kk) amax = std::max(amax, std::fabs(w[c * k + kk]));
-      if (amax > 0) scale[c] = std::max(amax / 127.0f, std::numeric_limits<float>::min());
-    }
-  }
+  const std::vector<float> scale =
+      dtype == DType::int8 ? channel_scales(w, n, k, groups * 4) : std::vector<float>(groups * 4, 1.0f);
   // The value a kernel will see: int8 after quantization, so a block whose values all round to
   // zero is pruned here rather than stored as a block of zeros.
   auto quantized = [&](uint64_t c, uint64_t kk) {
     const float x = wat(c, kk);
     if (dtype != DType::int8) return x;
-    return std::min(127.0f, std::max(-127.0f, std::nearbyint(x / scale[c])));
+    return quantize_weight(x, scale[c]);
   };
 
   // Kept columns per group; lists padded to a multiple of 4.
@@ -108,16 +161,10 @@ std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtyp
   if (!compute_layout(dtype, n, ib, nnzb, &l)) throw std::invalid_argument("weight too large to pack");
 
   std::vector<uint8_t> buf(l.total, 0);
-  Header h{};
-  std::memcpy(h.magic, kMagic, sizeof(kMagic));
-  h.version = kFormatVersion;
-  h.format = static_cast<uint32_t>(Format::bsr);
-  h.dtype = static_cast<uint32_t>(dtype);
+  Header h = make_header(Format::bsr, dtype, n, k, outlier_threshold);
   h.block_n = 4;
   h.block_k = 1;
   h.index_bytes = ib;
-  h.n = n;
-  h.k = k;
   h.nnzb = nnzb;
   h.kept_blocks = kept;
   h.total_bytes = l.total;
@@ -157,50 +204,148 @@ std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtyp
   return buf;
 }
 
+std::vector<uint8_t> pack_dense(const float* w, uint64_t n, uint64_t k, float outlier_threshold) {
+  check_dims(n, k, DType::int8);
+  check_threshold(outlier_threshold, DType::int8);
+  check_finite(w, n * k);
+  Layout l;
+  if (!compute_layout_dense(n, k, &l)) throw std::invalid_argument("weight too large to pack");
+  const uint64_t panels = (n + kDensePanel - 1) / kDensePanel, kq = (k + kDenseQuad - 1) / kDenseQuad;
+  const std::vector<float> scale = channel_scales(w, n, k, panels * kDensePanel);
+  std::vector<uint8_t> buf(l.total, 0);
+  int8_t* vals = reinterpret_cast<int8_t*>(buf.data() + l.values);
+  std::vector<int32_t> wsum(panels * kDensePanel, 0);
+  std::vector<uint8_t> block_nz(((n + 3) / 4) * k, 0);
+  for (uint64_t c = 0; c < n; ++c) {
+    for (uint64_t kk = 0; kk < k; ++kk) {
+      const int8_t q = static_cast<int8_t>(quantize_weight(w[c * k + kk], scale[c]));
+      vals[dense_at(kq, c, kk)] = q;
+      wsum[c] += q;
+      block_nz[(c / 4) * k + kk] |= q != 0;
+    }
+  }
+  Header h = make_header(Format::dense, DType::int8, n, k, outlier_threshold);
+  h.block_n = 1;
+  h.block_k = 1;
+  for (uint8_t nz : block_nz) h.kept_blocks += nz;
+  h.total_bytes = l.total;
+  std::memcpy(buf.data(), &h, sizeof(h));
+  if (panels > 0) {
+    std::memcpy(buf.data() + l.w_scale, scale.data(), panels * kDensePanel * 4);
+    std::memcpy(buf.data() + l.w_sum, wsum.data(), panels * kDensePanel * 4);
+  }
+  return buf;
+}
+
 PackedView view_trusted(const uint8_t* data, size_t size) {
   if (size < sizeof(Header)) bad("buffer of " + std::to_string(size) + " bytes is shorter than the header");
   if (reinterpret_cast<uintptr_t>(data) % alignof(uint64_t)) bad("buffer is not 8-byte aligned");
   Header h;
   std::memcpy(&h, data, sizeof(h));
   if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0) bad("bad magic (not a sparsecpu packed weight)");
-  if (h.version != kFormatVersion)
-    bad("format version " + std::to_string(h.version) + " is not supported (expected " +
+  if (h.version != kFormatVersion && h.version != 1)
+    bad("format version " + std::to_string(h.version) + " is not supported (expected 1 or " +
         std::to_string(kFormatVersion) + ")");
-  if (h.format != static_cast<uint32_t>(Format::bsr)) bad("unknown format code " + std::to_string(h.format));
+  if (h.version == 1) {
+    // The 72-byte header of version 1 ends before these fields (the bytes are section padding).
+    h.outlier_threshold = 0.0f;
+    h.reserved = 0;
+  }
+  const bool dense = h.format == static_cast<uint32_t>(Format::dense);
+  if (h.format != static_cast<uint32_t>(Format::bsr) && !(dense && h.version >= 2))
+    bad("unknown format code " + std::to_string(h.format));
   if (h.dtype != static_cast<uint32_t>(DType::int8) && h.dtype != static_cast<uint32_t>(DType::fp32))
     bad("unknown dtype code " + std::to_string(h.dtype));
-  if (h.block_n != 4 || h.block_k != 1)
-    bad("block " + std::to_string(h.block_n) + "x" + std::to_string(h.block_k) + " is not supported (4x1)");
   const DType dtype = static_cast<DType>(h.dtype);
+  if (dense && dtype != DType::int8) bad("dense format with dtype fp32 (dense weights are int8)");
+  const uint32_t bn = dense ? 1 : 4;
+  if (h.block_n != bn || h.block_k != 1)
+    bad("block " + std::to_string(h.block_n) + "x" + std::to_string(h.block_k) + " is not supported (" +
+        std::to_string(bn) + "x1)");
   if (h.n >= kMaxDim || h.k >= kMaxDim) bad("N or K is 2**31 or more");
   if (dtype == DType::int8 && h.k > kMaxK_int8) bad("int8 weight with K > 65535");
-  if (h.index_bytes != index_bytes_for(h.k))
-    bad("index width " + std::to_string(h.index_bytes) + " does not match K = " + std::to_string(h.k));
-  if (h.nnzb % 4) bad("block count " + std::to_string(h.nnzb) + " is not a multiple of 4");
-  if (h.kept_blocks > h.nnzb) bad("kept block count exceeds the stored block count");
+  if (!(std::isfinite(h.outlier_threshold) && h.outlier_threshold >= 0.0f))
+    bad("outlier threshold is not finite and >= 0");
+  if (h.outlier_threshold > 0.0f && dtype != DType::int8) bad("outlier threshold on an fp32 weight");
+  if (h.reserved != 0) bad("reserved header field is not 0");
   Layout l;
-  if (!compute_layout(dtype, h.n, h.index_bytes, h.nnzb, &l)) bad("section sizes overflow");
+  uint64_t groups = (h.n + 3) / 4;
+  if (dense) {
+    if (h.index_bytes != 0 || h.nnzb != 0) bad("dense format with a block index");
+    if (h.kept_blocks > groups * h.k) bad("kept block count exceeds the number of blocks");
+    if (!compute_layout_dense(h.n, h.k, &l)) bad("section sizes overflow");
+  } else {
+    if (h.index_bytes != index_bytes_for(h.k))
+      bad("index width " + std::to_string(h.index_bytes) + " does not match K = " + std::to_string(h.k));
+    if (h.nnzb % 4) bad("block count " + std::to_string(h.nnzb) + " is not a multiple of 4");
+    if (h.kept_blocks > h.nnzb) bad("kept block count exceeds the stored block count");
+    if (!compute_layout(dtype, h.n, h.index_bytes, h.nnzb, &l)) bad("section sizes overflow");
+  }
   if (h.total_bytes != l.total || size != l.total)
     bad("length is " + std::to_string(size) + " bytes, the header implies " + std::to_string(l.total) +
         " (header says " + std::to_string(h.total_bytes) + ")");
   PackedView v;
   v.dtype = dtype;
+  v.format = dense ? Format::dense : Format::bsr;
+  v.outlier_threshold = h.outlier_threshold;
   v.n = h.n;
   v.k = h.k;
-  v.groups = l.groups;
+  v.groups = groups;
   v.nnzb = h.nnzb;
   v.kept_blocks = h.kept_blocks;
   v.index_bytes = h.index_bytes;
-  v.row_ptr = reinterpret_cast<const uint32_t*>(data + l.row_ptr);
-  v.col_idx = data + l.col_idx;
+  v.row_ptr = dense ? nullptr : reinterpret_cast<const uint32_t*>(data + l.row_ptr);
+  v.col_idx = dense ? nullptr : data + l.col_idx;
   v.values = data + l.values;
   v.w_scale = dtype == DType::int8 ? reinterpret_cast<const float*>(data + l.w_scale) : nullptr;
   v.w_sum = dtype == DType::int8 ? reinterpret_cast<const int32_t*>(data + l.w_sum) : nullptr;
+  if (dense) {
+    v.panels = (h.n + kDensePanel - 1) / kDensePanel;
+    v.kq = (h.k + kDenseQuad - 1) / kDenseQuad;
+  }
   return v;
 }
 
+namespace {
+
+// Dense buffers: padding values zero, scales positive, sums and the kept-block count matching.
+void validate_dense(const PackedView& v) {
+  const int8_t* vals = static_cast<const int8_t*>(v.values);
+  uint64_t kept = 0;
+  std::vector<uint8_t> nz(v.k);
+  for (uint64_t p = 0; p < v.panels; ++p) {
+    for (uint64_t c = p * kDensePanel; c < (p + 1) * kDensePanel; ++c) {
+      const float s = v.w_scale[c];
+      if (!(std::isfinite(s) && s > 0)) bad("channel " + std::to_string(c) + " has a scale that is not finite and > 0");
+      int64_t sum = 0;
+      for (uint64_t kk = 0; kk < v.kq * kDenseQuad; ++kk) {
+        const int8_t q = vals[dense_at(v.kq, c, kk)];
+        if (q != 0 && (c >= v.n || kk >= v.k))
+          bad("nonzero padding value at channel " + std::to_string(c) + ", column " + std::to_string(kk));
+        sum += q;
+      }
+      if (sum != v.w_sum[c]) bad("weight sum of channel " + std::to_string(c) + " does not match its values");
+    }
+  }
+  for (uint64_t g = 0; g < v.groups; ++g) {
+    std::fill(nz.begin(), nz.end(), 0);
+    for (uint64_t c = 4 * g; c < std::min<uint64_t>(4 * g + 4, v.n); ++c) {
+      for (uint64_t kk = 0; kk < v.k; ++kk) nz[kk] |= vals[dense_at(v.kq, c, kk)] != 0;
+    }
+    for (uint8_t b : nz) kept += b;
+  }
+  if (kept != v.kept_blocks)
+    bad("header counts " + std::to_string(v.kept_blocks) + " kept blocks, the data holds " + std::to_string(kept));
+}
+
+}  // namespace
+
 PackedView validate(const uint8_t* data, size_t size) {
   PackedView v = view_trusted(data, size);
+  if (v.format == Format::dense) {
+    validate_dense(v);
+    return v;
+  }
   if (v.row_ptr[0] != 0) bad("row_ptr[0] is " + std::to_string(v.row_ptr[0]) + ", expected 0");
   uint64_t kept = 0;
   for (uint64_t g = 0; g < v.groups; ++g) {
@@ -243,6 +388,13 @@ PackedView validate(const uint8_t* data, size_t size) {
 
 void unpack_dense(const PackedView& v, float* out) {
   std::fill(out, out + v.n * v.k, 0.0f);
+  if (v.format == Format::dense) {
+    const int8_t* vals = static_cast<const int8_t*>(v.values);
+    for (uint64_t c = 0; c < v.n; ++c) {
+      for (uint64_t kk = 0; kk < v.k; ++kk) out[c * v.k + kk] = vals[dense_at(v.kq, c, kk)] * v.w_scale[c];
+    }
+    return;
+  }
   for (uint64_t g = 0; g < v.groups; ++g) {
     for (uint64_t b = v.row_ptr[g]; b < v.row_ptr[g + 1]; ++b) {
       const uint64_t kk = col_at(v.col_idx, v.index_bytes, b);
@@ -254,6 +406,31 @@ void unpack_dense(const PackedView& v, float* out) {
                               ? static_cast<const int8_t*>(v.values)[at] * v.w_scale[c]
                               : static_cast<const float*>(v.values)[at];
         out[c * v.k + kk] += val;
+      }
+    }
+  }
+}
+
+void weight_column(const PackedView& v, uint64_t k, float* out) {
+  std::fill(out, out + v.n, 0.0f);
+  if (v.format == Format::dense) {
+    const int8_t* vals = static_cast<const int8_t*>(v.values);
+    for (uint64_t c = 0; c < v.n; ++c) out[c] = vals[dense_at(v.kq, c, k)] * v.w_scale[c];
+    return;
+  }
+  for (uint64_t g = 0; g < v.groups; ++g) {
+    // Sorted columns: binary search for the first block at k (padding repeats hold zeros).
+    uint64_t lo = v.row_ptr[g], hi = v.row_ptr[g + 1];
+    while (lo < hi) {
+      const uint64_t mid = (lo + hi) / 2;
+      if (col_at(v.col_idx, v.index_bytes, mid) < k) lo = mid + 1;
+      else hi = mid;
+    }
+    for (uint64_t b = lo; b < v.row_ptr[g + 1] && col_at(v.col_idx, v.index_bytes, b) == k; ++b) {
+      for (uint64_t ch = 0; ch < 4 && 4 * g + ch < v.n; ++ch) {
+        const uint64_t c = 4 * g + ch, at = (b / 4) * 16 + ch * 4 + (b % 4);
+        out[c] += v.dtype == DType::int8 ? static_cast<const int8_t*>(v.values)[at] * v.w_scale[c]
+                                         : static_cast<const float*>(v.values)[at];
       }
     }
   }

@@ -1,7 +1,7 @@
-// Packed weight format: one self-describing byte buffer.
+// Packed weight format: one self-describing byte buffer, in one of two formats.
 //
-// Layout (little-endian; every section starts at a multiple of 64 bytes):
-//   Header (72 bytes, see below)
+// Format::bsr (block-sparse rows) layout (little-endian; every section starts at a multiple of 64 bytes):
+//   Header (80 bytes, see below)
 //   row_ptr   uint32[G + 1]          G = ceil(N / 4) groups of 4 output channels; block offsets
 //   col_idx   uint16|uint32[nnzb]    input column of each stored block, non-decreasing per group
 //   values    int8|float[nnzb * 4]   in quads of 4 blocks: [c0: k0 k1 k2 k3][c1: ...][c2: ...][c3: ...]
@@ -9,6 +9,17 @@
 //   w_sum     int32[4G]              int8 only: sum of the int8 weights of each channel (zero-point term)
 // Each group's block list is padded to a multiple of 4 with zero blocks that repeat the last column, so
 // a kernel always reads whole quads: 4 columns x 4 channels = one VNNI dword per channel.
+//
+// Format::dense (int8 only) layout:
+//   Header    block 1x1, index_bytes 0, nnzb 0; kept_blocks counts the nonzero 4x1 blocks (for density)
+//   values    int8[P][Kq][16][4]     P = ceil(N / 16) panels of 16 channels, Kq = ceil(K / 4): each panel
+//                                    is a VNNI K/4 x 16 x 4 matrix, read front to back by the kernel;
+//                                    channels >= N and columns >= K hold zeros
+//   w_scale   float[16P]             channels >= N: 1
+//   w_sum     int32[16P]             channels >= N: 0
+//
+// Version 2 added outlier_threshold to the header (version 1 buffers, BSR only, are still read: their
+// sections sit at the same offsets, and they have no outlier columns).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -18,12 +29,15 @@
 namespace sparsecpu {
 
 constexpr char kMagic[8] = {'S', 'P', 'C', 'P', 'U', 'P', 'W', '\0'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 // int8: a s32 accumulator holds 255 * 127 * K exactly for K up to this.
 constexpr uint64_t kMaxK_int8 = 65535;
 constexpr uint64_t kMaxDim = uint64_t(1) << 31;
 
-enum class Format : uint32_t { bsr = 1 };
+enum class Format : uint32_t { bsr = 1, dense = 2 };
+// Channels per panel and input columns per VNNI dword of the dense format.
+constexpr uint64_t kDensePanel = 16;
+constexpr uint64_t kDenseQuad = 4;
 enum class DType : uint32_t { int8 = 1, fp32 = 2 };
 
 struct Header {
@@ -39,8 +53,12 @@ struct Header {
   uint64_t nnzb;         // stored blocks, padding included
   uint64_t kept_blocks;  // blocks with a nonzero value: what density counts
   uint64_t total_bytes;
+  // Version 2. int8: input columns holding a value of magnitude above this are computed in fp32
+  // beside the int8 product (LLM.int8() decomposition); 0 = off.
+  float outlier_threshold;
+  uint32_t reserved;  // 0
 };
-static_assert(sizeof(Header) == 72, "the header layout is part of the format");
+static_assert(sizeof(Header) == 80, "the header layout is part of the format");
 
 // Section offsets, a pure function of the header fields.
 struct Layout {
@@ -49,6 +67,8 @@ struct Layout {
 };
 // Returns false if the sizes overflow or exceed the limits.
 bool compute_layout(DType dtype, uint64_t n, uint64_t index_bytes, uint64_t nnzb, Layout* out);
+// Dense format: values, w_scale and w_sum; row_ptr and col_idx are empty (offset 0).
+bool compute_layout_dense(uint64_t n, uint64_t k, Layout* out);
 
 // A validated view into a packed buffer (no ownership).
 struct PackedView {
@@ -60,11 +80,17 @@ struct PackedView {
   const void* values;
   const float* w_scale;    // null for fp32
   const int32_t* w_sum;    // null for fp32
+  Format format = Format::bsr;
+  float outlier_threshold = 0.0f;  // 0: off
+  uint64_t panels = 0, kq = 0;     // dense: ceil(N / 16) panels of ceil(K / 4) VNNI dwords
 };
 
 // Packs a dense row-major N x K float matrix already pruned in 4x1 blocks. Throws std::invalid_argument
-// on non-finite weights or sizes over the limits.
-std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtype);
+// on non-finite weights, sizes over the limits or a bad outlier threshold (int8 only; 0 = off).
+std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtype, float outlier_threshold = 0.0f);
+
+// Packs a row-major N x K float matrix as dense int8 panels (same scales as pack_bsr).
+std::vector<uint8_t> pack_dense(const float* w, uint64_t n, uint64_t k, float outlier_threshold = 0.0f);
 
 // Full validation of an untrusted buffer: header, sizes, every index, ordering, scales and sums.
 // Throws std::invalid_argument with a message naming what is wrong.
@@ -75,7 +101,10 @@ PackedView view_trusted(const uint8_t* data, size_t size);
 
 // Dense N x K float copy of the (dequantized) weight.
 void unpack_dense(const PackedView& v, float* out);
+// Column k of the (dequantized) weight: N floats.
+void weight_column(const PackedView& v, uint64_t k, float* out);
 
 const char* dtype_name(DType d);
+const char* format_name(Format f);
 
 }  // namespace sparsecpu

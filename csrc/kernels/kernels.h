@@ -34,11 +34,37 @@ struct SpmmParams {
 // Computes output channels of groups [g0, g1) for rows [m0, m0 + mr) (stores only rows < M).
 using SpmmFn = void (*)(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0);
 
+// Kernels that read the activations row-major (dense GEMM, skinny-M SpMM): u8 x [M][ldx], ldx a
+// multiple of 4 whose columns >= K are zero; per-row quantization parameters in row order.
+struct RowParams {
+  PackedView w;
+  const uint8_t* xq;
+  int64_t ldx;
+  const float* x_scale;    // [M]
+  const int32_t* x_zp;     // [M]
+  const float* bias;       // zero padded to the kernel's channel tile (16 * panels or 4 * groups), or null
+  float* y;                // [M][ldy] row-major; int32 bits when raw_s32
+  int64_t ldy;
+  int64_t M, N;
+  Activation act;
+  bool raw_s32;            // test hook: store the s32 accumulators, no epilogue
+};
+
+// Dense GEMM: channel panels [c0, c1) (16 channels each) for rows [m0, m1).
+// Skinny SpMM: channel groups [c0, c1) (4 channels each) for rows [m0, m1), m1 - m0 <= 8.
+using RowFn = void (*)(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1);
+
 // Dynamic per-row asymmetric u8 quantization, written K-major: rows [m0, m1) of x [M][K]
 // (m0 % 16 == 0, m1 % 16 == 0; rows >= M are written as zeros with scale 1, zero point 0).
+// absmax (may be null) receives max |x| of each row (0 for rows >= M): the outlier check.
 // Returns false if that part of x holds NaN or Inf.
 using QuantFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq,
-                         int64_t ldq, float* scale, int32_t* zp);
+                         int64_t ldq, float* scale, int32_t* zp, float* absmax);
+// Same quantization written row-major: rows [m0, m1) (all < M) to xq + m * ldq, columns [K, ldq)
+// zero (ldq >= K, a multiple of 4).
+using QuantRowsFn = QuantFn;
+// y[i] = act(y[i] + c[i]) for i < n.
+using AddActFn = void (*)(const float* c, float* y, int64_t n, Activation act);
 // Same contract for fp32: x transposed to K-major, rows >= M zero.
 using TransposeFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
                              int64_t ldt);
@@ -50,15 +76,26 @@ inline int64_t slab_order_index(int64_t m, int mr, int lanes) {
   return s * lanes + 4 * j + i;
 }
 
-enum class Op : int { spmm_s8 = 0, spmm_f32 = 1, quant_u8 = 2, transpose_f32 = 3 };
+enum class Op : int {
+  spmm_s8 = 0,
+  spmm_f32 = 1,
+  quant_u8 = 2,
+  transpose_f32 = 3,
+  gemm_s8 = 4,
+  spmm_s8_skinny = 5,
+  quant_u8_rows = 6,
+  add_act_f32 = 7,
+};
+constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      Op::transpose_f32,
+                          Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32};
 
 struct KernelEntry {
   Op op;
   Isa isa;          // lowest level the kernel needs
   const char* name;
-  void* fn;         // SpmmFn / QuantFn / TransposeFn by op
-  int mr;           // rows per tile (spmm) or 0
-  int lanes;        // 32-bit lanes per vector (spmm)
+  void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn by op
+  int mr;           // rows per tile (spmm, gemm), most rows per call (skinny) or 0
+  int lanes;        // 32-bit lanes per vector (spmm), channels per tile (gemm, skinny) or 0
 };
 
 // Every kernel, best first within an op, the reference last. Dispatch, tests and the benchmark
@@ -73,12 +110,17 @@ const char* op_name(Op op);
   void name(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0);
 #define SPARSECPU_QUANT(op, isa, name)                                                            \
   bool name(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq, \
-            float* scale, int32_t* zp);
+            float* scale, int32_t* zp, float* absmax);
 #define SPARSECPU_TRANSPOSE(op, isa, name) \
   bool name(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt, int64_t ldt);
+#define SPARSECPU_ROWS(op, isa, name, mr, nr) \
+  void name(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1);
+#define SPARSECPU_ADD_ACT(op, isa, name) void name(const float* c, float* y, int64_t n, Activation act);
 #include "kernels/kernels.inc"
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT
 #undef SPARSECPU_TRANSPOSE
+#undef SPARSECPU_ROWS
+#undef SPARSECPU_ADD_ACT
 
 }  // namespace sparsecpu

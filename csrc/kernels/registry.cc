@@ -10,10 +10,14 @@ const KernelEntry kRegistry[] = {
   {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), mr, lanes},
 #define SPARSECPU_QUANT(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
 #define SPARSECPU_TRANSPOSE(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
+#define SPARSECPU_ROWS(op, isa, name, mr, nr) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), mr, nr},
+#define SPARSECPU_ADD_ACT(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
 #include "kernels/kernels.inc"
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT
 #undef SPARSECPU_TRANSPOSE
+#undef SPARSECPU_ROWS
+#undef SPARSECPU_ADD_ACT
 };
 }  // namespace
 
@@ -35,6 +39,10 @@ const char* op_name(Op op) {
     case Op::spmm_f32: return "spmm_f32";
     case Op::quant_u8: return "quant_u8";
     case Op::transpose_f32: return "transpose_f32";
+    case Op::gemm_s8: return "gemm_s8";
+    case Op::spmm_s8_skinny: return "spmm_s8_skinny";
+    case Op::quant_u8_rows: return "quant_u8_rows";
+    case Op::add_act_f32: return "add_act_f32";
   }
   return "unknown";
 }

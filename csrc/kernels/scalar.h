@@ -49,5 +49,15 @@ inline float activate_scalar(float v, Activation act) {
   return v;
 }
 
+// The int8 epilogue of one output: s32 accumulator -> fp32 (zero-point term, act scale x channel
+// scale, bias, activation). Wrapping int32 arithmetic, like the vector kernels: the true value fits
+// (see format.h).
+inline float dequant_scalar(int32_t acc, int32_t x_zp, int32_t w_sum, float x_scale, float w_scale, float bias,
+                            Activation act) {
+  const int32_t centered =
+      static_cast<int32_t>(static_cast<uint32_t>(acc) - static_cast<uint32_t>(x_zp) * static_cast<uint32_t>(w_sum));
+  return activate_scalar(static_cast<float>(centered) * (x_scale * w_scale) + bias, act);
+}
+
 }  // namespace
 }  // namespace sparsecpu

@@ -8,72 +8,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/epilogue.h"
 #include "kernels/kernels.h"
 #include "kernels/scalar.h"
 
 namespace sparsecpu {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Vector math for the epilogue (fp32, ~1e-7 absolute error).
-
-template <class V>
-inline typename V::F vexp(typename V::F x) {
-  using F = typename V::F;
-  // Clamped so that n + 127 stays a normal exponent.
-  x = V::min(V::max(x, V::set1f(-87.0f)), V::set1f(88.0f));
-  const auto n_i = V::cvt_round(V::mul(x, V::set1f(1.44269504088896341f)));
-  const F n = V::cvt(n_i);
-  F r = V::fmadd(n, V::set1f(-0.693359375f), x);  // Cody-Waite: ln2 = hi + lo
-  r = V::fmadd(n, V::set1f(2.12194440e-4f), r);
-  F p = V::set1f(1.0f / 720.0f);
-  p = V::fmadd(p, r, V::set1f(1.0f / 120.0f));
-  p = V::fmadd(p, r, V::set1f(1.0f / 24.0f));
-  p = V::fmadd(p, r, V::set1f(1.0f / 6.0f));
-  p = V::fmadd(p, r, V::set1f(0.5f));
-  p = V::fmadd(p, r, V::set1f(1.0f));
-  p = V::fmadd(p, r, V::set1f(1.0f));
-  return V::mul(p, V::asf(V::slli32(V::add32(n_i, V::set1(127)), 23)));
-}
-
-// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7).
-template <class V>
-inline typename V::F verf(typename V::F x) {
-  using F = typename V::F;
-  const F sign = V::and_(x, V::asf(V::set1(static_cast<int32_t>(0x80000000u))));
-  const F ax = V::xor_(x, sign);
-  const F t = V::div(V::set1f(1.0f), V::fmadd(ax, V::set1f(0.3275911f), V::set1f(1.0f)));
-  F p = V::set1f(1.061405429f);
-  p = V::fmadd(p, t, V::set1f(-1.453152027f));
-  p = V::fmadd(p, t, V::set1f(1.421413741f));
-  p = V::fmadd(p, t, V::set1f(-0.284496736f));
-  p = V::fmadd(p, t, V::set1f(0.254829592f));
-  p = V::mul(p, t);
-  const F e = vexp<V>(V::xor_(V::mul(ax, ax), V::set1f(-0.0f)));
-  const F y = V::sub(V::set1f(1.0f), V::mul(p, e));
-  return V::xor_(y, sign);
-}
-
-template <class V>
-inline typename V::F vactivate(typename V::F v, Activation act) {
-  using F = typename V::F;
-  switch (act) {
-    case Activation::none: return v;
-    case Activation::relu: return V::max(v, V::zerof());
-    case Activation::gelu: {
-      const F e = verf<V>(V::mul(v, V::set1f(0.70710678118654752f)));
-      return V::mul(V::mul(V::set1f(0.5f), v), V::add(V::set1f(1.0f), e));
-    }
-    case Activation::gelu_tanh: {
-      // tanh(u) = 1 - 2 / (exp(2u) + 1); gelu = 0.5 v (1 + tanh(u)) = v - v / (exp(2u) + 1)
-      const F v3 = V::mul(V::mul(v, v), v);
-      const F u2 = V::mul(V::set1f(2.0f * 0.79788456080286536f), V::fmadd(v3, V::set1f(0.044715f), v));
-      const F den = V::add(vexp<V>(u2), V::set1f(1.0f));
-      return V::sub(v, V::div(v, den));
-    }
-  }
-  return v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Epilogue store: f[c] holds channel 4g + c; lane (j, i) of every f[c] is row
@@ -381,80 +321,112 @@ inline void transpose16xL_u8(const uint8_t* src, int64_t lds, uint8_t* dst, int6
   }
 }
 
+// Range of one row of x for its quantization parameters, with the finiteness check folded in:
+// x - x is +0.0 exactly when x is finite, so OR-ing its bits finds NaN and Inf in one cheap op.
+template <class V>
+inline void row_range(const float* row, int64_t K, typename V::I& bad, bool& finite, float& mn, float& mx) {
+  using F = typename V::F;
+  constexpr int L = V::kLanes;
+  // Four independent accumulator sets: one chain of min/max would run at their latency.
+  F vmn[4] = {V::zerof(), V::zerof(), V::zerof(), V::zerof()};
+  F vmx[4] = {V::zerof(), V::zerof(), V::zerof(), V::zerof()};
+  int64_t k = 0;
+  for (; k + 4 * L <= K; k += 4 * L) {
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const F v = V::loadf(row + k + i * L);
+      vmn[i] = V::min(vmn[i], v);
+      vmx[i] = V::max(vmx[i], v);
+      bad = V::or_(bad, V::asi(V::sub(v, v)));
+    }
+  }
+  for (; k + L <= K; k += L) {
+    const F v = V::loadf(row + k);
+    vmn[0] = V::min(vmn[0], v);
+    vmx[0] = V::max(vmx[0], v);
+    bad = V::or_(bad, V::asi(V::sub(v, v)));
+  }
+  mn = V::hmin(V::min(V::min(vmn[0], vmn[1]), V::min(vmn[2], vmn[3])));
+  mx = V::hmax(V::max(V::max(vmx[0], vmx[1]), V::max(vmx[2], vmx[3])));
+  for (; k < K; ++k) {
+    finite &= std::isfinite(row[k]);
+    mn = std::min(mn, row[k]);
+    mx = std::max(mx, row[k]);
+  }
+}
+
+// kc values of one row to u8 (4 vectors at a time, the tail scalar; both round the same way).
+template <class V>
+inline void quant_row(const float* row, int64_t kc, const RowQParams& q, uint8_t* dst) {
+  using I = typename V::I;
+  constexpr int L = V::kLanes;
+  const auto inv = V::set1f(q.inv);
+  const I zpv = V::set1(q.zp);
+  int64_t k = 0;
+  for (; k + 4 * L <= kc; k += 4 * L) {
+    I v[4];
+    for (int i = 0; i < 4; ++i) v[i] = V::add32(V::cvt_round(V::mul(V::loadf(row + k + i * L), inv)), zpv);
+    V::store_u8x4(dst + k, v[0], v[1], v[2], v[3]);
+  }
+  for (; k < kc; ++k) dst[k] = quantize_u8(row[k], q);
+}
+
 // Rows are taken 64 at a time (m0 and m1 are multiples of 64) so that each 64-byte line of the
 // K-major output is written by four back-to-back stores: written 16 rows at a time, every line
 // would miss four times, and store misses commit one after another.
 template <class V>
 bool quant_u8_kmajor(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
-                     float* scale, int32_t* zp) {
-  using F = typename V::F;
+                     float* scale, int32_t* zp, float* absmax) {
   using I = typename V::I;
   constexpr int L = V::kLanes;
   constexpr int kRows = 64, kCols = 4 * L;
   alignas(64) uint8_t stage[kRows][kCols];
-  // x - x is +0.0 exactly when x is finite: OR-ing its bits finds NaN and Inf in one cheap op.
   I bad = V::zero();
   bool finite = true;
   for (int64_t mb = m0; mb < m1; mb += kRows) {
     RowQParams q[kRows];
     for (int r = 0; r < kRows; ++r) {
       const int64_t m = mb + r;
+      float mn = 0.0f, mx = 0.0f;
       if (m >= M) {
         q[r] = {1.0f, 1.0f, 0};
       } else {
-        const float* row = x + m * K;
-        // Four independent accumulator sets: one chain of min/max would run at their latency.
-        F vmn[4] = {V::zerof(), V::zerof(), V::zerof(), V::zerof()};
-        F vmx[4] = {V::zerof(), V::zerof(), V::zerof(), V::zerof()};
-        int64_t k = 0;
-        for (; k + 4 * L <= K; k += 4 * L) {
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            const F v = V::loadf(row + k + i * L);
-            vmn[i] = V::min(vmn[i], v);
-            vmx[i] = V::max(vmx[i], v);
-            bad = V::or_(bad, V::asi(V::sub(v, v)));
-          }
-        }
-        for (; k + L <= K; k += L) {
-          const F v = V::loadf(row + k);
-          vmn[0] = V::min(vmn[0], v);
-          vmx[0] = V::max(vmx[0], v);
-          bad = V::or_(bad, V::asi(V::sub(v, v)));
-        }
-        float mn = V::hmin(V::min(V::min(vmn[0], vmn[1]), V::min(vmn[2], vmn[3])));
-        float mx = V::hmax(V::max(V::max(vmx[0], vmx[1]), V::max(vmx[2], vmx[3])));
-        for (; k < K; ++k) {
-          finite &= std::isfinite(row[k]);
-          mn = std::min(mn, row[k]);
-          mx = std::max(mx, row[k]);
-        }
+        row_range<V>(x + m * K, K, bad, finite, mn, mx);
         q[r] = row_qparams(mn, mx);
       }
       scale[m] = q[r].scale;
       zp[m] = q[r].zp;
+      if (absmax) absmax[m] = std::max(-mn, mx);
     }
     const int rows = static_cast<int>(std::min<int64_t>(kRows, M - mb));
     for (int64_t k0 = 0; k0 < K; k0 += kCols) {
       const int64_t kc = std::min<int64_t>(kCols, K - k0);
-      for (int r = 0; r < rows; ++r) {
-        const float* row = x + (mb + r) * K + k0;
-        int64_t k = 0;
-        if (kc == kCols) {
-          const F inv = V::set1f(q[r].inv);
-          const I zpv = V::set1(q[r].zp);
-          I v[4];
-          for (int i = 0; i < 4; ++i) v[i] = V::add32(V::cvt_round(V::mul(V::loadf(row + i * L), inv)), zpv);
-          V::store_u8x4(stage[r], v[0], v[1], v[2], v[3]);
-          k = kCols;
-        }
-        for (; k < kc; ++k) stage[r][k] = quantize_u8(row[k], q[r]);
-      }
+      for (int r = 0; r < rows; ++r) quant_row<V>(x + (mb + r) * K + k0, kc, q[r], stage[r]);
       if (rows < kRows) std::memset(stage[rows], 0, sizeof(stage[0]) * (kRows - rows));
       for (int blk = 0; blk < kRows / 16; ++blk) {
         transpose16xL_u8<V>(&stage[16 * blk][0], kCols, xq + k0 * ldq + mb + 16 * blk, ldq, static_cast<int>(kc));
       }
     }
+  }
+  return finite && V::all_zero(V::asf(bad));
+}
+
+// The same quantization, row-major (dense GEMM and skinny kernels): rows [m0, m1) all < M.
+template <class V>
+bool quant_u8_rows(const float* x, int64_t /*M*/, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
+                   float* scale, int32_t* zp, float* absmax) {
+  typename V::I bad = V::zero();
+  bool finite = true;
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* row = x + m * K;
+    float mn = 0.0f, mx = 0.0f;
+    row_range<V>(row, K, bad, finite, mn, mx);
+    const RowQParams q = row_qparams(mn, mx);
+    scale[m] = q.scale;
+    zp[m] = q.zp;
+    if (absmax) absmax[m] = std::max(-mn, mx);
+    quant_row<V>(row, K, q, xq + m * ldq);
+    std::memset(xq + m * ldq + K, 0, ldq - K);
   }
   return finite && V::all_zero(V::asf(bad));
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
@@ -32,6 +33,9 @@ std::atomic<int>& isa_state() {
 
 // Scratch memory of the calling thread, grown on demand and kept: a fresh 100 KB+ allocation per
 // call would be an mmap and a page fault storm on every layer.
+// Slots: 0 bias, 1 activations, 2-5 per-row parameters, 6 max |x| per row, 7-8 the outlier path.
+constexpr int kScratchSlots = 9;
+
 class Scratch {
  public:
   template <class T>
@@ -54,7 +58,7 @@ class Scratch {
     std::unique_ptr<uint8_t, Free> ptr;
     size_t size = 0;
   };
-  Buf bufs_[6];
+  Buf bufs_[kScratchSlots];
 };
 
 Scratch& scratch() {
@@ -86,6 +90,15 @@ std::vector<int64_t> balanced_chunks(const PackedView& w, int chunks) {
   return bounds;
 }
 
+// Rows at most this many take the skinny kernels (vectorized over channels, not rows).
+constexpr int64_t kSkinnyRows = 8;
+
+bool has_outliers(const float* absmax, int64_t M, float threshold) {
+  bool any = false;
+  for (int64_t m = 0; m < M; ++m) any |= absmax[m] > threshold;
+  return any;
+}
+
 }  // namespace
 
 Isa active_isa() { return static_cast<Isa>(isa_state().load()); }
@@ -99,9 +112,13 @@ const char* kernel_name(DType dtype) {
   return select_kernel(dtype == DType::int8 ? Op::spmm_s8 : Op::spmm_f32, active_isa()).name;
 }
 
-void linear(const LinearArgs& a) {
+// The 4x1 SpMM over K-major activations (M > kSkinnyRows, or fp32). With check_outliers, every
+// row is quantized first and nothing is computed (false returned) if some |x| exceeds the
+// weight's outlier threshold.
+namespace {
+
+bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
   const PackedView& w = a.w;
-  if (a.M == 0) return;
   const Isa isa = active_isa();
   const bool int8 = w.dtype == DType::int8;
   const KernelEntry& spmm = select_kernel(int8 ? Op::spmm_s8 : Op::spmm_f32, isa);
@@ -144,10 +161,12 @@ void linear(const LinearArgs& a) {
   const auto kernel = reinterpret_cast<SpmmFn>(spmm.fn);
   const int64_t units = Mpad / kRowAlign;
   const int64_t tiles_per_unit = kRowAlign / spmm.mr;
+  // The outlier check needs every row's range before any row is computed.
+  const bool fused = threads > 1 && units >= threads && !check_outliers;
   const bool by_rows = threads > 1 && units >= threads;
 
   uint8_t* xq = nullptr;
-  float *xt = nullptr, *scale = nullptr, *scale_s = nullptr;
+  float *xt = nullptr, *scale = nullptr, *scale_s = nullptr, *absmax = nullptr;
   int32_t *zp = nullptr, *zp_s = nullptr;
   QuantFn quant = nullptr;
   TransposeFn transpose = nullptr;
@@ -157,6 +176,7 @@ void linear(const LinearArgs& a) {
     zp = s.get<int32_t>(3, Mpad);
     scale_s = s.get<float>(4, Mpad);
     zp_s = s.get<int32_t>(5, Mpad);
+    if (check_outliers) absmax = s.get<float>(6, Mpad);
     quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8, isa).fn);
     p.xk = xq;
     p.x_scale = scale_s;
@@ -170,7 +190,7 @@ void linear(const LinearArgs& a) {
   auto prepare = [&](int64_t u0, int64_t u1) {
     const int64_t m0 = u0 * kRowAlign, m1 = u1 * kRowAlign;
     if (!int8) return transpose(a.x, M, K, m0, m1, xt, Mpad);
-    const bool ok = quant(a.x, M, K, m0, m1, xq, Mpad, scale, zp);
+    const bool ok = quant(a.x, M, K, m0, m1, xq, Mpad, scale, zp, absmax);
     // Per-row parameters in the order the kernel's accumulator lanes hold the rows.
     for (int64_t m = m0; m < m1; ++m) {
       const int64_t tile = m / spmm.mr * spmm.mr;
@@ -186,7 +206,7 @@ void linear(const LinearArgs& a) {
 
   // Tasks are claimed dynamically (see ThreadPool::run): one per 64-row unit, or one per chunk.
   std::vector<char> finite(units, 1);
-  if (by_rows) {
+  if (fused) {
     tp.run(static_cast<int>(units), [&](int u) {
       finite[u] = prepare(u, u + 1);
       if (finite[u]) run_tiles(0, G, u, u + 1);
@@ -197,12 +217,174 @@ void linear(const LinearArgs& a) {
   for (char f : finite) {
     if (!f) throw std::invalid_argument("x contains NaN or Inf");
   }
-  if (!by_rows) {
+  if (check_outliers && has_outliers(absmax, M, w.outlier_threshold)) return false;
+  if (by_rows && !fused) {
+    tp.run(static_cast<int>(units), [&](int u) { run_tiles(0, G, u, u + 1); });
+  } else if (!by_rows) {
     // Two chunks per thread: a thread that loses its core for a while leaves work to the others.
     const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(2 * threads, G)));
     const std::vector<int64_t> bounds = balanced_chunks(w, chunks);
     tp.run(chunks, [&](int t) { run_tiles(bounds[t], bounds[t + 1], 0, units); });
   }
+  return true;
+}
+
+
+// Dense int8 (any M) and skinny int8 BSR (M <= kSkinnyRows): activations quantized row-major,
+// kernels vectorized over output channels. Same outlier contract as linear_kmajor.
+bool linear_rows(const LinearArgs& a, bool check_outliers) {
+  const PackedView& w = a.w;
+  const Isa isa = active_isa();
+  const bool dense = w.format == Format::dense;
+  const KernelEntry& ke = select_kernel(dense ? Op::gemm_s8 : Op::spmm_s8_skinny, isa);
+  const auto kernel = reinterpret_cast<RowFn>(ke.fn);
+  const auto quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8_rows, isa).fn);
+  const int64_t K = static_cast<int64_t>(w.k), M = a.M, N = static_cast<int64_t>(w.n);
+  const int64_t ldx = round_up(std::max<int64_t>(K, 1), 64);
+  // Channel tiles: 16-channel panels (dense) or 4-channel groups (skinny).
+  const int64_t tiles = dense ? static_cast<int64_t>(w.panels) : static_cast<int64_t>(w.groups);
+  const int64_t padded = dense ? 16 * tiles : 4 * tiles;
+  Scratch& s = scratch();
+  ThreadPool& tp = pool();
+
+  RowParams p{};
+  p.w = w;
+  // 4 spare bytes: the skinny kernel gathers a dword at each column.
+  p.xq = s.get<uint8_t>(1, M * ldx + 4);
+  p.ldx = ldx;
+  float* scale = s.get<float>(2, M);
+  int32_t* zp = s.get<int32_t>(3, M);
+  float* absmax = check_outliers ? s.get<float>(6, M) : nullptr;
+  p.x_scale = scale;
+  p.x_zp = zp;
+  p.y = a.y;
+  p.ldy = N;
+  p.M = M;
+  p.N = N;
+  p.act = a.act;
+  p.raw_s32 = a.raw_s32;
+  if (a.bias) {
+    float* bias = s.get<float>(0, padded);
+    std::fill(bias, bias + padded, 0.0f);
+    std::copy(a.bias, a.bias + N, bias);
+    p.bias = bias;
+  }
+  // Multiply-adds below which waking a worker costs more than it saves.
+  constexpr uint64_t kMinParallelMacs = uint64_t(1) << 16;
+  const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
+  const int threads = macs < kMinParallelMacs ? 1 : tp.size();
+  const int64_t units = (M + kRowAlign - 1) / kRowAlign;
+  // By rows only when the 64-row units share out evenly (M = 65 would leave one thread 1 row).
+  const bool by_rows = threads > 1 && units >= threads && (units % threads == 0 || units >= 4 * threads);
+  const bool fused = by_rows && !check_outliers;
+  auto rows_of = [&](int64_t u) { return std::min<int64_t>(M, (u + 1) * kRowAlign); };
+
+  std::vector<char> finite(units, 1);
+  auto prepare = [&](int64_t u) {
+    finite[u] = quant(a.x, M, K, u * kRowAlign, rows_of(u), const_cast<uint8_t*>(p.xq), ldx, scale, zp, absmax);
+  };
+  if (fused) {
+    // One task per 64 rows: quantize them, then every panel over them (the rows stay in L2).
+    tp.run(static_cast<int>(units), [&](int u) {
+      prepare(u);
+      if (finite[u]) kernel(p, 0, tiles, u * kRowAlign, rows_of(u));
+    });
+  } else if (units == 1) {
+    prepare(0);
+  } else {
+    tp.run(static_cast<int>(units), [&](int u) { prepare(u); });
+  }
+  for (char f : finite) {
+    if (!f) throw std::invalid_argument("x contains NaN or Inf");
+  }
+  if (check_outliers && has_outliers(absmax, M, w.outlier_threshold)) return false;
+  if (fused) return true;
+  if (by_rows) {
+    tp.run(static_cast<int>(units), [&](int u) { kernel(p, 0, tiles, u * kRowAlign, rows_of(u)); });
+    return true;
+  }
+  // Few rows: split the channels, two chunks per thread (equal nonzeros for the sparse kernel).
+  const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads > 1 ? 2 * threads : 1, tiles)));
+  std::vector<int64_t> bounds(chunks + 1);
+  if (dense) {
+    for (int c = 0; c <= chunks; ++c) bounds[c] = tiles * c / chunks;
+  } else {
+    bounds = balanced_chunks(w, chunks);
+  }
+  auto run_chunk = [&](int t) {
+    // Rows in 64-row blocks (dense), so that a block's activations stay in L2 across the panels.
+    for (int64_t u = 0; u < units; ++u) kernel(p, bounds[t], bounds[t + 1], u * kRowAlign, rows_of(u));
+  };
+  if (chunks == 1) run_chunk(0);
+  else tp.run(chunks, run_chunk);
+  return true;
+}
+
+bool linear_int8_or_fp32(const LinearArgs& a, bool check_outliers) {
+  const bool rows = a.w.dtype == DType::int8 && (a.w.format == Format::dense || a.M <= kSkinnyRows);
+  return rows ? linear_rows(a, check_outliers) : linear_kmajor(a, check_outliers);
+}
+
+// Input columns holding a value above the threshold in some row (LLM.int8() decomposition).
+std::vector<int64_t> outlier_columns(const float* x, int64_t M, int64_t K, float threshold) {
+  std::vector<char> hit(K, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    for (int64_t k = 0; k < K; ++k) hit[k] |= std::fabs(row[k]) > threshold;
+  }
+  std::vector<int64_t> cols;
+  for (int64_t k = 0; k < K; ++k) {
+    if (hit[k]) cols.push_back(k);
+  }
+  return cols;
+}
+
+// The outlier path: the int8 product runs on x with the outlier columns zeroed (so that they do
+// not set the rows' quantization ranges, and contribute exactly zero), and those columns are
+// multiplied in fp32 with the dequantized weight and added before the activation.
+void linear_outliers(const LinearArgs& a) {
+  const PackedView& w = a.w;
+  const int64_t K = static_cast<int64_t>(w.k), M = a.M, N = static_cast<int64_t>(w.n);
+  const std::vector<int64_t> cols = outlier_columns(a.x, M, K, w.outlier_threshold);
+  Scratch& s = scratch();
+  float* xz = s.get<float>(7, M * K);
+  std::copy(a.x, a.x + M * K, xz);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k : cols) xz[m * K + k] = 0.0f;
+  }
+  LinearArgs inner = a;
+  inner.x = xz;
+  inner.act = a.raw_s32 ? a.act : Activation::none;
+  linear_int8_or_fp32(inner, false);
+  if (a.raw_s32) return;
+  float* c = s.get<float>(8, M * N + N);
+  float* wcol = c + M * N;
+  std::fill(c, c + M * N, 0.0f);
+  for (int64_t k : cols) {
+    weight_column(w, static_cast<uint64_t>(k), wcol);
+    for (int64_t m = 0; m < M; ++m) {
+      const float xv = a.x[m * K + k];
+      float* cm = c + m * N;
+      for (int64_t n = 0; n < N; ++n) cm[n] += xv * wcol[n];
+    }
+  }
+  const auto add_act = reinterpret_cast<AddActFn>(select_kernel(Op::add_act_f32, active_isa()).fn);
+  add_act(c, a.y, M * N, a.act);
+}
+
+}  // namespace
+
+void linear(const LinearArgs& a) {
+  if (a.M == 0) return;
+  const bool check = a.w.dtype == DType::int8 && a.w.outlier_threshold > 0.0f;
+  if (!linear_int8_or_fp32(a, check)) linear_outliers(a);
+}
+
+const char* kernel_for(const PackedView& w, int64_t M) {
+  const Isa isa = active_isa();
+  if (w.dtype == DType::fp32) return select_kernel(Op::spmm_f32, isa).name;
+  if (w.format == Format::dense) return select_kernel(Op::gemm_s8, isa).name;
+  return select_kernel(M <= kSkinnyRows ? Op::spmm_s8_skinny : Op::spmm_s8, isa).name;
 }
 
 }  // namespace sparsecpu

@@ -1,5 +1,7 @@
 // The linear op, written once for every front door (pybind11 module, ONNX Runtime custom op):
-// y = act(x W^T + b) with W a packed 4x1 block-sparse weight.
+// y = act(x W^T + b) with W a packed weight: 4x1 block-sparse (int8 or fp32) or dense int8.
+// The kernel is chosen by format and M: dense GEMM; for BSR int8 the skinny kernel (vectorized
+// over channels) when M <= 8, else the SpMM tile (vectorized over rows).
 #pragma once
 #include <cstdint>
 
@@ -19,7 +21,9 @@ struct LinearArgs {
   bool raw_s32 = false;  // test hook: int8 accumulators before the epilogue
 };
 
-// Throws std::invalid_argument if x holds NaN or Inf.
+// Throws std::invalid_argument if x holds NaN or Inf. An int8 weight with an outlier threshold
+// computes the input columns holding |x| > threshold in fp32 (with the dequantized weight) beside
+// the int8 product of the others; raw_s32 then returns the int8 part only.
 void linear(const LinearArgs& args);
 
 // Active ISA level: the detected best, capped by SPARSECPU_ISA at start-up or by set_isa.
@@ -28,5 +32,7 @@ Isa active_isa();
 void set_isa(Isa cap);
 // The kernel name linear() will run for `dtype` at the active level.
 const char* kernel_name(DType dtype);
+// The kernel linear() runs for this weight and M rows at the active level.
+const char* kernel_for(const PackedView& w, int64_t M);
 
 }  // namespace sparsecpu

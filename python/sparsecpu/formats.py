@@ -1,8 +1,9 @@
-"""Packed weights: the 4x1 block-sparse format behind every sparsecpu kernel."""
+"""Packed weights: the 4x1 block-sparse format and the dense int8 format behind sparsecpu's kernels."""
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+import math
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -12,10 +13,31 @@ from ._convert import as_numpy_f32
 __all__ = ["PackedWeight", "pack"]
 
 _DTYPES = ("int8", "fp32")
+_FORMATS = ("auto", "bsr", "dense")
+
+# format="auto": an int8 weight whose 4x1-block density is at least this is packed dense. Measured on
+# the reference machine (AMD EPYC Zen 3, AVX2) on the BERT-base shapes (768x768, 3072x768, 768x3072)
+# at M = 128: the block-sparse int8 kernel is faster than the dense int8 GEMM up to a block density
+# of 0.7 on every shape and slower from 0.8 on (bench/dense_skinny.py --density-sweep; see README).
+AUTO_DENSE_DENSITY = 0.75
+
+
+def block_density(weight: np.ndarray) -> float:
+    """Fraction of the 4x1 blocks (4 output channels x 1 input column) of an ``N x K`` weight that hold
+    a nonzero value; 0.0 for an empty weight."""
+    w = np.asarray(weight)
+    n, k = w.shape
+    if n == 0 or k == 0:
+        return 0.0
+    g = (n + 3) // 4
+    nz = np.zeros((g * 4, k), dtype=bool)
+    nz[:n] = w != 0
+    return float(nz.reshape(g, 4, k).any(axis=1).mean())
 
 
 class PackedWeight:
-    """A pruned ``N x K`` weight packed in 4x1 blocks (4 output channels x 1 input channel).
+    """An ``N x K`` weight packed for sparsecpu: block-sparse in 4x1 blocks (4 output channels x 1
+    input channel, ``format == "bsr"``) or dense int8 (``format == "dense"``).
 
     The whole weight lives in one self-describing byte buffer (versioned header, block row
     pointers, column indices, values, per-channel int8 scales) that is validated whenever a
@@ -74,17 +96,24 @@ class PackedWeight:
 
     @property
     def format(self) -> str:
-        """Storage format; ``"bsr"`` (block-sparse rows over groups of 4 output channels)."""
+        """Storage format: ``"bsr"`` (block-sparse rows over groups of 4 output channels) or ``"dense"``
+        (int8 panels of 16 channels in VNNI order, every value stored)."""
         return self._meta["format"]
 
     @property
     def block(self) -> Tuple[int, int]:
-        """Block shape ``(4, 1)``: 4 output channels x 1 input channel."""
+        """Block shape: ``(4, 1)`` (4 output channels x 1 input channel) for ``"bsr"``, ``(1, 1)`` for ``"dense"``."""
         return tuple(self._meta["block"])
 
     @property
+    def outlier_threshold(self) -> Optional[float]:
+        """int8: input columns holding ``|x| >`` this in some row are computed in fp32 (``None``: off)."""
+        t = self._meta["outlier_threshold"]
+        return float(t) if t > 0 else None
+
+    @property
     def kept_blocks(self) -> int:
-        """Blocks with at least one nonzero value."""
+        """4x1 blocks with at least one nonzero value (for ``"dense"`` too: it is what density counts)."""
         return self._meta["kept_blocks"]
 
     @property
@@ -120,13 +149,21 @@ class PackedWeight:
 
     def __repr__(self) -> str:
         n, k = self.shape
+        outliers = "" if self.outlier_threshold is None else f", outlier_threshold={self.outlier_threshold:g}"
         return (
             f"PackedWeight(shape=({n}, {k}), dtype={self.dtype}, format={self.format}, block={self.block}, "
-            f"density={self.density:.4f}, nbytes={self.nbytes})"
+            f"density={self.density:.4f}, nbytes={self.nbytes}{outliers})"
         )
 
 
-def pack(weight: Any, *, dtype: str = "int8", block: Tuple[int, int] = (4, 1), format: str = "bsr") -> PackedWeight:
+def pack(
+    weight: Any,
+    *,
+    dtype: str = "int8",
+    block: Tuple[int, int] = (4, 1),
+    format: str = "auto",
+    outlier_threshold: Optional[float] = None,
+) -> PackedWeight:
     """Packs a pruned ``N x K`` float weight (torch tensor or numpy array) for :func:`sparsecpu.linear`.
 
     The weight should already be pruned in 4x1 blocks (4 output channels x 1 input column); any
@@ -135,8 +172,17 @@ def pack(weight: Any, *, dtype: str = "int8", block: Tuple[int, int] = (4, 1), f
     Args:
         weight: ``N x K`` float32 (or float16/float64, converted) weight, as ``nn.Linear.weight`` stores it.
         dtype: ``"int8"`` (symmetric per-output-channel scales, u8 x s8 kernels) or ``"fp32"``.
-        block: only ``(4, 1)`` is supported.
-        format: only ``"bsr"`` (block-sparse rows) is supported.
+        block: only ``(4, 1)`` is supported (the block shape of the ``"bsr"`` format).
+        format: ``"bsr"`` (block-sparse; int8 or fp32), ``"dense"`` (dense int8 GEMM; ``dtype="fp32"``
+            raises ``ValueError``: a dense fp32 layer is best left to ``torch.nn.functional.linear``)
+            or ``"auto"``: int8 weights whose 4x1-block density is at least ``AUTO_DENSE_DENSITY``
+            (0.75, measured on the BERT-base shapes at M = 128 on an AVX2 Zen 3: below it the
+            block-sparse kernel is faster) are packed dense, others block-sparse; fp32 is always ``"bsr"``.
+        outlier_threshold: int8 only, ``None`` (off) or a positive float such as 6.0: at run time the
+            input columns holding a value of magnitude above it (in any row of ``x``) are computed in
+            fp32, with the dequantized int8 weight, beside the int8 product of the other columns, and
+            do not enter the activation quantization (the LLM.int8() decomposition). When no value
+            exceeds it the cost is one comparison per row.
 
     Returns:
         A validated :class:`PackedWeight`.
@@ -151,9 +197,22 @@ def pack(weight: Any, *, dtype: str = "int8", block: Tuple[int, int] = (4, 1), f
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     if tuple(block) != (4, 1):
         raise ValueError(f"block must be (4, 1) (4 output channels x 1 input channel), got {tuple(block)!r}")
-    if format != "bsr":
-        raise ValueError(f"format must be 'bsr', got {format!r}")
+    if format not in _FORMATS:
+        raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
+    if format == "dense" and dtype != "int8":
+        raise ValueError("format='dense' needs dtype='int8' (dense fp32 layers are best left to torch F.linear)")
+    threshold = 0.0
+    if outlier_threshold is not None:
+        if isinstance(outlier_threshold, bool) or not isinstance(outlier_threshold, (int, float, np.floating)):
+            raise TypeError(f"outlier_threshold must be a float or None, got {type(outlier_threshold).__name__}")
+        threshold = float(outlier_threshold)
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"outlier_threshold must be a finite number > 0 or None, got {outlier_threshold!r}")
+        if dtype != "int8":
+            raise ValueError("outlier_threshold applies to int8 weights only")
     w = as_numpy_f32(weight, "weight", allow_cast=True)
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (N x K), got shape {tuple(w.shape)}")
-    return PackedWeight(_C.pack(np.ascontiguousarray(w), dtype))
+    if format == "auto":
+        format = "dense" if dtype == "int8" and block_density(w) >= AUTO_DENSE_DENSITY else "bsr"
+    return PackedWeight(_C.pack(np.ascontiguousarray(w), dtype, format, threshold))

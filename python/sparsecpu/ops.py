@@ -15,6 +15,8 @@ from .formats import PackedWeight
 __all__ = ["linear", "ACTIVATIONS"]
 
 ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
+# Outputs of at most this many elements are allocated with plain np.empty (see _run).
+_SMALL_OUT = 8 * 4096
 
 
 def _empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
@@ -69,12 +71,18 @@ def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
         b = np.ascontiguousarray(b)
-    if torch is not None:
+    shape, out_dtype = (x2.shape[0], n), np.int32 if raw_s32 else np.float32
+    if x2.shape[0] * n <= _SMALL_OUT:
+        # Decode-sized outputs: alignment does not matter, and these are the cheapest allocations
+        # (a few microseconds count at M = 1).
+        out = np.empty(shape, out_dtype)
+        out_t = torch.from_numpy(out) if torch is not None else None
+    elif torch is not None:
         # torch's CPU allocator already aligns to 64 bytes.
-        out_t = torch.empty((x2.shape[0], n), dtype=torch.int32 if raw_s32 else torch.float32)
+        out_t = torch.empty(shape, dtype=torch.int32 if raw_s32 else torch.float32)
         out = out_t.numpy()
     else:
-        out = _empty_aligned((x2.shape[0], n), np.int32 if raw_s32 else np.float32)
+        out = _empty_aligned(shape, out_dtype)
     _C.linear(x2, packed.buffer, b, act, out.view(np.float32) if raw_s32 else out, raw_s32)
     if torch is not None:
         return out_t if len(lead) == 1 else out_t.reshape(*lead, n)
@@ -99,6 +107,12 @@ def linear(x: Any, packed: PackedWeight, bias: Any = None, activation: Optional[
     For int8 weights ``x`` is quantized to u8 per row inside the call (dynamic, asymmetric), so
     ``x`` must be finite: NaN or Inf raise ``ValueError`` (for fp32 weights too: a sparse product
     would hide them in some outputs and not in others).
+
+    The kernel follows the weight and ``M`` (rows of ``x``): a dense int8 weight runs the dense GEMM;
+    a block-sparse int8 weight runs, for ``M <= 8`` (token-by-token decoding), a kernel vectorized
+    over output channels and otherwise the SpMM tile vectorized over rows (``sparsecpu.testing.
+    kernel_for`` names it). A weight packed with ``outlier_threshold`` computes the input columns
+    holding ``|x| >`` threshold in fp32 beside the int8 product (see :func:`sparsecpu.pack`).
 
     Example:
         >>> import numpy as np, sparsecpu

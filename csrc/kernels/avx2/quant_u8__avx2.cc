@@ -1,17 +1,26 @@
-// Activation passes (u8 quantize + K-major transpose, fp32 transpose) with AVX2.
+// Activation passes (u8 quantize K-major or row-major, fp32 transpose) and the outlier path's
+// y = act(y + c) pass, with AVX2.
 #include "kernels/avx2/vec256.h"
+#include "kernels/epilogue.h"
 #include "kernels/spmm_4x1.h"
 
 namespace sparsecpu {
 
 bool quant_u8_kmajor__avx2(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq,
-                           int64_t ldq, float* scale, int32_t* zp) {
-  return quant_u8_kmajor<Vec256>(x, M, K, m0, m1, xq, ldq, scale, zp);
+                           int64_t ldq, float* scale, int32_t* zp, float* absmax) {
+  return quant_u8_kmajor<Vec256>(x, M, K, m0, m1, xq, ldq, scale, zp, absmax);
 }
 
 bool transpose_f32_kmajor__avx2(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
                                 int64_t ldt) {
   return transpose_f32_kmajor<Vec256>(x, M, K, m0, m1, xt, ldt);
 }
+
+bool quant_u8_rows__avx2(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
+                         float* scale, int32_t* zp, float* absmax) {
+  return quant_u8_rows<Vec256>(x, M, K, m0, m1, xq, ldq, scale, zp, absmax);
+}
+
+void add_act_f32__avx2(const float* c, float* y, int64_t n, Activation act) { add_act_f32<Vec256>(c, y, n, act); }
 
 }  // namespace sparsecpu

@@ -1,4 +1,4 @@
-// Reference kernels: plain C++, the executable specification of the micro-kernel contract in
+// Reference kernels (SpMM, skinny SpMM, activation passes): plain C++, the executable specification of the micro-kernel contract in
 // kernels.h. Every fast kernel is tested against these. Tile rows are 16 with 4-lane "vectors",
 // which makes slab order the identity (m = 4 s + i).
 #include <cmath>
@@ -44,13 +44,8 @@ void spmm_4x1_s8__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
           continue;
         }
         const int64_t ch = 4 * g + c;
-        // Wrapping int32 arithmetic, like the vector kernels: the true value fits (see format.h).
-        const int32_t centered = static_cast<int32_t>(static_cast<uint32_t>(acc[c]) -
-                                                      static_cast<uint32_t>(p.x_zp[m]) *
-                                                          static_cast<uint32_t>(p.w.w_sum[ch]));
-        float v = static_cast<float>(centered) * (p.x_scale[m] * p.w.w_scale[ch]);
-        if (p.bias) v += p.bias[ch];
-        out[c] = activate_scalar(v, p.act);
+        out[c] = dequant_scalar(acc[c], p.x_zp[m], p.w.w_sum[ch], p.x_scale[m], p.w.w_scale[ch],
+                                p.bias ? p.bias[ch] : 0.0f, p.act);
       }
       store_row(p, m, g, out);
     }
@@ -76,29 +71,81 @@ void spmm_4x1_f32__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) 
   }
 }
 
+// Skinny M: rows [m0, m1) of x row-major, one group of 4 channels at a time.
+void spmm_4x1_s8_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
+  const auto* vals = static_cast<const int8_t*>(p.w.values);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t m = m0; m < m1; ++m) {
+      int32_t acc[4] = {0, 0, 0, 0};
+      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
+        const int32_t x = p.xq[m * p.ldx + col_of(p.w, b)];
+        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
+      }
+      for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) {
+        const int64_t ch = 4 * g + c;
+        float* y = p.y + m * p.ldy + ch;
+        if (p.raw_s32) std::memcpy(y, &acc[c], 4);
+        else *y = dequant_scalar(acc[c], p.x_zp[m], p.w.w_sum[ch], p.x_scale[m], p.w.w_scale[ch],
+                                 p.bias ? p.bias[ch] : 0.0f, p.act);
+      }
+    }
+  }
+}
+
+namespace {
+
+bool quant_row_ref(const float* row, int64_t K, RowQParams* q, float* absmax) {
+  bool finite = true;
+  float mn = 0.0f, mx = 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    finite &= std::isfinite(row[k]);
+    mn = std::min(mn, row[k]);
+    mx = std::max(mx, row[k]);
+  }
+  *q = row_qparams(mn, mx);
+  if (absmax) *absmax = std::max(-mn, mx);
+  return finite;
+}
+
+}  // namespace
+
 bool quant_u8_kmajor__ref(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq,
-                          int64_t ldq, float* scale, int32_t* zp) {
+                          int64_t ldq, float* scale, int32_t* zp, float* absmax) {
   bool finite = true;
   for (int64_t m = m0; m < m1; ++m) {
     if (m >= M) {
       scale[m] = 1.0f;
       zp[m] = 0;
+      if (absmax) absmax[m] = 0.0f;
       for (int64_t k = 0; k < K; ++k) xq[k * ldq + m] = 0;
       continue;
     }
     const float* row = x + m * K;
-    float mn = 0.0f, mx = 0.0f;
-    for (int64_t k = 0; k < K; ++k) {
-      finite &= std::isfinite(row[k]);
-      mn = std::min(mn, row[k]);
-      mx = std::max(mx, row[k]);
-    }
-    const RowQParams q = row_qparams(mn, mx);
+    RowQParams q;
+    finite &= quant_row_ref(row, K, &q, absmax ? absmax + m : nullptr);
     scale[m] = q.scale;
     zp[m] = q.zp;
     for (int64_t k = 0; k < K; ++k) xq[k * ldq + m] = quantize_u8(row[k], q);
   }
   return finite;
+}
+
+bool quant_u8_rows__ref(const float* x, int64_t /*M*/, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
+                        float* scale, int32_t* zp, float* absmax) {
+  bool finite = true;
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* row = x + m * K;
+    RowQParams q;
+    finite &= quant_row_ref(row, K, &q, absmax ? absmax + m : nullptr);
+    scale[m] = q.scale;
+    zp[m] = q.zp;
+    for (int64_t k = 0; k < ldq; ++k) xq[m * ldq + k] = k < K ? quantize_u8(row[k], q) : 0;
+  }
+  return finite;
+}
+
+void add_act_f32__ref(const float* c, float* y, int64_t n, Activation act) {
+  for (int64_t i = 0; i < n; ++i) y[i] = activate_scalar(y[i] + c[i], act);
 }
 
 bool transpose_f32_kmajor__ref(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,

@@ -1,0 +1,118 @@
+"""Skinny M (M <= 8, decoding): the int8 BSR kernel vectorized over output channels.
+
+Every level vs numpy (s32 bit-exact), shapes around the 4-channel groups, pairs of groups and odd
+chunk ends, empty groups; the skinny kernel and the SpMM tile kernel agree bit for bit on the rows
+they share; the kernel switch happens at M = 8 / 9.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import _util
+import sparsecpu
+from sparsecpu import testing
+
+LEVELS = testing.supported_isas()
+E = _util.EPS32
+SEED = 20261124
+
+PARAMS = {
+    "M": [1, 2, 3, 5, 8],
+    "N": [1, 4, 5, 8, 12, 20, 770, 3072],
+    "K": [1, 4, 7, 33, 768],
+    "density": [0.05, 0.3, 1.0],
+    "activation": [None, "relu", "gelu", "gelu_tanh"],
+    "layout": list(_util.LAYOUTS),
+}
+
+
+def _ok(c) -> bool:
+    return c["M"] * c["N"] * c["K"] * c["density"] <= 4e6
+
+
+CASES = _util.pairwise(PARAMS, seed=SEED, feasible=_util.completable(PARAMS, ["M", "N", "K", "density"], _ok))
+
+
+def _id(c) -> str:
+    return f"M{c['M']}-N{c['N']}-K{c['K']}-d{c['density']:g}-{c['activation'] or 'noact'}-{c['layout']}"
+
+
+def test_pairwise_cases_cover_every_pair():
+    assert _util.uncovered_pairs(PARAMS, CASES) == []
+    assert len(CASES) < 80
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[_id(c) for c in CASES])
+def test_skinny_every_level(index):
+    c = CASES[index]
+    rng = np.random.default_rng([SEED, index])
+    w, _ = _util.pruned_weight(rng, c["N"], c["K"], c["density"])
+    x = rng.standard_normal((c["M"], c["K"])).astype(np.float32)
+    bias = (rng.standard_normal(c["N"]) + 0.5).astype(np.float32)  # empty groups give bias-only outputs
+    packed = sparsecpu.pack(w, dtype="int8", format="bsr")
+    ex = _util.int8_expected(x, w, bias, c["activation"])
+    xl = _util.in_layout(x, c["layout"])
+    for level in LEVELS:
+        with testing.isa(level):
+            assert "skinny" in testing.kernel_for(packed, c["M"])
+            y = sparsecpu.linear(xl, packed, bias=_util.bias_in_layout(bias, c["layout"]), activation=c["activation"])
+            s32 = testing.spmm_s32(xl, packed)
+        y = _util.out_as_2d(y, c["layout"], c["M"], c["N"])
+        s32 = _util.out_as_2d(s32, c["layout"], c["M"], c["N"], np.int32)
+        np.testing.assert_array_equal(s32.astype(np.int64), ex.acc, err_msg=f"s32 at {level}")
+        _util.assert_within(y, ex.y, 8 * E * ex.mag + 1e-30, f"{level} vs numpy int8 mirror")
+    _util.assert_informative(ex.pre, ex.pre, None, _id(c))
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+def test_skinny_matches_spmm_tile_bitwise(m):
+    """Rows quantize independently, so rows 0..m-1 of a 16-row call (SpMM tile kernel) must hold the
+    same s32 accumulators and outputs as the m-row call (skinny kernel)."""
+    rng = np.random.default_rng([SEED, 100, m])
+    w, _ = _util.pruned_weight(rng, 772, 300, 0.2)
+    x = rng.standard_normal((16, 300)).astype(np.float32)
+    bias = rng.standard_normal(772).astype(np.float32)
+    packed = sparsecpu.pack(w, format="bsr")
+    for level in LEVELS:
+        with testing.isa(level):
+            assert "skinny" in testing.kernel_for(packed, m) and "skinny" not in testing.kernel_for(packed, 16)
+            np.testing.assert_array_equal(testing.spmm_s32(x[:m], packed), testing.spmm_s32(x, packed)[:m])
+            np.testing.assert_allclose(
+                sparsecpu.linear(x[:m], packed, bias=bias, activation="gelu"),
+                sparsecpu.linear(x, packed, bias=bias, activation="gelu")[:m], rtol=1e-6, atol=1e-5)
+
+
+def test_kernel_switch_at_m_8():
+    w = np.ones((8, 8), np.float32)
+    p = sparsecpu.pack(w, format="bsr")
+    for level in LEVELS:
+        with testing.isa(level):
+            assert [("skinny" in testing.kernel_for(p, m)) for m in (0, 1, 8, 9, 128)] == [True, True, True, False, False]
+            assert testing.kernel_for(sparsecpu.pack(w, format="dense"), 1).startswith("gemm_s8")
+            assert testing.kernel_for(sparsecpu.pack(w, dtype="fp32"), 1).startswith("spmm_4x1_f32")
+
+
+@pytest.mark.parametrize("n", [4, 8, 12, 20, 28])
+def test_skinny_group_pairs_and_chunk_ends(n, num_threads):
+    """Groups are joined in pairs for the epilogue; with 2 threads a chunk may end on an unpaired
+    group. Every output channel must still be right and bit-identical across thread counts."""
+    rng = np.random.default_rng([SEED, 200, n])
+    k = 12000  # enough work for the second thread even at N = 4
+    w, _ = _util.pruned_weight(rng, n, k, 1.0)
+    x = rng.standard_normal((8, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    packed = sparsecpu.pack(w, format="bsr")
+    ex = _util.int8_expected(x, w, bias, "relu")
+    outs = []
+    for threads in (1, 2):
+        num_threads(threads)
+        for level in LEVELS:
+            with testing.isa(level):
+                y = sparsecpu.linear(x, packed, bias=bias, activation="relu")
+                np.testing.assert_array_equal(testing.spmm_s32(x, packed).astype(np.int64), ex.acc)
+            _util.assert_within(y, ex.y, 8 * E * ex.mag + 1e-30, f"{level}, {threads} threads")
+            outs.append((level, y.tobytes()))
+    for level in LEVELS:
+        assert len({b for lv, b in outs if lv == level}) == 1
