@@ -108,10 +108,12 @@ void linear(const LinearArgs& a) {
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, G = static_cast<int64_t>(w.groups);
   const int64_t Mpad = round_up(M, kRowAlign);
   Scratch& s = scratch();
-  ThreadPool& tp = pool();
+  ParallelFor own;
+  if (!a.parallel) own = {[](int n, const std::function<void(int)>& fn) { pool().run(n, fn); }, pool().size()};
+  const ParallelFor& tp = a.parallel ? *a.parallel : own;
   // Below a few microseconds of work, waking a worker costs more than it saves.
   constexpr uint64_t kMinParallelWork = uint64_t(1) << 18;  // block x row products
-  const int threads = (w.nnzb + 4 * w.groups) * static_cast<uint64_t>(Mpad) < kMinParallelWork ? 1 : tp.size();
+  const int threads = (w.nnzb + 4 * w.groups) * static_cast<uint64_t>(Mpad) < kMinParallelWork ? 1 : tp.threads;
 
   SpmmParams p{};
   p.w = w;

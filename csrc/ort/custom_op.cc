@@ -132,7 +132,7 @@ struct Kernel {
   std::unique_ptr<uint8_t, FreeAligned> buf;  // owned, 64-byte aligned copy of the packed weight
   PackedView w{};
   Activation act = Activation::none;
-  int threads = 1;
+  int threads = 1;  // tasks ORT's intra-op pool runs at once (its default size: one per core)
 
   // Checks the bias tensor (constant or not) against N.
   void check_bias(const TensorShape& b) const {
@@ -185,6 +185,7 @@ Kernel* create(const OrtKernelInfo* info) {
   return k.release();
 }
 
+// Tasks of ops/linear never throw, so none unwinds through ONNX Runtime's pool.
 void trampoline(void* fn, size_t t) { (*static_cast<const std::function<void(int)>*>(fn))(static_cast<int>(t)); }
 
 void compute(const Kernel& k, OrtKernelContext* ctx) {
@@ -218,6 +219,14 @@ void compute(const Kernel& k, OrtKernelContext* ctx) {
   if (M == 0 || k.w.n == 0) return;
   check(g_api->GetTensorMutableData(const_cast<OrtValue*>(xv), reinterpret_cast<void**>(const_cast<float**>(&a.x))));
   check(g_api->GetTensorMutableData(yv, reinterpret_cast<void**>(&a.y)));
+  // Run on ONNX Runtime's intra-op pool: a second pool of our own would fight it for the cores.
+  sparsecpu::ParallelFor par;
+  par.threads = k.threads;
+  par.run = [ctx](int n, const std::function<void(int)>& fn) {
+    check(g_api->KernelContext_ParallelFor(ctx, trampoline, static_cast<size_t>(n), 0,
+                                           const_cast<std::function<void(int)>*>(&fn)));
+  };
+  a.parallel = &par;
   sparsecpu::linear(a);
 }
 

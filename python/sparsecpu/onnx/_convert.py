@@ -107,7 +107,7 @@ class _Graph:
         self._arrays = {}
 
     def const(self, name: str) -> Optional[np.ndarray]:
-        """The value of a constant tensor (initializer or Constant node), else None."""
+        """The value of a constant tensor (initializer, Constant node, or Identity of one), else None."""
         if name in self._arrays:
             return self._arrays[name]
         value = None
@@ -116,7 +116,10 @@ class _Graph:
             value = nh.to_array(self.inits[name])
         else:
             p = self.producer.get(name)
-            if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
+            if p is not None and p.op_type == "Identity" and p.domain in ("", "ai.onnx"):
+                # The TorchScript exporter shares equal initializers through Identity nodes.
+                value = self.const(p.input[0])
+            elif p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
                 for a in p.attribute:
                     if a.name == "value":
                         value = nh.to_array(a.t)
@@ -443,12 +446,19 @@ def _has_external_data(onnx, path: str) -> bool:
 
 
 def _drop_dead(graph, candidates: set) -> None:
-    """Removes the initializers and Constant nodes among ``candidates`` that nothing reads any more."""
+    """Removes the initializers, and the Constant and Identity nodes, among ``candidates`` that
+    nothing reads any more."""
+    candidates = set(candidates)
     while True:
         used = _names_used(graph) | {o.name for o in graph.output}
-        dead_nodes = [n for n in graph.node if n.op_type == "Constant" and n.output[0] in candidates and n.output[0] not in used]
+        dead_nodes = [
+            n for n in graph.node
+            if n.op_type in ("Constant", "Identity") and n.domain in ("", "ai.onnx")
+            and n.output[0] in candidates and n.output[0] not in used
+        ]
         for n in dead_nodes:
             graph.node.remove(n)
+            candidates.update(n.input)
         if not dead_nodes:
             break
     dead = {t.name for t in graph.initializer if t.name in candidates and t.name not in used}
