@@ -1,6 +1,6 @@
 """Model files are untrusted: a corrupted SparseLinear node makes session creation fail with an ORT
 error naming the node and the problem, never a crash or an out-of-bounds read. Run these under
-AddressSanitizer with ``bash scripts/sanitize.sh tests/test_onnx_corrupt.py`` (see the README)."""
+AddressSanitizer with ``bash scripts/sanitize.sh -k onnx_corrupt`` (see the README)."""
 
 from __future__ import annotations
 
