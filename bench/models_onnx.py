@@ -7,8 +7,9 @@ A BERT-base-config model (random weights; every encoder linear layer pruned in 4
   - "ort fp32":             the exported graph as is,
   - "ort quantize_dynamic": ``onnxruntime.quantization.quantize_dynamic`` of the same graph (int8 weights),
   - "sparsecpu int8/fp32":  ``sparsecpu.onnx.convert(..., dtype=...)`` of the same graph,
-all in ONNX Runtime with the same thread count, timed round-robin (one call of each per round) so
-that machine noise hits them alike. Prints medians and ratios against the two ORT baselines.
+all in ONNX Runtime with the same thread count, each with ORT's intra-op spinning off and on, timed
+round-robin (one call of each per round) so that machine noise hits them alike. Prints medians and
+ratios against the two ORT baselines of the same spinning setting.
 Needs torch, transformers, onnx, onnxruntime, onnxscript.
 """
 
@@ -94,33 +95,37 @@ def run(threads: int = 2, seq: int = 128, batch: int = 1, sparsity: float = 0.9,
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(0, 30522, (batch, seq)).astype(np.int64),
              "attention_mask": np.ones((batch, seq), np.int64)}
+    # Every model under both settings of ORT's intra-op spinning (its default is on;
+    # sparsecpu.onnx.session turns it off), each session otherwise configured alike.
     sessions = {}
-    for name, path in models.items():
-        if name.startswith("sparsecpu"):
-            sessions[name] = sparsecpu.onnx.session(path, threads=threads)
-        else:
+    for spinning in (False, True):
+        for name, path in models.items():
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
-            sessions[name] = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    outputs = {name: s.run(None, feeds)[0] for name, s in sessions.items()}  # warm-up
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            if name.startswith("sparsecpu"):
+                so.register_custom_ops_library(sparsecpu.onnx.library_path())
+            sessions[(name, spinning)] = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    outputs = {key: s.run(None, feeds)[0] for key, s in sessions.items()}  # warm-up
     for s in sessions.values():
         s.run(None, feeds)
-    times = {name: [] for name in sessions}
+    times = {key: [] for key in sessions}
     progress(f"timing {repeat} rounds")
     for _ in range(repeat):
-        for name, s in sessions.items():
+        for key, s in sessions.items():
             t = time.perf_counter()
             s.run(None, feeds)
-            times[name].append(time.perf_counter() - t)
-    ref = outputs["ort fp32"].ravel().astype(np.float64)
+            times[key].append(time.perf_counter() - t)
+    ref = outputs[("ort fp32", False)].ravel().astype(np.float64)
     records = []
-    for name in sessions:
-        out = outputs[name].ravel().astype(np.float64)
+    for (name, spinning), ts in times.items():
+        out = outputs[(name, spinning)].ravel().astype(np.float64)
         records.append({
             "model": name,
-            "median_ms": 1e3 * statistics.median(times[name]),
-            "min_ms": 1e3 * min(times[name]),
+            "spinning": spinning,
+            "median_ms": 1e3 * statistics.median(ts),
+            "min_ms": 1e3 * min(ts),
             "cosine_vs_fp32": float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))),
             "bytes": sum(p.stat().st_size for p in workdir.glob(Path(models[name]).name + "*")),
             "threads": threads, "seq": seq, "batch": batch, "sparsity": sparsity, "repeat": repeat,
@@ -129,12 +134,15 @@ def run(threads: int = 2, seq: int = 128, batch: int = 1, sparsity: float = 0.9,
 
 
 def format_table(records: List[Dict]) -> str:
-    by = {r["model"]: r for r in records}
-    fp32, q = by["ort fp32"]["median_ms"], by["ort quantize_dynamic"]["median_ms"]
-    rows = [("model", "median ms", "min ms", "vs ort fp32", "vs quantize_dynamic", "cosine vs fp32", "MB")]
+    """One row per model and spinning setting; ratios against the ORT baselines of the same setting."""
+    by = {(r["model"], r["spinning"]): r for r in records}
+    rows = [("model", "ORT spinning", "median ms", "min ms", "vs ort fp32", "vs quantize_dynamic", "cosine vs fp32", "MB")]
     for r in records:
-        rows.append((r["model"], f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{fp32 / r['median_ms']:.2f}x",
-                     f"{q / r['median_ms']:.2f}x", f"{r['cosine_vs_fp32']:.5f}", f"{r['bytes'] / 1e6:.0f}"))
+        fp32 = by[("ort fp32", r["spinning"])]["median_ms"]
+        q = by[("ort quantize_dynamic", r["spinning"])]["median_ms"]
+        rows.append((r["model"], "on" if r["spinning"] else "off", f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}",
+                     f"{fp32 / r['median_ms']:.2f}x", f"{q / r['median_ms']:.2f}x", f"{r['cosine_vs_fp32']:.5f}",
+                     f"{r['bytes'] / 1e6:.0f}"))
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(row)) for row in rows)
 

@@ -140,6 +140,11 @@ def test_session_options_and_errors(tmp_path):
     so.log_severity_level = 3
     sess = sparsecpu.onnx.session(Path(path), sess_options=so)
     assert sess.get_providers() == ["CPUExecutionProvider"]
+    opts = sess.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.inter_op_num_threads == 1 and opts.log_severity_level == 3
+    spin = sparsecpu.onnx.session(path, threads=2, spinning=True).get_session_options()
+    assert spin.get_session_config_entry("session.intra_op.allow_spinning") == "1" and spin.intra_op_num_threads == 2
     with open(path, "rb") as f:
         assert sparsecpu.onnx.session(f.read(), threads=1).get_outputs()[0].name == "Y"
     for bad in (0, -1, 1.5, True):

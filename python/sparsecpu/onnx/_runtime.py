@@ -27,7 +27,7 @@ def library_path() -> str:
     return str(path)
 
 
-def session(path: Any, threads: Optional[int] = None, **kw):
+def session(path: Any, threads: Optional[int] = None, *, spinning: bool = False, **kw):
     """An ``onnxruntime.InferenceSession`` for ``path`` (a file name or serialized model bytes)
     with sparsecpu's custom ops registered.
 
@@ -36,20 +36,26 @@ def session(path: Any, threads: Optional[int] = None, **kw):
         threads: ONNX Runtime's intra-op threads, which the ``SparseLinear`` kernels share (they
             run on ONNX Runtime's intra-op pool, not a pool of their own). Default: ONNX Runtime's
             default (one per physical core).
+        spinning: let ONNX Runtime's idle intra-op threads busy-wait for the next parallel section
+            (``session.intra_op.allow_spinning``). Off by default: spinning threads take whole cores
+            from anything else runnable (another process, torch in the same one), and on a small or
+            shared machine that slows every op more than the wake-up latency it saves (BERT-base,
+            2 shared cores: 2-2.5x slower with spinning). Turn it on for a dedicated machine.
         **kw: passed to ``InferenceSession`` (``sess_options`` is extended, not replaced;
             ``providers`` defaults to the CPU provider, the only one the custom op runs on).
 
-    Inter-op parallelism is left off (``ORT_SEQUENTIAL``, ONNX Runtime's default) so that one pool
-    owns the cores.
+    Inter-op parallelism stays off (``ORT_SEQUENTIAL``, one inter-op thread) so that one pool owns
+    the cores.
     """
     ort = _need("onnxruntime")
     so = kw.pop("sess_options", None) or ort.SessionOptions()
     so.register_custom_ops_library(library_path())
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.inter_op_num_threads = 1
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
     kw.setdefault("providers", ["CPUExecutionProvider"])
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
