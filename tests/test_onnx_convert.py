@@ -224,6 +224,11 @@ def test_convert_argument_errors(tmp_path):
         sparsecpu.onnx.convert(src, tmp_path / "o.onnx", min_sparsity=1.5)
     with pytest.raises(ValueError, match="dst must differ"):
         sparsecpu.onnx.convert(src, src)
+    (tmp_path / "junk.onnx").write_bytes(b"\x0a\xff\xff not a model")
+    with pytest.raises(ValueError, match="cannot read .*junk.onnx as an ONNX model"):
+        sparsecpu.onnx.convert(tmp_path / "junk.onnx", tmp_path / "o.onnx")
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        sparsecpu.onnx.convert(tmp_path / "missing.onnx", tmp_path / "o.onnx")
     report = sparsecpu.onnx.convert(src, tmp_path / "o.onnx")
     assert report.nodes == [] and op_types(tmp_path / "o.onnx") == ["Relu"]
     assert onnx.load(str(tmp_path / "o.onnx")).opset_import == model.opset_import

@@ -441,7 +441,13 @@ def convert(
 
 
 def _has_external_data(onnx, path: str) -> bool:
-    m = onnx.load(path, load_external_data=False)
+    """Whether the model at ``path`` keeps tensors outside the .onnx file; ValueError if it is not a model."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        m = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not a model
+        raise ValueError(f"cannot read {path} as an ONNX model: {e}") from None
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
 
 
