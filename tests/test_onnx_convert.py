@@ -37,22 +37,36 @@ def _c(name, value):
     return numpy_helper.from_array(np.asarray(value, F32), name)
 
 
-def _erf_gelu_nodes(y, out, form):
-    """The Erf form of GELU on tensor ``y`` as exporters write it (three arrangements of the 0.5)."""
-    nodes = [helper.make_node("Div", [y, "sqrt2"], ["g_div"]),
-             helper.make_node("Erf", ["g_div"], ["g_erf"]),
-             helper.make_node("Add", ["g_erf", "one"], ["g_add"])]
+def _gelu_nodes(y, out, kind, form):
+    """The Erf or Tanh form of GELU on tensor ``y`` as exporters write it (three arrangements of the 0.5)."""
+    if kind == "erf":
+        nodes = [helper.make_node("Div", [y, "sqrt2"], ["g_div"]),
+                 helper.make_node("Erf", ["g_div"], ["g_erf"]),
+                 helper.make_node("Add", ["g_erf", "one"], ["g_add"])]
+    else:
+        nodes = [helper.make_node("Pow", [y, "three"], ["g_pow"]),
+                 helper.make_node("Mul", ["g_pow", "c0"], ["g_cube"]),
+                 helper.make_node("Add", [y, "g_cube"], ["g_inner"]),
+                 helper.make_node("Mul", ["c1", "g_inner"], ["g_scaled"]),
+                 helper.make_node("Tanh", ["g_scaled"], ["g_tanh"]),
+                 helper.make_node("Add", ["g_tanh", "one"], ["g_add"])]
     if form == "mul_then_half":
         nodes += [helper.make_node("Mul", [y, "g_add"], ["g_mul"]), helper.make_node("Mul", ["g_mul", "half"], [out])]
     elif form == "half_first":
         nodes += [helper.make_node("Mul", [y, "half"], ["g_half"]), helper.make_node("Mul", ["g_half", "g_add"], [out])]
     else:
         nodes += [helper.make_node("Mul", ["g_add", "half"], ["g_ah"]), helper.make_node("Mul", [y, "g_ah"], [out])]
-    consts = [_c("sqrt2", math.sqrt(2)), _c("one", 1.0), _c("half", 0.5)]
+    consts = [_c("one", 1.0), _c("half", 0.5)]
+    if kind == "erf":
+        consts.append(_c("sqrt2", math.sqrt(2)))
+    else:
+        consts += [_c("three", 3.0), _c("c0", 0.044715), _c("c1", math.sqrt(2 / math.pi))]
     return nodes, consts
 
 
-def _gelu(v):
+def _gelu(v, kind):
+    if kind == "tanh":
+        return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
     erf = np.vectorize(math.erf)
     return 0.5 * v * (1 + erf(v / math.sqrt(2)))
 
@@ -65,30 +79,47 @@ def _convert(tmp_path, model, **kw):
 
 
 @pytest.mark.parametrize("dtype", ["int8", "fp32"])
+@pytest.mark.parametrize("kind", ["erf", "tanh"])
 @pytest.mark.parametrize("form", ["mul_then_half", "half_first", "half_on_erf"])
-def test_matmul_add_erf_gelu_fused(dtype, form, tmp_path):
+def test_matmul_add_gelu_pattern_fused(dtype, kind, form, tmp_path):
     rng = np.random.default_rng(1)
     w = _w(rng, 48, 32)
     b = (rng.standard_normal(48) + 0.5).astype(F32)
-    gelu, consts = _erf_gelu_nodes("h2", "y", form)
+    gelu, consts = _gelu_nodes("h2", "y", kind, form)
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"), helper.make_node("Add", ["B", "h"], ["h2"])] + gelu
     model = make_model(nodes, [_x_info()], [_out()], [_c("W", w.T), _c("B", b)] + consts)
     src, dst, report = _convert(tmp_path, model, dtype=dtype)
     assert op_types(dst) == ["SparseLinear"]
     (r,) = report.nodes
-    assert r.converted and r.node == "fc" and r.shape == (48, 32) and r.reason == f"{dtype} + bias + gelu"
+    act = "gelu" if kind == "erf" else "gelu_tanh"
+    assert r.converted and r.node == "fc" and r.shape == (48, 32) and r.reason == f"{dtype} + bias + {act}"
     m = onnx.load(dst)
     assert {t.name for t in m.graph.initializer} == {"W.sparsecpu_" + dtype, "fc.sparsecpu_bias"}
     assert {a.name: helper.get_attribute_value(a) for a in m.graph.node[0].attribute} == {
-        "N": 48, "K": 32, "dtype": dtype.encode(), "format": b"bsr", "activation": b"gelu"}
+        "N": 48, "K": 32, "dtype": dtype.encode(), "format": b"bsr", "activation": act.encode()}
     assert m.ir_version == 8 and (sparsecpu.onnx.DOMAIN, 1) in [(o.domain, o.version) for o in m.opset_import]
     x = rng.standard_normal((2, 5, 32)).astype(F32)
     (y,) = run(dst, {"x": x})
-    expected = sparsecpu.linear(x, sparsecpu.pack(w, dtype=dtype), bias=b, activation="gelu")
+    expected = sparsecpu.linear(x, sparsecpu.pack(w, dtype=dtype), bias=b, activation=act)
     np.testing.assert_array_equal(y, expected)
-    want = _gelu(x.astype(np.float64) @ w.T.astype(np.float64) + b)
+    want = _gelu(x.astype(np.float64) @ w.T.astype(np.float64) + b, kind)
     tol = 0.05 if dtype == "int8" else 1e-4
     np.testing.assert_allclose(y, want, atol=tol * np.abs(want).max())
+
+
+def test_gelu_pattern_with_a_second_reader_is_not_fused(tmp_path):
+    """A chain node whose output something else also reads stays: fusing would lose that value."""
+    rng = np.random.default_rng(9)
+    w = _w(rng, 16, 32)
+    gelu, consts = _gelu_nodes("h", "y", "erf", "mul_then_half")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc")] + gelu
+    model = make_model(nodes, [_x_info()], [_out(), _out("g_erf")], [_c("W", w.T)] + consts)
+    src, dst, report = _convert(tmp_path, model, dtype="fp32")
+    assert report.nodes[0].reason == "fp32"
+    assert op_types(dst) == ["SparseLinear", "Div", "Erf", "Add", "Mul", "Mul"]
+    x = rng.standard_normal((1, 3, 32)).astype(F32)
+    res = sparsecpu.onnx.verify(src, dst, feeds={"x": x})
+    assert res["y"]["max_abs_diff"] < 1e-5 and res["g_erf"]["max_abs_diff"] < 1e-5
 
 
 @pytest.mark.parametrize("op, attrs, act", [

@@ -1,8 +1,8 @@
 """The graph rewriter behind ``sparsecpu onnx convert``.
 
 Finds MatMul and Gemm nodes whose weight is a constant 2-D float initializer, together with the
-bias Add and the activation (Relu, Gelu, or the Erf form of GELU that exporters write out) that
-follow, and replaces each chain with one ``com.sparsecpu:SparseLinear`` node whose packed weight is
+bias Add and the activation (Relu, Gelu, or the Erf or Tanh form of GELU that exporters write out)
+that follow, and replaces each chain with one ``com.sparsecpu:SparseLinear`` node whose packed weight is
 a uint8 initializer. Everything else in the graph is left as it was.
 """
 
@@ -167,53 +167,99 @@ def _other(node, name: str) -> Optional[str]:
     return None
 
 
-def _match_erf_gelu(g: _Graph, y: str):
-    """The nodes of ``0.5 * y * (1 + erf(y / sqrt(2)))`` as exporters write it, and its output.
-
-    Accepted: Div(y, sqrt 2) or Mul(y, 1/sqrt 2) -> Erf -> Add 1 -> then one of
-    Mul(Mul(y, a), 0.5), Mul(Mul(y, 0.5), a), Mul(y, Mul(a, 0.5)).
-    """
-    consumers = g.consumers.get(y, [])
-    if y in g.outputs or y in g.subgraph_refs or len(consumers) != 2:
+def _follow(g: _Graph, name: str, op_type: str, const: Optional[float] = None, other: Optional[str] = None):
+    """The only consumer of ``name`` if it is ``op_type`` whose other input is the scalar ``const``
+    (or the tensor ``other``), else None."""
+    node = g.only_consumer(name)
+    if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
         return None
-    for scale in consumers:
-        other_y = [c for c in consumers if c is not scale][0]
+    if const is not None and not _close(g.scalar(_other(node, name) or ""), const):
+        return None
+    if other is not None and _other(node, name) != other:
+        return None
+    return node
+
+
+def _half_product(g: _Graph, y: str, a: str, user):
+    """Nodes and output of ``0.5 * y * a`` where ``user`` is the node (besides the ones computing
+    ``a``) that reads ``y``: Mul(Mul(y, a), 0.5), Mul(Mul(y, 0.5), a) or Mul(y, Mul(a, 0.5))."""
+    if user.op_type != "Mul" or user.domain not in ("", "ai.onnx"):
+        return None
+    partner = _other(user, y)
+    if partner == a and g.only_consumer(a) is user:
+        last = _follow(g, user.output[0], "Mul", const=0.5)
+        return ([user, last], last.output[0]) if last is not None else None
+    if _close(g.scalar(partner or ""), 0.5):
+        last = _follow(g, user.output[0], "Mul", other=a)
+        return ([user, last], last.output[0]) if last is not None and g.only_consumer(a) is last else None
+    half = _follow(g, a, "Mul", const=0.5)
+    if half is not None and partner == half.output[0]:
+        return [half, user], user.output[0]
+    return None
+
+
+def _users(g: _Graph, y: str) -> Optional[list]:
+    """The nodes reading ``y``, or None if a graph output or a subgraph reads it too."""
+    if y in g.outputs or y in g.subgraph_refs:
+        return None
+    return g.consumers.get(y, [])
+
+
+def _match_erf_gelu(g: _Graph, y: str):
+    """The nodes of ``0.5 * y * (1 + erf(y / sqrt(2)))`` as exporters write it, and its output:
+    Div(y, sqrt 2) or Mul(y, 1/sqrt 2) -> Erf -> Add 1, times y and 0.5 (see _half_product)."""
+    users = _users(g, y)
+    if users is None or len(users) != 2:
+        return None
+    for scale in users:
         s = _other(scale, y)
         if s is None or not (
             (scale.op_type == "Div" and scale.input[0] == y and _close(g.scalar(s), math.sqrt(2)))
             or (scale.op_type == "Mul" and _close(g.scalar(s), 1 / math.sqrt(2)))
         ):
             continue
-        erf = g.only_consumer(scale.output[0])
-        if erf is None or erf.op_type != "Erf":
+        erf = _follow(g, scale.output[0], "Erf")
+        add = _follow(g, erf.output[0], "Add", const=1.0) if erf is not None else None
+        if add is None:
             continue
-        add = g.only_consumer(erf.output[0])
-        if add is None or add.op_type != "Add" or not _close(g.scalar(_other(add, erf.output[0]) or ""), 1.0):
+        rest = [u for u in users if u is not scale]
+        tail = _half_product(g, y, add.output[0], rest[0])
+        if tail is not None:
+            return [scale, erf, add] + tail[0], tail[1]
+    return None
+
+
+def _match_tanh_gelu(g: _Graph, y: str):
+    """The nodes of ``0.5 * y * (1 + tanh(sqrt(2 / pi) * (y + 0.044715 * y**3)))`` (GPT-2's
+    ``gelu_new`` as exporters write it), and its output."""
+    users = _users(g, y)
+    if users is None or len(users) != 3:
+        return None
+    for pow_ in users:
+        if pow_.op_type != "Pow" or pow_.input[0] != y or not _close(g.scalar(pow_.input[1]), 3.0):
             continue
-        a = add.output[0]
-        if other_y.op_type != "Mul":
+        chain = [pow_]
+        for op_type, kw in (("Mul", {"const": 0.044715}), ("Add", {"other": y}),
+                            ("Mul", {"const": math.sqrt(2 / math.pi)}), ("Tanh", {}), ("Add", {"const": 1.0})):
+            node = _follow(g, chain[-1].output[0], op_type, **kw)
+            if node is None:
+                break
+            chain.append(node)
+        if len(chain) != 6:
             continue
-        half = _close(g.scalar(_other(other_y, y) or ""), 0.5)
-        mul_a = g.only_consumer(a)
-        if other_y.input[0] in (a,) or other_y.input[1] in (a,):
-            # Mul(y, a) then Mul(., 0.5)
-            last = g.only_consumer(other_y.output[0])
-            if last is not None and last.op_type == "Mul" and _close(g.scalar(_other(last, other_y.output[0]) or ""), 0.5):
-                return [scale, erf, add, other_y, last], last.output[0]
-        elif half:
-            # Mul(y, 0.5) then Mul(., a)
-            last = g.only_consumer(other_y.output[0])
-            if last is not None and last is mul_a and last.op_type == "Mul" and _other(last, a) == other_y.output[0]:
-                return [scale, erf, add, other_y, last], last.output[0]
-        elif mul_a is not None and mul_a.op_type == "Mul" and _close(g.scalar(_other(mul_a, a) or ""), 0.5):
-            # Mul(a, 0.5) then Mul(y, .)
-            if _other(other_y, y) == mul_a.output[0]:
-                return [scale, erf, add, mul_a, other_y], other_y.output[0]
+        inner, add = chain[2], chain[5]
+        rest = [u for u in users if u is not pow_ and u is not inner]
+        if len(rest) != 1:
+            continue
+        tail = _half_product(g, y, add.output[0], rest[0])
+        if tail is not None:
+            return chain + tail[0], tail[1]
     return None
 
 
 def _match_activation(g: _Graph, y: str):
-    """(activation, nodes, output) of an activation that reads only ``y``, or None."""
+    """(activation, nodes, output) of the activation applied to ``y`` alone (Relu, Gelu, FastGelu, or
+    the Erf or Tanh form of GELU written out), or None."""
     node = g.only_consumer(y)
     if node is not None and len(node.input) >= 1 and node.input[0] == y:
         attrs = {a.name: a for a in node.attribute}
@@ -228,6 +274,9 @@ def _match_activation(g: _Graph, y: str):
     m = _match_erf_gelu(g, y)
     if m is not None:
         return "gelu", m[0], m[1]
+    m = _match_tanh_gelu(g, y)
+    if m is not None:
+        return "gelu_tanh", m[0], m[1]
     return None
 
 
@@ -301,7 +350,7 @@ def convert(
 
     Every MatMul whose B, and every Gemm (``transA = 0``) whose B, is a constant 2-D float32
     initializer becomes one ``com.sparsecpu:SparseLinear`` node, together with the bias ``Add`` of a
-    constant ``[N]`` vector and the activation (Relu, Gelu, or the Erf pattern of GELU) that read
+    constant ``[N]`` vector and the activation (Relu, Gelu, or the Erf or Tanh form of GELU) that read
     only its output. The packed weight is stored as a uint8 initializer; initializers nothing reads
     any more are dropped; every other node is kept untouched.
 
