@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the test suite against an AddressSanitizer + UBSan build of the extension (valgrind cannot
-# decode AVX-512, so this is how the kernels and the untrusted-buffer checks are checked for
-# out-of-bounds reads). Reuses the venv of scripts/test.sh (run that first).
+# Runs the test suite against an AddressSanitizer + UBSan build of the extension and of the ONNX
+# Runtime custom-op library (valgrind cannot decode AVX-512, so this is how the kernels and the
+# untrusted-buffer and model-file checks are checked for out-of-bounds reads). Reuses the venv of
+# scripts/test.sh (run that first).
 #   bash scripts/sanitize.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +19,8 @@ flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recove
 pkg="$build/pkg"
 rm -rf "$pkg" && mkdir -p "$pkg"
 cp -r python/sparsecpu "$pkg/"
-rm -f "$pkg"/sparsecpu/_C*.so
-cp "$build"/_C*.so "$pkg/sparsecpu/"
+rm -f "$pkg"/sparsecpu/_C*.so "$pkg"/sparsecpu/libsparsecpu_ort.so
+cp "$build"/_C*.so "$build"/libsparsecpu_ort.so "$pkg/sparsecpu/"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1
 PYTHONPATH="$pkg" exec "$venv/bin/python" -m pytest -p no:cacheprovider tests "$@"

@@ -99,6 +99,12 @@ bool has_outliers(const float* absmax, int64_t M, float threshold) {
   return any;
 }
 
+// The pool the call splits its work over: the caller's (ONNX Runtime's intra-op pool) or sparsecpu's own.
+ParallelFor parallel_of(const LinearArgs& a) {
+  if (a.parallel) return *a.parallel;
+  return {[](int n, const std::function<void(int)>& fn) { pool().run(n, fn); }, pool().size()};
+}
+
 }  // namespace
 
 Isa active_isa() { return static_cast<Isa>(isa_state().load()); }
@@ -125,10 +131,10 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, G = static_cast<int64_t>(w.groups);
   const int64_t Mpad = round_up(M, kRowAlign);
   Scratch& s = scratch();
-  ThreadPool& tp = pool();
+  const ParallelFor tp = parallel_of(a);
   // Below a few microseconds of work, waking a worker costs more than it saves.
   constexpr uint64_t kMinParallelWork = uint64_t(1) << 18;  // block x row products
-  const int threads = (w.nnzb + 4 * w.groups) * static_cast<uint64_t>(Mpad) < kMinParallelWork ? 1 : tp.size();
+  const int threads = (w.nnzb + 4 * w.groups) * static_cast<uint64_t>(Mpad) < kMinParallelWork ? 1 : tp.threads;
 
   SpmmParams p{};
   p.w = w;
@@ -245,7 +251,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   const int64_t tiles = dense ? static_cast<int64_t>(w.panels) : static_cast<int64_t>(w.groups);
   const int64_t padded = dense ? 16 * tiles : 4 * tiles;
   Scratch& s = scratch();
-  ThreadPool& tp = pool();
+  const ParallelFor tp = parallel_of(a);
 
   RowParams p{};
   p.w = w;
@@ -272,7 +278,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   // Multiply-adds below which waking a worker costs more than it saves.
   constexpr uint64_t kMinParallelMacs = uint64_t(1) << 16;
   const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
-  const int threads = macs < kMinParallelMacs ? 1 : tp.size();
+  const int threads = macs < kMinParallelMacs ? 1 : tp.threads;
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
   // By rows only when the 64-row units share out evenly (M = 65 would leave one thread 1 row).
   const bool by_rows = threads > 1 && units >= threads && (units % threads == 0 || units >= 4 * threads);

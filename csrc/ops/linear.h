@@ -4,12 +4,20 @@
 // over channels) when M <= 8, else the SpMM tile (vectorized over rows).
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "core/cpu.h"
 #include "core/format.h"
 #include "kernels/kernels.h"
 
 namespace sparsecpu {
+
+// Another runtime's thread pool to split the work over (ONNX Runtime's intra-op pool): run(n, fn)
+// calls fn(t) for every t in [0, n) and returns when all are done; `threads` is how many it runs at once.
+struct ParallelFor {
+  std::function<void(int, const std::function<void(int)>&)> run;
+  int threads = 1;
+};
 
 struct LinearArgs {
   PackedView w;
@@ -19,6 +27,7 @@ struct LinearArgs {
   Activation act = Activation::none;
   float* y = nullptr;  // [M][N] row-major (int32 bits when raw_s32)
   bool raw_s32 = false;  // test hook: int8 accumulators before the epilogue
+  const ParallelFor* parallel = nullptr;  // null: sparsecpu's own pool
 };
 
 // Throws std::invalid_argument if x holds NaN or Inf. An int8 weight with an outlier threshold

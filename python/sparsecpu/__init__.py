@@ -8,6 +8,7 @@
 from . import _C
 from .formats import PackedWeight, pack
 from .ops import linear
+from . import onnx  # onnx and onnxruntime are imported only when its functions run
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The ``sparsecpu`` command: ``info``, ``demo`` and ``bench kernels``."""
+"""The ``sparsecpu`` command: ``info``, ``demo``, ``bench kernels`` and ``onnx convert``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,43 @@ def _cmd_bench_kernels(args: argparse.Namespace) -> int:
             f.write("\n")
         print(f"wrote {len(records)} records to {args.json}", file=sys.stderr)
     return 0
+
+
+def _cmd_onnx_convert(args: argparse.Namespace) -> int:
+    import sparsecpu.onnx
+
+    try:
+        report = sparsecpu.onnx.convert(args.src, args.dst, dtype=args.dtype, min_sparsity=args.min_sparsity,
+                                        format=args.format)
+    except (ImportError, ValueError, FileNotFoundError) as e:
+        print(f"sparsecpu onnx convert: {e}", file=sys.stderr)
+        return 1
+    print(report)
+    if args.verify:
+        from sparsecpu.onnx._runtime import format_verify
+
+        dims = dict(args.dim or [])
+        result = sparsecpu.onnx.verify(args.src, args.dst, dims=dims, threads=args.threads)
+        print(f"verify (random inputs; symbolic dims {dims or 'all 4'}):")
+        print(format_verify(result))
+    return 0
+
+
+def _dim(text: str) -> Tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {text!r}")
+    try:
+        return name, _positive_int(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE, got {text!r} ({e})") from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        return _sparsity(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _csv(item: Callable[[str], T], what: str) -> Callable[[str], List[T]]:
@@ -177,6 +214,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     _add_timing_args(p)
     p.add_argument("--json", metavar="FILE", help="also write the records (and sparsecpu.info()) as JSON to FILE")
     p.set_defaults(fn=_cmd_bench_kernels)
+
+    p = sub.add_parser("onnx", help="ONNX models: rewrite sparse layers for ONNX Runtime (needs onnx, onnxruntime)")
+    onnx_sub = p.add_subparsers(dest="onnx", required=True)
+    p = onnx_sub.add_parser(
+        "convert",
+        help="replace sparse MatMul/Gemm (+ bias + GELU/Relu) with sparsecpu SparseLinear nodes",
+        description="Rewrites SRC into DST: every MatMul/Gemm whose weight is a constant 2-D initializer with "
+        "at least --min-sparsity zero 4x1 blocks becomes one com.sparsecpu:SparseLinear node, together with "
+        "the bias Add and the GELU/Relu that follow it. Prints a per-node table. DST runs in ONNX Runtime "
+        "with the library sparsecpu.onnx.library_path() registered (sparsecpu.onnx.session does that).",
+    )
+    p.add_argument("src", help="input .onnx model (external data is read from beside it)")
+    p.add_argument("dst", help="output .onnx model")
+    p.add_argument("--dtype", type=_dtype, default="int8", help="int8 (default) or fp32")
+    p.add_argument("--min-sparsity", type=_fraction, default=0.5, metavar="S",
+                   help="convert only weights with at least this fraction of zero 4x1 blocks (default: 0.5)")
+    p.add_argument("--format", choices=["auto", "bsr"], default="auto", help="weight format (default: auto)")
+    p.add_argument("--verify", action="store_true",
+                   help="run ONNX Runtime on both models with random inputs; print max |diff| and cosine per output")
+    p.add_argument("--dim", type=_dim, action="append", metavar="NAME=SIZE",
+                   help="size of a symbolic input dimension for --verify (repeatable; default 4)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="ONNX Runtime intra-op threads for --verify")
+    p.set_defaults(fn=_cmd_onnx_convert)
 
     args = parser.parse_args(argv)
     return args.fn(args)

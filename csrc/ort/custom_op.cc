@@ -1,0 +1,330 @@
+// ONNX Runtime front door: the custom-op library libsparsecpu_ort.so, written against the ORT C API.
+// One op, com.sparsecpu:SparseLinear (inputs X [..., K] fp32, W uint8 = a packed weight buffer,
+// optional bias [N] fp32; output Y [..., N] fp32), computed by the same ops/linear as the Python
+// binding. The packed weight comes from a model file, which is untrusted: it is validated in full
+// when the kernel is created, so a bad model fails session creation with an error naming the node.
+#include <onnxruntime_c_api.h>
+
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/format.h"
+#include "core/threadpool.h"
+#include "ops/linear.h"
+
+namespace {
+
+using sparsecpu::Activation;
+using sparsecpu::DType;
+using sparsecpu::PackedView;
+
+constexpr const char* kDomain = "com.sparsecpu";
+constexpr const char* kOpName = "SparseLinear";
+// KernelContext_ParallelFor arrived in API 17 (onnxruntime 1.17); the V2 kernel callbacks in 16.
+constexpr uint32_t kMinApiVersion = 17;
+static_assert(ORT_API_VERSION >= kMinApiVersion, "the ONNX Runtime header is older than API 17");
+
+const OrtApi* g_api = nullptr;
+
+// An error thrown with the text the ORT status carries.
+struct OrtError : std::runtime_error {
+  OrtErrorCode code;
+  OrtError(OrtErrorCode c, const std::string& msg) : std::runtime_error(msg), code(c) {}
+};
+
+// Turns an ORT status into an OrtError (and releases it).
+void check(OrtStatus* status) {
+  if (!status) return;
+  const OrtErrorCode code = g_api->GetErrorCode(status);
+  std::string msg = g_api->GetErrorMessage(status);
+  g_api->ReleaseStatus(status);
+  throw OrtError(code, msg);
+}
+
+std::string node_name(const OrtKernelInfo* info) {
+  size_t size = 0;
+  if (OrtStatus* s = g_api->KernelInfo_GetNodeName(info, nullptr, &size)) {
+    g_api->ReleaseStatus(s);
+    return "?";
+  }
+  std::string name(size, '\0');
+  if (OrtStatus* s = g_api->KernelInfo_GetNodeName(info, name.data(), &size)) {
+    g_api->ReleaseStatus(s);
+    return "?";
+  }
+  name.resize(size > 0 ? size - 1 : 0);  // size counts the terminating null
+  return name;
+}
+
+int64_t attr_int(const OrtKernelInfo* info, const char* name) {
+  int64_t v = 0;
+  if (OrtStatus* s = g_api->KernelInfoGetAttribute_int64(info, name, &v)) {
+    g_api->ReleaseStatus(s);
+    throw std::invalid_argument(std::string("missing or non-integer attribute '") + name + "'");
+  }
+  return v;
+}
+
+std::string attr_string(const OrtKernelInfo* info, const char* name, const char* fallback) {
+  size_t size = 0;
+  if (OrtStatus* s = g_api->KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
+    g_api->ReleaseStatus(s);
+    if (fallback) return fallback;
+    throw std::invalid_argument(std::string("missing or non-string attribute '") + name + "'");
+  }
+  std::string v(size, '\0');
+  check(g_api->KernelInfoGetAttribute_string(info, name, v.data(), &size));
+  v.resize(size > 0 ? size - 1 : 0);
+  return v;
+}
+
+Activation parse_activation(const std::string& s) {
+  if (s == "none") return Activation::none;
+  if (s == "relu") return Activation::relu;
+  if (s == "gelu") return Activation::gelu;
+  if (s == "gelu_tanh") return Activation::gelu_tanh;
+  throw std::invalid_argument("attribute 'activation' must be none, relu, gelu or gelu_tanh, got '" + s + "'");
+}
+
+// Element type and dims of a tensor value.
+struct TensorShape {
+  ONNXTensorElementDataType type;
+  std::vector<int64_t> dims;
+};
+
+TensorShape shape_of(const OrtValue* v) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  check(g_api->GetTensorTypeAndShape(v, &info));
+  std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> guard(
+      info, [](OrtTensorTypeAndShapeInfo* p) { g_api->ReleaseTensorTypeAndShapeInfo(p); });
+  TensorShape out{};
+  size_t n = 0;
+  check(g_api->GetTensorElementType(info, &out.type));
+  check(g_api->GetDimensionsCount(info, &n));
+  out.dims.resize(n);
+  check(g_api->GetDimensions(info, out.dims.data(), n));
+  return out;
+}
+
+std::string dims_str(const std::vector<int64_t>& dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+struct FreeAligned {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+struct Kernel {
+  std::string name;
+  std::unique_ptr<uint8_t, FreeAligned> buf;  // owned, 64-byte aligned copy of the packed weight
+  PackedView w{};
+  Activation act = Activation::none;
+  int threads = 1;  // tasks ORT's intra-op pool runs at once (its default size: one per core)
+
+  // Checks the bias tensor (constant or not) against N.
+  void check_bias(const TensorShape& b) const {
+    if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || b.dims.size() != 1 || static_cast<uint64_t>(b.dims[0]) != w.n)
+      throw std::invalid_argument("bias must be a float tensor of shape [" + std::to_string(w.n) + "], got " +
+                                  dims_str(b.dims));
+  }
+};
+
+Kernel* create(const OrtKernelInfo* info) {
+  auto k = std::make_unique<Kernel>();
+  const int64_t n = attr_int(info, "N"), kk = attr_int(info, "K");
+  const std::string dtype = attr_string(info, "dtype", nullptr);
+  const std::string format = attr_string(info, "format", "bsr");
+  k->act = parse_activation(attr_string(info, "activation", "none"));
+  if (dtype != "int8" && dtype != "fp32")
+    throw std::invalid_argument("attribute 'dtype' must be int8 or fp32, got '" + dtype + "'");
+  if (format != "bsr") throw std::invalid_argument("attribute 'format' must be bsr, got '" + format + "'");
+
+  int is_constant = 0;
+  const OrtValue* wv = nullptr;
+  check(g_api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &wv));
+  if (!is_constant || !wv) throw std::invalid_argument("the packed weight (input 1) must be a constant initializer");
+  const TensorShape ws = shape_of(wv);
+  if (ws.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || ws.dims.size() != 1 || ws.dims[0] < 0)
+    throw std::invalid_argument("the packed weight (input 1) must be a 1-D uint8 tensor, got shape " + dims_str(ws.dims));
+  const size_t size = static_cast<size_t>(ws.dims[0]);
+  void* data = nullptr;
+  check(g_api->GetTensorMutableData(const_cast<OrtValue*>(wv), &data));
+  // Own a copy: the kernels read whole aligned sections, and validation holds only for the bytes it saw.
+  k->buf.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (size + 63) / 64 * 64 + 64)));
+  if (!k->buf) throw std::bad_alloc();
+  if (size) std::memcpy(k->buf.get(), data, size);
+  k->w = sparsecpu::validate(k->buf.get(), size);
+  if (k->w.n != static_cast<uint64_t>(n) || k->w.k != static_cast<uint64_t>(kk))
+    throw std::invalid_argument("attributes N = " + std::to_string(n) + ", K = " + std::to_string(kk) +
+                                " do not match the packed weight (N = " + std::to_string(k->w.n) +
+                                ", K = " + std::to_string(k->w.k) + ")");
+  if (dtype != sparsecpu::dtype_name(k->w.dtype))
+    throw std::invalid_argument("attribute dtype = " + dtype + " does not match the packed weight (" +
+                                sparsecpu::dtype_name(k->w.dtype) + ")");
+  size_t inputs = 0;
+  check(g_api->KernelInfo_GetInputCount(info, &inputs));
+  if (inputs > 2) {
+    const OrtValue* bv = nullptr;
+    check(g_api->KernelInfoGetConstantInput_tensor(info, 2, &is_constant, &bv));
+    if (is_constant && bv) k->check_bias(shape_of(bv));
+  }
+  k->threads = sparsecpu::default_num_threads();
+  return k.release();
+}
+
+// Tasks of ops/linear never throw, so none unwinds through ONNX Runtime's pool.
+void trampoline(void* fn, size_t t) { (*static_cast<const std::function<void(int)>*>(fn))(static_cast<int>(t)); }
+
+void compute(const Kernel& k, OrtKernelContext* ctx) {
+  const OrtValue* xv = nullptr;
+  check(g_api->KernelContext_GetInput(ctx, 0, &xv));
+  const TensorShape xs = shape_of(xv);
+  if (xs.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) throw std::invalid_argument("X must be a float tensor");
+  if (xs.dims.empty() || static_cast<uint64_t>(xs.dims.back()) != k.w.k)
+    throw std::invalid_argument("X must have shape [..., " + std::to_string(k.w.k) + "], got " + dims_str(xs.dims));
+  int64_t M = 1;
+  for (size_t i = 0; i + 1 < xs.dims.size(); ++i) M *= xs.dims[i];
+  std::vector<int64_t> ydims = xs.dims;
+  ydims.back() = static_cast<int64_t>(k.w.n);
+
+  sparsecpu::LinearArgs a;
+  a.w = k.w;
+  a.M = M;
+  a.act = k.act;
+  size_t inputs = 0;
+  check(g_api->KernelContext_GetInputCount(ctx, &inputs));
+  if (inputs > 2) {
+    const OrtValue* bv = nullptr;
+    check(g_api->KernelContext_GetInput(ctx, 2, &bv));
+    if (bv) {
+      k.check_bias(shape_of(bv));
+      check(g_api->GetTensorMutableData(const_cast<OrtValue*>(bv), reinterpret_cast<void**>(const_cast<float**>(&a.bias))));
+    }
+  }
+  OrtValue* yv = nullptr;
+  check(g_api->KernelContext_GetOutput(ctx, 0, ydims.data(), ydims.size(), &yv));
+  if (M == 0 || k.w.n == 0) return;
+  check(g_api->GetTensorMutableData(const_cast<OrtValue*>(xv), reinterpret_cast<void**>(const_cast<float**>(&a.x))));
+  check(g_api->GetTensorMutableData(yv, reinterpret_cast<void**>(&a.y)));
+  // Run on ONNX Runtime's intra-op pool: a second pool of our own would fight it for the cores.
+  sparsecpu::ParallelFor par;
+  par.threads = k.threads;
+  par.run = [ctx](int n, const std::function<void(int)>& fn) {
+    check(g_api->KernelContext_ParallelFor(ctx, trampoline, static_cast<size_t>(n), 0,
+                                           const_cast<std::function<void(int)>*>(&fn)));
+  };
+  a.parallel = &par;
+  sparsecpu::linear(a);
+}
+
+OrtStatus* to_status(const Kernel* k, const std::string& node, const std::exception& e, OrtErrorCode code) {
+  const std::string where = std::string(kOpName) + " node '" + (k ? k->name : node) + "': ";
+  return g_api->CreateStatus(code, (where + e.what()).c_str());
+}
+
+// ORT reads the fields of this struct up to `version`, so one built against a newer header loads
+// into an older runtime as long as `version` is what that runtime speaks.
+OrtCustomOp make_op(uint32_t version) {
+  OrtCustomOp op;
+  std::memset(&op, 0, sizeof(op));
+  op.version = version;
+  op.GetName = [](const OrtCustomOp*) { return kOpName; };
+  op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };  // CPU
+  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 3; };
+  op.GetInputType = [](const OrtCustomOp*, size_t i) {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  };
+  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
+    return i == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  };
+  op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+  op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+  op.GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+  op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+  op.GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+  op.GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op.GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+  op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op.GetStartVersion = [](const OrtCustomOp*) { return 1; };
+  op.GetEndVersion = [](const OrtCustomOp*) { return INT_MAX; };
+  op.CreateKernelV2 = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info, void** out) -> OrtStatus* {
+    *out = nullptr;
+    const std::string node = node_name(info);
+    try {
+      Kernel* k = create(info);
+      k->name = node;
+      *out = k;
+      return nullptr;
+    } catch (const OrtError& e) {
+      return to_status(nullptr, node, e, e.code);
+    } catch (const std::bad_alloc& e) {
+      return to_status(nullptr, node, e, ORT_FAIL);
+    } catch (const std::exception& e) {
+      return to_status(nullptr, node, e, ORT_INVALID_GRAPH);
+    }
+  };
+  op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) -> OrtStatus* {
+    const Kernel* k = static_cast<const Kernel*>(kernel);
+    try {
+      compute(*k, ctx);
+      return nullptr;
+    } catch (const OrtError& e) {
+      return to_status(k, "", e, e.code);
+    } catch (const std::bad_alloc& e) {
+      return to_status(k, "", e, ORT_FAIL);
+    } catch (const std::exception& e) {
+      return to_status(k, "", e, ORT_INVALID_ARGUMENT);
+    }
+  };
+  op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
+  return op;
+}
+
+// API version to speak: the header's, or the runtime's if that is older (ORT 1.x speaks API 1.x's minor).
+uint32_t runtime_api_version(const OrtApiBase* base) {
+  const char* v = base->GetVersionString();
+  unsigned major = 0, minor = 0;
+  if (!v || std::sscanf(v, "%u.%u", &major, &minor) != 2 || major != 1) return ORT_API_VERSION;
+  return minor < ORT_API_VERSION ? minor : ORT_API_VERSION;
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  static std::once_flag once;
+  static OrtCustomOp op;
+  static uint32_t version = 0;
+  std::call_once(once, [&] {
+    version = runtime_api_version(api_base);
+    if (version >= kMinApiVersion) {
+      g_api = api_base->GetApi(version);
+      op = make_op(version);
+    }
+  });
+  if (!g_api) {
+    const OrtApi* v1 = api_base->GetApi(1);  // every runtime speaks API 1
+    const std::string msg = std::string("libsparsecpu_ort needs onnxruntime >= 1.17 (API ") +
+                            std::to_string(kMinApiVersion) + "), this is " + api_base->GetVersionString();
+    return v1 ? v1->CreateStatus(ORT_FAIL, msg.c_str()) : nullptr;
+  }
+  // The domain must outlive every session built from these options, which this library cannot
+  // see; it is kept for the life of the process (one small object per registration).
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* s = g_api->CreateCustomOpDomain(kDomain, &domain)) return s;
+  if (OrtStatus* s = g_api->CustomOpDomain_Add(domain, &op)) return s;
+  return g_api->AddCustomOpDomain(options, domain);
+}
