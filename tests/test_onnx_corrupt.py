@@ -51,7 +51,7 @@ def _arr(attr, index, value):
 
 # (id, packed bytes of a dtype, message regex)
 BUFFER_CORRUPTIONS = [
-    ("version-2", lambda dt: edited(dt, _set("version", 2)), r"version 2 is not supported"),
+    ("version-3", lambda dt: edited(dt, _set("version", 3)), r"version 3 is not supported"),
     ("bad-magic", lambda dt: edited(dt, _set("magic", b"NOTSPCPU")), r"bad magic"),
     ("truncated", lambda dt: packed(dt)[:-64], r"length is \d+ bytes"),
     ("truncated-header", lambda dt: packed(dt)[:40], r"shorter than the header"),
