@@ -7,7 +7,8 @@ run by torch fp32, torch quantize_dynamic int8 and sparsecpu.sparsify, timed in 
 BERT: batch 1, ``--seq`` tokens, latency of one forward pass. GPT-2: greedy ``generate()`` of
 ``--new-tokens`` tokens after a ``--prompt``-token prompt (KV cache on), tokens/s; ``lm_head`` is
 left out of pruning and sparsify (its weight is the token embedding). Variants are timed
-round-robin, ``--repeat`` rounds, and medians reported. ``--profile`` adds a torch.profiler
+round-robin, ``--repeat`` rounds, and medians reported; "torch 1 thread" runs the sparsecpu model
+with torch's own ops (attention, LayerNorm, ...) on one thread and sparsecpu's pool on ``--threads``. ``--profile`` adds a torch.profiler
 breakdown of the sparsecpu int8 model: sparsecpu layers vs the rest (attention, LayerNorm, ...).
 No weights are downloaded: the models are randomly initialised, which is all timing needs.
 """
@@ -70,6 +71,19 @@ def _profile(fn, label):
     return {"total_ms": total / 1e3, "sparsecpu_ms": ours / 1e3, "top": [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in rows[:14]]}
 
 
+def _torch_threads(fn, n, restore):
+    """``fn`` run with torch's intra-op pool at ``n`` threads (sparsecpu's pool unchanged)."""
+
+    def run():
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(restore)
+
+    return run
+
+
 def bench_bert(args):
     from transformers import BertConfig, BertModel
 
@@ -84,6 +98,7 @@ def bench_bert(args):
         models[f"sparsecpu {dtype}"] = m
     ids = torch.randint(0, 30522, (1, args.seq))
     fns = {name: (lambda m=m: m(input_ids=ids)) for name, m in models.items()}
+    fns["sparsecpu int8, torch 1 thread"] = _torch_threads(fns["sparsecpu int8"], 1, args.threads)
     with torch.inference_mode():
         med, _ = _round_robin(fns, args.repeat)
         ref = dense(input_ids=ids).last_hidden_state
@@ -91,6 +106,7 @@ def bench_bert(args):
             name: torch.nn.functional.cosine_similarity(m(input_ids=ids).last_hidden_state.flatten(), ref.flatten(), dim=0).item()
             for name, m in models.items()
         }
+        cos["sparsecpu int8, torch 1 thread"] = cos["sparsecpu int8"]
         prof = _profile(fns["sparsecpu int8"], "BERT-base sparsecpu int8") if args.profile else None
     base = med["torch fp32"]
     qd = med["torch quantize_dynamic int8"]
@@ -115,13 +131,16 @@ def bench_gpt2(args):
     prompt = torch.randint(0, 50257, (1, args.prompt))
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, use_cache=True, pad_token_id=50256)
     fns = {name: (lambda m=m: m.generate(prompt, **kw)) for name, m in models.items()}
+    fns["sparsecpu int8, torch 1 thread"] = _torch_threads(fns["sparsecpu int8"], 1, args.threads)
     with torch.inference_mode():
         med, _ = _round_robin(fns, max(3, args.repeat // 2))
         prof = _profile(fns["sparsecpu int8"], "GPT-2 generate, sparsecpu int8") if args.profile else None
         # The prompt's forward pass alone; the rest of generate() is the decode steps.
-        prefill, _ = _round_robin({name: (lambda m=m: m(prompt, use_cache=True)) for name, m in models.items()}, 5)
+        prefills = {name: (lambda m=m: m(prompt, use_cache=True)) for name, m in models.items()}
+        prefills["sparsecpu int8, torch 1 thread"] = _torch_threads(prefills["sparsecpu int8"], 1, args.threads)
+        prefill, _ = _round_robin(prefills, 5)
     base = med["torch fp32"]
-    print(f"\nGPT-2 124M, {args.sparsity:.0%} 4x1 pruned (lm_head dense fp32), greedy generate {args.new_tokens} tokens after "
+    print(f"\nGPT-2 124M, {args.sparsity:.0%} 4x1 pruned (lm_head kept: torch fp32), greedy generate {args.new_tokens} tokens after "
           f"{args.prompt}, batch 1, {args.threads} threads, median of {max(3, args.repeat // 2)}")
     print(f"  {'variant':30s} {'s':>8s} {'tokens/s':>9s} {'vs fp32':>8s} {'prefill ms':>11s} {'ms/decode step':>15s}")
     step = {name: (t - prefill[name]) / args.new_tokens for name, t in med.items()}

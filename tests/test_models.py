@@ -51,6 +51,12 @@ def test_bert_fp32_equals_pruned_dense_and_int8_keeps_cosine():
     report = sparsecpu.sparsify(fp32, dtype="fp32")
     assert len(report.converted) == len(report) == 13  # 2 x 6 encoder layers + pooler
     assert len(sparsecpu.sparsify(int8, dtype="int8").converted) == 13
+    # The intermediate layer's GELU runs in the kernel's epilogue.
+    rows = {r.name: r for r in report}
+    assert rows["encoder.layer.0.intermediate.dense"].reason.endswith("; gelu fused")
+    assert "fused" not in rows["encoder.layer.0.output.dense"].reason
+    inter = fp32.encoder.layer[1].intermediate
+    assert inter.dense.activation == "gelu" and isinstance(inter.intermediate_act_fn, torch.nn.Identity)
     with torch.inference_mode():
         ref = pruned(input_ids=ids, attention_mask=mask).last_hidden_state
         y32 = fp32(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -69,6 +75,8 @@ def test_gpt2_generate_with_kv_cache_after_sparsify():
     report = sparsecpu.sparsify(fp32, dtype="fp32")
     assert [r.kernel for r in report][-1] == "kept" and report[-1].name == "lm_head"
     assert sum(isinstance(m, SparseLinear) for m in fp32.modules()) == 8  # c_attn, c_proj, c_fc, c_proj x 2
+    assert report[2].name == "transformer.h.0.mlp.c_fc" and report[2].reason.endswith("; gelu_tanh fused")
+    assert fp32.transformer.h[0].mlp.c_fc.activation == "gelu_tanh"
     sparsecpu.sparsify(int8, dtype="int8")
     kw = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=1)
     with torch.inference_mode():

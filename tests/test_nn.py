@@ -252,3 +252,16 @@ def test_torch_compile_fullgraph_matches_eager():
         for rows in (6, 6, 11):
             x = torch.randn(rows, 32)
             torch.testing.assert_close(compiled(x), m(x), rtol=1e-6, atol=1e-6)
+
+
+def test_torch_api_loads_lazily():
+    """``import sparsecpu`` does not import torch (an optional dependency); the torch names resolve on use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sparsecpu; assert 'torch' not in sys.modules; "
+        "assert callable(sparsecpu.sparsify) and callable(sparsecpu.prune) and callable(sparsecpu.prune.keep_masks); "
+        "assert sparsecpu.nn.SparseLinear.__module__ == 'sparsecpu.nn'; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -29,6 +29,11 @@ _DENSE_INT8 = False
 
 _SPARSE = {"int8": "sparse int8", "fp32": "sparse fp32"}
 
+# Hugging Face blocks whose forward is act(linear(x)), as (linear attribute, activation attribute):
+# BERT-style intermediate layers and GPT-2's MLP. The activation is fused into the kernel's epilogue.
+_ACT_AFTER = (("dense", "intermediate_act_fn"), ("c_fc", "act"))
+_HF_ACTIVATIONS = {"GELUActivation": "gelu", "NewGELUActivation": "gelu_tanh", "GELUTanh": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh"}
+
 
 @dataclass(frozen=True)
 class LayerReport:
@@ -116,6 +121,29 @@ def _linear_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module, torch.Ten
             yield name, m, m.weight.detach().t()
 
 
+def _activation_kind(act: nn.Module) -> Optional[str]:
+    if isinstance(act, nn.GELU):
+        return "gelu" if act.approximate == "none" else "gelu_tanh"
+    if isinstance(act, nn.ReLU):
+        return "relu"
+    if type(act).__module__.startswith("transformers."):
+        return _HF_ACTIVATIONS.get(type(act).__name__)
+    return None
+
+
+def _activation_after(model: nn.Module, name: str) -> Optional[Tuple[nn.Module, str, str]]:
+    """``(parent, activation attribute, activation)`` when the layer ``name`` feeds a known activation."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    for lin_attr, act_attr in _ACT_AFTER:
+        act = getattr(parent, act_attr, None)
+        if attr == lin_attr and isinstance(act, nn.Module):
+            kind = _activation_kind(act)
+            if kind is not None:
+                return parent, act_attr, kind
+    return None
+
+
 def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
     """``(sparsity, block sparsity)`` of an ``out x in`` weight; blocks are 4x1 (4 output channels x 1 input),
     the last group of channels padded with zeros."""
@@ -155,6 +183,9 @@ def sparsify(
     Per layer the 4x1 block sparsity decides (with ``format="auto"``): at or above ``min_sparsity``
     the layer runs the block-sparse kernel in ``dtype``; below it a sparse kernel would be slower
     than a dense one, so the layer stays dense (the original torch layer, kept as it is).
+    The GELU after a converted BERT intermediate or GPT-2 MLP input layer (``dense`` +
+    ``intermediate_act_fn``, ``c_fc`` + ``act``) is fused into the kernel (the activation module
+    becomes ``nn.Identity``).
     Prune first (:func:`sparsecpu.prune`); the result is for inference (``torch.no_grad()``).
 
     Args:
@@ -192,14 +223,19 @@ def sparsify(
             kernel, reason = "kept", f"skipped ({hit!r} in skip)"
         else:
             kernel, reason = _choose(block_sp, dtype, format, min_sparsity)
-        rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
         if kernel != "kept":
+            if not name:
+                raise ValueError("sparsify replaces layers inside a model; for a lone layer use SparseLinear.from_linear")
+            fused = _activation_after(model, name)
+            if fused is not None:
+                reason += f"; {fused[2]} fused"
             fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
             packed = pack(weight, dtype="int8" if kernel == "dense int8" else dtype, **pack_kwargs(fmt, outlier_threshold))
-            replace.append((name, SparseLinear(packed, module.bias)))
-    for name, new in replace:
-        if not name:
-            raise ValueError("sparsify replaces layers inside a model; for a lone layer use SparseLinear.from_linear")
+            replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused))
+        rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
+    for name, new, fused in replace:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, new)
+        if fused is not None:
+            setattr(fused[0], fused[1], nn.Identity())
     return SparsifyReport(rows)
