@@ -102,8 +102,8 @@ def test_extra_repr_shows_shape_dtype_format_density():
     text = repr(layer)
     assert "in_features=32" in text and "out_features=64" in text
     assert "dtype=int8" in text and "format=bsr" in text
-    assert f"density={layer.weight_info.density:.3f}" in text
-    assert 0.1 < layer.weight_info.density < 0.4
+    assert f"density={layer.packed_weight.density:.3f}" in text
+    assert 0.1 < layer.packed_weight.density < 0.4
 
 
 def test_inference_only():

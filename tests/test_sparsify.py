@@ -94,7 +94,7 @@ def test_min_sparsity_skip_and_forced_format():
     kernels = {r.name: r.kernel for r in report}
     assert kernels["blocks.0.up"] == "kept" and kernels["blocks.1.gate"] == "sparse int8"
     assert "format='bsr'" in report[-2].reason
-    assert isinstance(net.blocks[1].gate, SparseLinear) and net.blocks[1].gate.weight_info.density == 1.0
+    assert isinstance(net.blocks[1].gate, SparseLinear) and net.blocks[1].gate.packed_weight.density == 1.0
     report = sparsecpu.sparsify(_net(), dtype="fp32", skip=())
     assert {r.name: r.kernel for r in report}["lm_head"] == "kept"  # dense, not skipped
     assert "skip" not in report[-1].reason

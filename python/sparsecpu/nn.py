@@ -126,7 +126,7 @@ class SparseLinear(nn.Module):
         return cls(packed, conv1d.bias, activation)
 
     @property
-    def weight_info(self) -> PackedWeight:
+    def packed_weight(self) -> PackedWeight:
         """The validated :class:`PackedWeight` in the ``packed`` buffer (shape, dtype, format, density)."""
         return _library.packed_weight(self.packed)
 
@@ -148,7 +148,7 @@ class SparseLinear(nn.Module):
         return f"SparseLinear(in_features={self.in_features}, out_features={self.out_features})"
 
     def extra_repr(self) -> str:
-        w = self.weight_info
+        w = self.packed_weight
         act = f", activation={self.activation}" if self.activation else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, dtype={w.dtype}, "
