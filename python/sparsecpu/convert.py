@@ -50,7 +50,8 @@ class LayerReport:
     block_sparsity: float
     """Fraction of 4x1 blocks (4 output channels x 1 input) that are all zero."""
     kernel: str
-    """``"sparse int8"``, ``"sparse fp32"``, ``"dense int8"`` or ``"kept"`` (original layer left in place)."""
+    """``"sparse int8"``, ``"sparse fp32"``, ``"dense int8"`` or ``"kept"`` (original layer left in place);
+    with a forced ``format``, ``"<format> <dtype>"``."""
     reason: str
     """Why that kernel."""
 
@@ -160,7 +161,7 @@ def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
 
 def _choose(block_sp: float, dtype: str, format: str, min_sparsity: float) -> Tuple[str, str]:
     if format != "auto":
-        return (_SPARSE[dtype] if format == "bsr" else "dense int8"), f"format={format!r} requested"
+        return f"{'sparse' if format == 'bsr' else format} {dtype}", f"format={format!r} requested"
     if block_sp >= min_sparsity:
         return _SPARSE[dtype], f"block sparsity {block_sp:.2f} >= min_sparsity {min_sparsity:.2f}"
     why = f"block sparsity {block_sp:.2f} < min_sparsity {min_sparsity:.2f}: sparse would be slower than dense"
@@ -230,7 +231,7 @@ def sparsify(
             if fused is not None:
                 reason += f"; {fused[2]} fused"
             fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
-            packed = pack(weight, dtype="int8" if kernel == "dense int8" else dtype, **pack_kwargs(fmt, outlier_threshold))
+            packed = pack(weight, dtype=dtype, **pack_kwargs(fmt, outlier_threshold))
             replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused))
         rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
     for name, new, fused in replace:
