@@ -38,3 +38,20 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Size of sparsecpu's thread pool."""
     return _C.get_num_threads()
+
+
+# The torch front door (sparsecpu.nn, sparsify, prune) imports torch, an optional dependency: it is
+# loaded on first use so that `import sparsecpu` works without torch.
+_TORCH_API = {"nn": ("nn", None), "sparsify": ("convert", "sparsify"), "prune": ("_prune", "prune")}
+
+
+def __getattr__(name: str):
+    if name in _TORCH_API:
+        import importlib
+
+        module_name, attr = _TORCH_API[name]
+        module = importlib.import_module(f".{module_name}", __name__)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

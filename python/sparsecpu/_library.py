@@ -1,0 +1,103 @@
+"""The ``sparsecpu::linear`` torch.library custom op behind :class:`sparsecpu.nn.SparseLinear`.
+
+Registered as one opaque op with a fake (meta) implementation, so ``torch.compile`` and
+``torch.export`` keep a converted layer in the graph as a single node instead of breaking the graph.
+
+The op takes the packed weight as the module's uint8 buffer (the ``to_bytes()`` of a
+:class:`PackedWeight`): a tensor is what a graph, a ``state_dict`` and a checkpoint can carry. The
+kernels trust the buffer they are given, so bytes are validated before their first use, and again
+whenever torch reports an in-place write to them (the tensor's version counter). The validated
+:class:`PackedWeight` is remembered per buffer, tied to the lifetime of that tensor object.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from . import ops
+from .formats import PackedWeight
+
+__all__ = ["linear", "packed_weight", "remember"]
+
+_ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
+
+
+class _Validated:
+    """A buffer's validated :class:`PackedWeight` and the version of the buffer it was read at."""
+
+    __slots__ = ("tensor", "version", "weight", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor, weight: PackedWeight):
+        self.tensor = weakref.ref(tensor)
+        self.version = tensor._version
+        self.weight = weight
+
+
+# data_ptr -> _Validated. Each entry is owned by the buffer tensor it describes (``_owner``), so it
+# lives exactly as long as that tensor object: while it lives, its storage does, so no other buffer
+# can have the same address. Lookups go by address because torch.compile / torch.export may hand the
+# op another tensor object over the same storage.
+_validated: "weakref.WeakValueDictionary[int, _Validated]" = weakref.WeakValueDictionary()
+_owner = WeakIdKeyDictionary()
+
+
+def _check_buffer(buf: torch.Tensor) -> None:
+    if not isinstance(buf, torch.Tensor):
+        raise TypeError(f"packed must be a uint8 tensor, got {type(buf).__name__}")
+    if buf.dtype != torch.uint8 or buf.dim() != 1 or buf.device.type != "cpu" or not buf.is_contiguous():
+        raise ValueError(
+            f"packed must be a contiguous 1-D uint8 CPU tensor (PackedWeight.to_bytes()), got "
+            f"{buf.dtype} of shape {tuple(buf.shape)} on {buf.device}"
+        )
+
+
+def remember(buf: torch.Tensor, weight: PackedWeight) -> None:
+    """Records that ``buf`` holds the bytes of the already validated ``weight``.
+
+    Inference tensors carry no version counter, so writes to them could not be noticed: they are
+    not remembered (and are validated on every call).
+    """
+    if buf.is_inference():
+        return
+    entry = _Validated(buf, weight)
+    _owner[buf] = entry
+    _validated[buf.data_ptr()] = entry
+
+
+def packed_weight(buf: torch.Tensor) -> PackedWeight:
+    """The validated :class:`PackedWeight` held in ``buf``; raises ``ValueError`` for corrupted bytes."""
+    _check_buffer(buf)
+    entry = _validated.get(buf.data_ptr())
+    if entry is not None:
+        owner = entry.tensor()
+        if owner is not None and owner.numel() == buf.numel() and owner._version == entry.version:
+            return entry.weight
+    weight = PackedWeight(buf.numpy())
+    remember(buf, weight)
+    return weight
+
+
+@torch.library.custom_op("sparsecpu::linear", mutates_args=())
+def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], out_features: int, activation: str) -> torch.Tensor:
+    """``activation(x @ W.T + bias)`` with ``W`` the packed weight held in the uint8 tensor ``packed``.
+
+    ``x`` is float32 ``[..., K]``; the result is float32 ``[..., out_features]``. ``activation`` is
+    ``"none"``, ``"relu"``, ``"gelu"`` or ``"gelu_tanh"``.
+    """
+    weight = packed_weight(packed)
+    if weight.shape[0] != out_features:
+        raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    return ops.linear(x, weight, bias, None if activation == "none" else activation)
+
+
+@linear.register_fake
+def _(x, packed, bias, out_features, activation):
+    torch._check(x.dtype == torch.float32, lambda: f"x must be float32, got {x.dtype}")
+    torch._check(packed.dtype == torch.uint8 and packed.dim() == 1, lambda: "packed must be a 1-D uint8 tensor")
+    return x.new_empty((*x.shape[:-1], out_features))

@@ -1,0 +1,236 @@
+"""``sparsecpu.sparsify(model)``: swap the pruned linear layers of a torch model for sparsecpu layers
+in place, and report per layer what was chosen and why."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .formats import AUTO_DENSE_DENSITY, pack
+from .nn import SparseLinear, pack_kwargs
+
+__all__ = ["sparsify", "SparsifyReport", "LayerReport", "DEFAULT_MIN_SPARSITY"]
+
+# Below this 4x1 block sparsity the block-sparse kernel is slower than the dense alternative.
+# int8: the dense int8 GEMM, the crossover pack(format="auto") uses (formats.AUTO_DENSE_DENSITY,
+# measured on the reference machine). fp32: torch's own nn.Linear, which sparse fp32 beats from
+# about 0.7 block sparsity up (AVX2, 2 threads, M = 128, BERT-base shapes), so a layer below that is kept.
+DEFAULT_MIN_SPARSITY = {"int8": round(1.0 - AUTO_DENSE_DENSITY, 6), "fp32": 0.7}
+
+_SPARSE = {"int8": "sparse int8", "fp32": "sparse fp32"}
+
+# Hugging Face blocks whose forward is act(linear(x)), as (linear attribute, activation attribute):
+# BERT-style intermediate layers and GPT-2's MLP. The activation is fused into the kernel's epilogue.
+_ACT_AFTER = (("dense", "intermediate_act_fn"), ("c_fc", "act"))
+_HF_ACTIVATIONS = {"GELUActivation": "gelu", "NewGELUActivation": "gelu_tanh", "GELUTanh": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh"}
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One row of a :class:`SparsifyReport`."""
+
+    name: str
+    """Qualified module name, as in ``model.named_modules()``."""
+    layer: str
+    """Type of the original layer (``Linear`` or ``Conv1D``)."""
+    shape: Tuple[int, int]
+    """``(out_features, in_features)``."""
+    sparsity: float
+    """Fraction of zero weights."""
+    block_sparsity: float
+    """Fraction of 4x1 blocks (4 output channels x 1 input) that are all zero."""
+    kernel: str
+    """``"sparse int8"``, ``"sparse fp32"``, ``"dense int8"`` or ``"kept"`` (original layer left in place);
+    with a forced ``format``, ``"<format> <dtype>"``."""
+    reason: str
+    """Why that kernel."""
+
+
+class SparsifyReport:
+    """What :func:`sparsify` did: one :class:`LayerReport` per linear layer, in module order.
+
+    Iterable and indexable; ``print(report)`` shows a table; ``report.converted`` lists the rows
+    whose layer was replaced.
+    """
+
+    def __init__(self, rows: Sequence[LayerReport]):
+        self.rows: List[LayerReport] = list(rows)
+
+    def __iter__(self) -> Iterator[LayerReport]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> LayerReport:
+        return self.rows[i]
+
+    @property
+    def converted(self) -> List[LayerReport]:
+        """Rows whose layer now runs a sparsecpu kernel."""
+        return [r for r in self.rows if r.kernel != "kept"]
+
+    def __str__(self) -> str:
+        head = ("layer", "type", "shape", "sparsity", "block sparsity", "kernel", "reason")
+        body = [
+            (r.name, r.layer, f"{r.shape[0]}x{r.shape[1]}", f"{r.sparsity:.3f}", f"{r.block_sparsity:.3f}", r.kernel, r.reason)
+            for r in self.rows
+        ]
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head) - 1)]
+        lines = []
+        for row in [head, *body]:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(head[-1]))
+        lines.append(f"{len(self.converted)} of {len(self.rows)} linear layers converted")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"SparsifyReport({len(self.converted)} of {len(self.rows)} layers converted)"
+
+
+def _conv1d_type():
+    """transformers' ``Conv1D`` if transformers is loaded (a model using it has imported it)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def _matches(name: str, patterns: Iterable[str]) -> Optional[str]:
+    """The first pattern naming this module: the whole qualified name, its last part, or a glob."""
+    last = name.rsplit(".", 1)[-1]
+    for p in patterns:
+        if name == p or last == p or fnmatch.fnmatchcase(name, p):
+            return p
+    return None
+
+
+def _linear_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module, torch.Tensor]]:
+    """``(name, module, weight as out x in)`` for every ``nn.Linear`` / ``Conv1D``."""
+    conv1d = _conv1d_type()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            yield name, m, m.weight.detach()
+        elif conv1d is not None and isinstance(m, conv1d):
+            yield name, m, m.weight.detach().t()
+
+
+def _activation_kind(act: nn.Module) -> Optional[str]:
+    if isinstance(act, nn.GELU):
+        return "gelu" if act.approximate == "none" else "gelu_tanh"
+    if isinstance(act, nn.ReLU):
+        return "relu"
+    if type(act).__module__.startswith("transformers."):
+        return _HF_ACTIVATIONS.get(type(act).__name__)
+    return None
+
+
+def _activation_after(model: nn.Module, name: str) -> Optional[Tuple[nn.Module, str, str]]:
+    """``(parent, activation attribute, activation)`` when the layer ``name`` feeds a known activation."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    for lin_attr, act_attr in _ACT_AFTER:
+        act = getattr(parent, act_attr, None)
+        if attr == lin_attr and isinstance(act, nn.Module):
+            kind = _activation_kind(act)
+            if kind is not None:
+                return parent, act_attr, kind
+    return None
+
+
+def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
+    """``(sparsity, block sparsity)`` of an ``out x in`` weight; blocks are 4x1 (4 output channels x 1 input),
+    the last group of channels padded with zeros."""
+    n, k = weight.shape
+    if n * k == 0:
+        return 1.0, 1.0
+    nz = weight != 0
+    pad = -n % 4
+    if pad:
+        nz = torch.cat([nz, nz.new_zeros(pad, k)])
+    kept = nz.view(-1, 4, k).any(dim=1)
+    return 1.0 - nz.sum().item() / (n * k), 1.0 - kept.sum().item() / kept.numel()
+
+
+def _choose(block_sp: float, dtype: str, format: str, min_sparsity: float) -> Tuple[str, str]:
+    if format != "auto":
+        return f"{'sparse' if format == 'bsr' else format} {dtype}", f"format={format!r} requested"
+    if block_sp >= min_sparsity:
+        return _SPARSE[dtype], f"block sparsity {block_sp:.2f} >= min_sparsity {min_sparsity:.2f}"
+    why = f"block sparsity {block_sp:.2f} < min_sparsity {min_sparsity:.2f}: sparse would be slower than dense"
+    return ("dense int8" if dtype == "int8" else "kept"), why
+
+
+def sparsify(
+    model: nn.Module,
+    dtype: str = "int8",
+    min_sparsity: Optional[float] = None,
+    format: str = "auto",
+    skip: Sequence[str] = ("lm_head",),
+    outlier_threshold: Optional[float] = None,
+) -> SparsifyReport:
+    """Replaces, in place, the pruned ``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``model``
+    by :class:`sparsecpu.nn.SparseLinear`, and returns a :class:`SparsifyReport` (``print`` it).
+
+    Per layer the 4x1 block sparsity decides (with ``format="auto"``): at or above ``min_sparsity``
+    the layer runs the block-sparse kernel in ``dtype``; below it a sparse kernel would be slower
+    than a dense one, so an int8 layer runs the dense int8 GEMM and an fp32 layer stays the original
+    torch layer.
+    The GELU after a converted BERT intermediate or GPT-2 MLP input layer (``dense`` +
+    ``intermediate_act_fn``, ``c_fc`` + ``act``) is fused into the kernel (the activation module
+    becomes ``nn.Identity``).
+    Prune first (:func:`sparsecpu.prune`); the result is for inference (``torch.no_grad()``).
+
+    Args:
+        model: any ``nn.Module``; changed in place.
+        dtype: ``"int8"`` (dynamic u8 activations x per-channel s8 weights) or ``"fp32"``.
+        min_sparsity: block sparsity from which a layer goes sparse; default
+            ``DEFAULT_MIN_SPARSITY[dtype]`` (0.25 for int8: sparse vs dense int8, 0.7 for fp32: sparse
+            vs torch fp32), crossovers measured on BERT-base shapes.
+        format: ``"auto"`` (choose per layer as above), or a storage format forced on every layer
+            not skipped, passed to :func:`sparsecpu.pack` (``"bsr"``: block-sparse).
+        skip: module names (qualified, last part, or glob) left untouched; by default the output
+            projection ``lm_head``, whose weight GPT-2 shares with the token embedding.
+        outlier_threshold: passed to :func:`sparsecpu.pack` when given.
+
+    Example:
+        >>> sparsecpu.prune(model, sparsity=0.9)
+        >>> print(sparsecpu.sparsify(model, dtype="int8"))
+    """
+    if dtype not in _SPARSE:
+        raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
+    if min_sparsity is None:
+        min_sparsity = DEFAULT_MIN_SPARSITY[dtype]
+    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
+    if not isinstance(format, str):
+        raise TypeError(f"format must be a string, got {type(format).__name__}")
+    if isinstance(skip, str):
+        skip = (skip,)
+    rows = []
+    replace = []
+    for name, module, weight in list(_linear_layers(model)):
+        sp, block_sp = block_sparsity(weight)
+        hit = _matches(name, skip)
+        if hit is not None:
+            kernel, reason = "kept", f"skipped ({hit!r} in skip)"
+        else:
+            kernel, reason = _choose(block_sp, dtype, format, min_sparsity)
+        if kernel != "kept":
+            if not name:
+                raise ValueError("sparsify replaces layers inside a model; for a lone layer use SparseLinear.from_linear")
+            fused = _activation_after(model, name)
+            if fused is not None:
+                reason += f"; {fused[2]} fused"
+            fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
+            packed = pack(weight, dtype=dtype, **pack_kwargs(fmt, outlier_threshold))
+            replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused))
+        rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
+    for name, new, fused in replace:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, new)
+        if fused is not None:
+            setattr(fused[0], fused[1], nn.Identity())
+    return SparsifyReport(rows)

@@ -1,0 +1,188 @@
+"""torch modules: :class:`SparseLinear`, a drop-in replacement for ``nn.Linear`` (and for the
+``Conv1D`` layers of Hugging Face GPT-2) that runs sparsecpu's kernels.
+
+>>> layer = sparsecpu.nn.SparseLinear.from_linear(linear, dtype="int8")
+>>> y = layer(x)          # like linear(x), inference only
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from . import _library
+from .formats import PackedWeight, pack
+
+__all__ = ["SparseLinear"]
+
+_ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
+
+
+def pack_kwargs(format: str, outlier_threshold: Optional[float]) -> Dict[str, Any]:
+    """The keyword arguments for :func:`sparsecpu.pack` that differ from its defaults.
+
+    ``format="auto"`` and ``outlier_threshold=None`` are pack's own defaults (``"auto"`` lets pack
+    choose the storage per weight), so they are left out and pack's behaviour applies.
+    """
+    kwargs: Dict[str, Any] = {}
+    if format != "auto":
+        kwargs["format"] = format
+    if outlier_threshold is not None:
+        kwargs["outlier_threshold"] = outlier_threshold
+    return kwargs
+
+
+def _bytes_tensor(weight: PackedWeight) -> torch.Tensor:
+    # A normal tensor even when built under torch.inference_mode(): inference tensors have no
+    # version counter, and the op relies on it to notice writes to the buffer.
+    with torch.inference_mode(False):
+        return torch.from_numpy(weight.buffer.copy())
+
+
+class SparseLinear(nn.Module):
+    """``y = x @ W.T + bias`` (optionally followed by an activation) with ``W`` packed by sparsecpu.
+
+    Same forward contract as ``nn.Linear``: float32 ``[..., in_features]`` CPU input, float32
+    ``[..., out_features]`` output. It is inference only: call it under ``torch.no_grad()`` or
+    ``torch.inference_mode()``; an input that requires grad raises ``ValueError``.
+
+    The packed weight is the uint8 buffer ``packed`` (the bytes of a :class:`PackedWeight`) and the
+    bias the float32 buffer ``bias``, so ``state_dict()`` / ``load_state_dict()`` / ``torch.save``
+    round-trip a converted model; loaded bytes are validated (corrupted data raises ``ValueError``).
+    The forward pass is one ``torch.ops.sparsecpu.linear`` call, which ``torch.compile`` and
+    ``torch.export`` keep as a single node.
+
+    Build one with :meth:`from_linear` / :meth:`from_conv1d`, or from a :class:`PackedWeight`.
+
+    Args:
+        packed: the ``out_features x in_features`` weight, from :func:`sparsecpu.pack`.
+        bias: optional ``[out_features]`` bias (copied to float32).
+        activation: ``None``, ``"relu"``, ``"gelu"`` or ``"gelu_tanh"``, fused after the bias.
+    """
+
+    def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor] = None, activation: Optional[str] = None):
+        super().__init__()
+        if not isinstance(packed, PackedWeight):
+            raise TypeError(f"packed must be a sparsecpu.PackedWeight, got {type(packed).__name__}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        self.out_features, self.in_features = packed.shape
+        self.activation = activation
+        buf = _bytes_tensor(packed)
+        _library.remember(buf, packed)
+        self.register_buffer("packed", buf)
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor) or bias.shape != (self.out_features,):
+                raise ValueError(f"bias must be a tensor of shape ({self.out_features},), got {getattr(bias, 'shape', bias)!r}")
+            if not bias.is_floating_point() or bias.device.type != "cpu":
+                raise TypeError(f"bias must be a floating-point CPU tensor, got {bias.dtype} on {bias.device}")
+            with torch.inference_mode(False):
+                bias = bias.detach().to(torch.float32, copy=True)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        dtype: str = "int8",
+        format: str = "auto",
+        outlier_threshold: Optional[float] = None,
+        activation: Optional[str] = None,
+    ) -> "SparseLinear":
+        """Packs a (pruned) ``nn.Linear``; its weight is ``out x in``, pruned in 4x1 blocks.
+
+        Args:
+            linear: the layer to replace (left unchanged).
+            dtype: ``"int8"`` (dynamic u8 activations x symmetric per-channel s8 weights) or ``"fp32"``.
+            format: storage passed to :func:`sparsecpu.pack` (``"auto"``: pack's default).
+            outlier_threshold: passed to :func:`sparsecpu.pack` when given.
+            activation: optional activation fused after the bias.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
+        packed = pack(linear.weight.detach(), dtype=dtype, **pack_kwargs(format, outlier_threshold))
+        return cls(packed, linear.bias, activation)
+
+    @classmethod
+    def from_conv1d(
+        cls,
+        conv1d: nn.Module,
+        dtype: str = "int8",
+        format: str = "auto",
+        outlier_threshold: Optional[float] = None,
+        activation: Optional[str] = None,
+    ) -> "SparseLinear":
+        """Packs a Hugging Face ``Conv1D`` (GPT-2's linear layers), whose weight is stored ``in x out``.
+
+        Blocks are 4x1 in ``nn.Linear`` orientation: 4 consecutive output columns of one input row
+        of the ``Conv1D`` weight. Arguments as in :meth:`from_linear`.
+        """
+        weight = getattr(conv1d, "weight", None)
+        if not (isinstance(weight, torch.Tensor) and weight.dim() == 2 and getattr(conv1d, "nf", None) == weight.shape[1]):
+            raise TypeError(f"from_conv1d needs a transformers Conv1D (weight in x out, nf = out), got {type(conv1d).__name__}")
+        packed = pack(weight.detach().t(), dtype=dtype, **pack_kwargs(format, outlier_threshold))
+        return cls(packed, conv1d.bias, activation)
+
+    @property
+    def packed_weight(self) -> PackedWeight:
+        """The validated :class:`PackedWeight` in the ``packed`` buffer (shape, dtype, format, density)."""
+        return _library.packed_weight(self.packed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self._name()}: input must be a torch.Tensor, got {type(x).__name__}")
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{self._name()} is inference only: its input requires grad; run the model under "
+                "torch.no_grad() or torch.inference_mode()"
+            )
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise TypeError(f"{self._name()}: input must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self._name()}: input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
+        return torch.ops.sparsecpu.linear(x, self.packed, self.bias, self.out_features, self.activation or "none")
+
+    def _name(self) -> str:
+        return f"SparseLinear(in_features={self.in_features}, out_features={self.out_features})"
+
+    def extra_repr(self) -> str:
+        w = self.packed_weight
+        act = f", activation={self.activation}" if self.activation else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, dtype={w.dtype}, "
+            f"format={w.format}, density={w.density:.3f}, bias={self.bias is not None}{act}"
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "packed"
+        loaded = state_dict.get(key)
+        weight = None
+        if loaded is not None:
+            if not isinstance(loaded, torch.Tensor) or loaded.dtype != torch.uint8 or loaded.dim() != 1:
+                raise ValueError(f"{key}: a packed weight must be a 1-D uint8 tensor, got {getattr(loaded, 'dtype', type(loaded))}")
+            try:
+                weight = PackedWeight(loaded.detach().cpu().contiguous().numpy())
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+            if weight.shape != (self.out_features, self.in_features):
+                raise ValueError(
+                    f"{key}: packed weight has shape {weight.shape}, this layer is "
+                    f"({self.out_features}, {self.in_features})"
+                )
+            if loaded.shape != self.packed.shape:
+                # Another density packs to another size: make room, then the default copy fills it.
+                with torch.inference_mode(False):
+                    self._buffers["packed"] = torch.empty_like(loaded, device="cpu")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if weight is not None:
+            _library.remember(self.packed, weight)
+
+    def __setstate__(self, state):
+        # Unpickling (torch.load of a whole model, copy.deepcopy) builds new buffer tensors: their
+        # bytes come from outside, so they are validated here, once.
+        super().__setstate__(state)
+        buf = self._buffers.get("packed")
+        if buf is not None and buf.device.type == "cpu":
+            _library.packed_weight(buf)
