@@ -159,22 +159,30 @@ def _shape(text: str) -> Tuple[int, int]:
     return _positive_int(n), _positive_int(k)
 
 
+def _bench_kernels_module():
+    """``sparsecpu.bench.kernels`` for the argument parsers (it needs torch)."""
+    try:
+        import sparsecpu.bench.kernels as kernels
+    except ImportError as e:
+        raise argparse.ArgumentTypeError(f"sparsecpu bench needs PyTorch ({e}): pip install torch") from None
+    return kernels
+
+
 def _shapes(text: str) -> List[Tuple[int, int]]:
     """An argparse type: comma-separated ``NxK`` shapes and preset names, expanded in order."""
-    from sparsecpu.bench.kernels import SHAPE_PRESETS
-
+    presets = _bench_kernels_module().SHAPE_PRESETS
     out: List[Tuple[int, int]] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        if part in SHAPE_PRESETS:
-            out.extend(s for s in SHAPE_PRESETS[part] if s not in out)
+        if part in presets:
+            out.extend(s for s in presets[part] if s not in out)
             continue
         try:
             shape = _shape(part)
         except ValueError as e:
             raise argparse.ArgumentTypeError(
-                f"expected NxK or one of {', '.join(SHAPE_PRESETS)}, got {part!r} ({e})") from None
+                f"expected NxK or one of {', '.join(presets)}, got {part!r} ({e})") from None
         if shape not in out:
             out.append(shape)
     if not out:
@@ -184,16 +192,15 @@ def _shapes(text: str) -> List[Tuple[int, int]]:
 
 def _baselines(text: str) -> List[str]:
     """An argparse type: ``default``, ``all``, ``none`` or comma-separated baseline names."""
-    from sparsecpu.bench.kernels import BASELINES, DEFAULT_BASELINES
-
-    keywords = {"default": list(DEFAULT_BASELINES), "all": list(BASELINES), "none": []}
+    kernels = _bench_kernels_module()
+    keywords = {"default": list(kernels.DEFAULT_BASELINES), "all": list(kernels.BASELINES), "none": []}
     if text in keywords:
         return keywords[text]
     names = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [n for n in names if n not in BASELINES]
+    unknown = [n for n in names if n not in kernels.BASELINES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"expected default, all, none or some of {','.join(BASELINES)}; got {text!r}")
+            f"expected default, all, none or some of {','.join(kernels.BASELINES)}; got {text!r}")
     return names
 
 

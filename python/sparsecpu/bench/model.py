@@ -424,5 +424,7 @@ def model_table(records: Sequence[Mapping[str, Any]], markdown: bool = False) ->
         parts.append(render_table(["impl", "dtype", "median s", "p10-p90 s", "tokens/s", "speedup vs torch fp32"],
                                   rows, markdown, left=(0, 1)))
     skipped = {r["impl"]: r["error"] for r in records if r["median_s"] is None and r["error"]}
-    parts.extend(f"not run: {_LABEL[name]}: {why}" for name, why in skipped.items())
+    notes = [f"{'- ' if markdown else ''}not run: {_LABEL[name]}: {why}" for name, why in skipped.items()]
+    if notes:
+        parts.append("\n".join(notes))
     return ("\n\n" if markdown else "\n").join(parts)

@@ -114,8 +114,9 @@ def kernel_table(records: Sequence[Mapping[str, Any]], markdown: bool = False) -
                                  _num(r["gops_effective"], ".1f"), _num(r["gops_dense"], ".1f"), speedup])
     out = render_table(header, rows, markdown, left=(0, 4, 5))
     notes = [KERNEL_FOOTNOTE] + [f"not timed: {_LABEL[name]}: {why}" for name, why in skipped.items()]
-    sep = "\n\n" if markdown else "\n"
-    return out + sep + sep.join(notes)
+    if markdown:
+        return out + "\n\n" + "\n".join(f"- {note}" for note in notes)
+    return out + "\n" + "\n".join(notes)
 
 
 def plot_speedups(records: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
