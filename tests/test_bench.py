@@ -104,8 +104,9 @@ def test_time_interleaved_round_robin():
     # a, b, c in turn, each batch (1 call) after its 2 settle calls.
     assert "".join(order) == "aaabbbccc" * 4
     order.clear()
-    bench.time_interleaved(fns, repeat=2, min_time=0.0, settle=0.0, settle_by_calls=False)
-    assert "".join(order) == "aaabbbccc" + "abc" * 2
+    rounds = []
+    bench.time_interleaved(fns, repeat=2, min_time=0.0, settle=0.0, settle_by_calls=False, progress=rounds.append)
+    assert "".join(order) == "aaabbbccc" + "abc" * 2 and rounds == [1, 2]
     with pytest.raises(ValueError, match="repeat"):
         bench.time_interleaved(fns, repeat=0)
 

@@ -336,6 +336,9 @@ def _run(model_name, sparsity, seq, batch, threads, repeat, prompt, new_tokens, 
 
                 attempt(name, converted)
 
+    def rounds(done: int) -> None:
+        say(f"  round {done}/{repeat} ({time.perf_counter() - t0:.0f}s)")
+
     records: List[Dict[str, Any]] = []
     common = {"model": model_name, "N": None, "K": None, "batch": batch, "seq": seq, "sparsity": sparsity,
               "threads": threads, "repeat": repeat}
@@ -343,7 +346,7 @@ def _run(model_name, sparsity, seq, batch, threads, repeat, prompt, new_tokens, 
         ref = fns["torch_fp32"]() if "torch_fp32" in fns else None
         cosines = {n: _cosine(fn(), ref) for n, fn in fns.items()} if ref is not None else {}
         say(f"timing the forward pass of {len(fns)} implementations, {repeat} repeats ...")
-        timings = time_interleaved(fns, repeat, settle_by_calls=False)
+        timings = time_interleaved(fns, repeat, settle_by_calls=False, progress=rounds)
     for impl in MODEL_IMPLS:
         if impl.name not in wanted:
             continue
@@ -367,7 +370,7 @@ def _run(model_name, sparsity, seq, batch, threads, repeat, prompt, new_tokens, 
             f"{repeat} repeats ...")
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # generation-config advice
-            timings = time_interleaved(gens, repeat, settle_by_calls=False)
+            timings = time_interleaved(gens, repeat, settle_by_calls=False, progress=rounds)
         gen_records = []
         for impl in MODEL_IMPLS:
             if impl.name not in wanted or "ort" in impl.name:

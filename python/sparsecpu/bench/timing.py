@@ -6,7 +6,7 @@ import gc
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -57,6 +57,7 @@ def time_interleaved(
     min_time: float = 2e-3,
     settle: float = SETTLE_S,
     settle_by_calls: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> Dict[str, Timing]:
     """Times each zero-argument callable; returns median, p10 and p90 of the time per call.
 
@@ -69,6 +70,7 @@ def time_interleaved(
     itself (``settle_by_calls``, right for calls much shorter than ``settle``: the callable's own pool
     is then awake as in a loop of calls), or else by sleeping (right for calls of a whole model, which
     last far longer than any pool takes to wake). The garbage collector is off while timing.
+    ``progress``, if given, is called with the number of finished rounds after each round.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
@@ -90,10 +92,12 @@ def time_interleaved(
                 n *= 2
             calls[name] = n
         per_call: Dict[str, List[float]] = {name: [] for name in fns}
-        for _ in range(repeat):
+        for done in range(1, repeat + 1):
             for name, fn in fns.items():
                 settle_before(fn)
                 per_call[name].append(_batch_seconds(fn, calls[name]) / calls[name])
+            if progress is not None:
+                progress(done)
     finally:
         if gc_was_enabled:
             gc.enable()
