@@ -49,6 +49,8 @@ def _run_kernels(args: argparse.Namespace, shapes, ms, sparsities, dtypes, basel
     threads = args.threads or [default_threads()]
     d = sparsecpu.info()
     print(f"sparsecpu {d['version']} ({d['isa']}), torch {torch.__version__}, {d['cpu']}, threads {','.join(map(str, threads))}")
+    if getattr(args, "markdown", False):
+        print()  # a Markdown table must not follow a paragraph line directly
     sys.stdout.flush()
     records = run_kernel_cases(
         shapes, ms, sparsities, dtypes, threads, args.repeat, progress=lambda line: print(line, file=sys.stderr),
@@ -97,6 +99,8 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     threads = args.threads or default_threads()
     d = sparsecpu.info()
     print(f"sparsecpu {d['version']} ({d['isa']}), {d['cpu']}, threads {threads}")
+    if args.markdown:
+        print()
     sys.stdout.flush()
     try:
         records = run_model_bench(
