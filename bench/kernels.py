@@ -1,7 +1,8 @@
-"""Kernel benchmark: sparsecpu.linear (int8, fp32) vs F.linear and torch._int_mm on BERT-base shapes.
+"""Kernel benchmark: sparsecpu.linear (int8, fp32) vs torch and ONNX Runtime kernels on pruned weights.
 
-    python bench/kernels.py [--m 128] [--sparsity 0.7,0.8,0.9] [--shapes 768x768,3072x768,768x3072]
-                            [--dtypes int8,fp32] [--threads 2] [--repeat 15] [--json FILE]
+    python bench/kernels.py [--shapes bert-base|bert-large|gpt2|NxK,...] [--m 128] [--sparsity 0.7,0.8,0.9]
+                            [--dtype int8,fp32] [--threads 2] [--repeat 15] [--baselines default|all|LIST]
+                            [--json FILE] [--plot FILE.png] [--markdown]
 
 Same as ``sparsecpu bench kernels``; prints the table to stdout and progress to stderr.
 """

@@ -1,4 +1,4 @@
-"""The ``sparsecpu`` command: ``info``, ``demo``, ``bench kernels`` and ``onnx convert``."""
+"""The ``sparsecpu`` command: ``info``, ``demo``, ``bench kernels``, ``bench model`` and ``onnx convert``."""
 
 from __future__ import annotations
 
@@ -38,51 +38,81 @@ def _have_torch(command: str) -> bool:
     return True
 
 
-def _run_and_print(shapes, ms, sparsities, dtypes, threads, repeat) -> List[dict]:
-    """Runs the kernel cases (progress to stderr); prints a line about the machine, then the table."""
+def _run_kernels(args: argparse.Namespace, shapes, ms, sparsities, dtypes, baselines) -> List[dict]:
+    """Runs the kernel cases (progress to stderr); prints a line about the machine, then the table, and
+    writes ``--json`` / ``--plot`` if asked."""
     import torch
 
     import sparsecpu
-    from sparsecpu.bench import default_threads, format_table, run_kernel_cases
+    from sparsecpu.bench import default_threads, environment, kernel_table, plot_speedups, run_kernel_cases, write_json
 
-    threads = threads or [default_threads()]
+    threads = args.threads or [default_threads()]
     d = sparsecpu.info()
     print(f"sparsecpu {d['version']} ({d['isa']}), torch {torch.__version__}, {d['cpu']}, threads {','.join(map(str, threads))}")
+    if getattr(args, "markdown", False):
+        print()  # a Markdown table must not follow a paragraph line directly
     sys.stdout.flush()
     records = run_kernel_cases(
-        shapes, ms, sparsities, dtypes, threads, repeat, progress=lambda line: print(line, file=sys.stderr)
+        shapes, ms, sparsities, dtypes, threads, args.repeat, progress=lambda line: print(line, file=sys.stderr),
+        baselines=baselines,
     )
-    print(format_table(records))
+    print(kernel_table(records, markdown=getattr(args, "markdown", False)))
+    if getattr(args, "json", None):
+        write_json(args.json, environment(), records)
+        print(f"wrote {len(records)} records to {args.json}", file=sys.stderr)
+    if getattr(args, "plot", None):
+        plot_speedups(records, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return records
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if not _have_torch("demo"):
         return 2
-    from sparsecpu.bench import BERT_BASE_SHAPES
+    from sparsecpu.bench import BERT_BASE_SHAPES, DEFAULT_BASELINES
 
     print("sparsecpu demo: BERT-base linear layers (N x K = 768x768, 3072x768, 768x3072), M = 128 tokens,")
-    print("random weights pruned to 90% in 4x1 blocks; sparsecpu.linear vs PyTorch's dense kernels.")
-    _run_and_print(BERT_BASE_SHAPES, [128], [0.9], ["int8", "fp32"], args.threads, args.repeat)
+    print("random weights pruned to 90% in 4x1 blocks; sparsecpu.linear vs PyTorch's and ONNX Runtime's kernels.")
+    _run_kernels(args, BERT_BASE_SHAPES, [128], [0.9], ["int8", "fp32"], DEFAULT_BASELINES)
     return 0
 
 
 def _cmd_bench_kernels(args: argparse.Namespace) -> int:
     if not _have_torch("bench kernels"):
         return 2
-    import torch
+    from sparsecpu.bench import BERT_BASE_SHAPES, DEFAULT_BASELINES, DEFAULT_MS, DEFAULT_SPARSITIES
 
+    if args.plot and not _have("matplotlib", "--plot"):
+        return 2
+    _run_kernels(args, args.shapes or BERT_BASE_SHAPES, args.m or DEFAULT_MS, args.sparsity or DEFAULT_SPARSITIES,
+                 args.dtype, DEFAULT_BASELINES if args.baselines is None else args.baselines)
+    return 0
+
+
+def _cmd_bench_model(args: argparse.Namespace) -> int:
+    if not _have_torch("bench model") or not _have("transformers", "bench model"):
+        return 2
     import sparsecpu
-    from sparsecpu.bench import BERT_BASE_SHAPES, DEFAULT_MS, DEFAULT_SPARSITIES
+    from sparsecpu.bench import default_threads, environment, write_json
+    from sparsecpu.bench.model import model_table, run_model_bench
 
-    records = _run_and_print(
-        args.shapes or BERT_BASE_SHAPES, args.m or DEFAULT_MS, args.sparsity or DEFAULT_SPARSITIES,
-        args.dtypes, args.threads, args.repeat,
-    )
+    threads = args.threads or default_threads()
+    d = sparsecpu.info()
+    print(f"sparsecpu {d['version']} ({d['isa']}), {d['cpu']}, threads {threads}")
+    if args.markdown:
+        print()
+    sys.stdout.flush()
+    try:
+        records = run_model_bench(
+            args.model, args.sparsity, args.seq, args.batch, threads, args.repeat, args.prompt, args.new_tokens,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+    except ValueError as e:
+        print(f"sparsecpu bench model: error: {e}", file=sys.stderr)
+        return 2
+    print(model_table(records, markdown=args.markdown))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": sparsecpu.info(), "torch": torch.__version__, "records": records}, f, indent=2)
-            f.write("\n")
+        write_json(args.json, environment(), records)
         print(f"wrote {len(records)} records to {args.json}", file=sys.stderr)
     return 0
 
@@ -123,6 +153,15 @@ def _fraction(text: str) -> float:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
+def _have(module: str, what: str) -> bool:
+    """Whether ``module`` imports; if not, tells the user how to get it."""
+    try:
+        __import__(module)
+    except ImportError:
+        print(f"sparsecpu {what} needs {module}, which is not installed: pip install {module}", file=sys.stderr)
+        return False
+    return True
+
 
 def _csv(item: Callable[[str], T], what: str) -> Callable[[str], List[T]]:
     """An argparse type: a comma-separated list of ``item``."""
@@ -160,6 +199,51 @@ def _shape(text: str) -> Tuple[int, int]:
     return _positive_int(n), _positive_int(k)
 
 
+def _bench_kernels_module():
+    """``sparsecpu.bench.kernels`` for the argument parsers (it needs torch)."""
+    try:
+        import sparsecpu.bench.kernels as kernels
+    except ImportError as e:
+        raise argparse.ArgumentTypeError(f"sparsecpu bench needs PyTorch ({e}): pip install torch") from None
+    return kernels
+
+
+def _shapes(text: str) -> List[Tuple[int, int]]:
+    """An argparse type: comma-separated ``NxK`` shapes and preset names, expanded in order."""
+    presets = _bench_kernels_module().SHAPE_PRESETS
+    out: List[Tuple[int, int]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part in presets:
+            out.extend(s for s in presets[part] if s not in out)
+            continue
+        try:
+            shape = _shape(part)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                f"expected NxK or one of {', '.join(presets)}, got {part!r} ({e})") from None
+        if shape not in out:
+            out.append(shape)
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected weight shapes, got {text!r}")
+    return out
+
+
+def _baselines(text: str) -> List[str]:
+    """An argparse type: ``default``, ``all``, ``none`` or comma-separated baseline names."""
+    kernels = _bench_kernels_module()
+    keywords = {"default": list(kernels.DEFAULT_BASELINES), "all": list(kernels.BASELINES), "none": []}
+    if text in keywords:
+        return keywords[text]
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in kernels.BASELINES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected default, all, none or some of {','.join(kernels.BASELINES)}; got {text!r}")
+    return names
+
+
 def _dtype(text: str) -> str:
     if text not in ("int8", "fp32"):
         raise ValueError(f"{text!r} is not int8 or fp32")
@@ -185,10 +269,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     p = sub.add_parser(
         "demo",
-        help="time BERT-base-sized layers pruned to 90%% against F.linear and torch._int_mm (needs torch)",
+        help="time BERT-base-sized layers pruned to 90%% against torch and ONNX Runtime kernels (needs torch)",
         description="Packs random BERT-base-sized weights (768x768, 3072x768, 768x3072) pruned to 90% in 4x1 "
-        "blocks and prints the median time of sparsecpu.linear (int8, fp32) beside F.linear and "
-        "torch._int_mm for M = 128, with speedups. Needs torch.",
+        "blocks and prints the median time of sparsecpu.linear (int8, fp32) beside the default baselines of "
+        "'sparsecpu bench kernels' (torch F.linear, quantize_dynamic, CSR; ONNX Runtime fp32 and int8 when "
+        "installed) for M = 128, with speedups. Needs torch.",
     )
     _add_timing_args(p)
     p.set_defaults(fn=_cmd_demo)
@@ -197,24 +282,54 @@ def main(argv: Optional[List[str]] = None) -> int:
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser(
         "kernels",
-        help="sparsecpu.linear vs F.linear and torch._int_mm over shapes and sparsities",
-        description="Times sparsecpu.linear (int8, fp32; float32 torch x in, y out) against F.linear on the "
-        "pruned weight stored dense and torch._int_mm on pre-quantized int8 inputs, interleaving the "
-        "implementations round-robin. Prints a table; progress goes to stderr.",
+        help="sparsecpu.linear vs torch and ONNX Runtime kernels over shapes, M and sparsities",
+        description="Times sparsecpu.linear (int8, fp32; float32 torch x in, y out) on weights pruned in 4x1 "
+        "blocks against, in the same interleaved run: F.linear on the weight stored dense, torch "
+        "quantize_dynamic int8 Linear, torch CSR sparse matmul, ONNX Runtime MatMul (fp32 and "
+        "quantize_dynamic int8) and, on request, torch._int_mm. Prints a table with sparsecpu's speedup "
+        "over each baseline and the effective and dense-equivalent GOP/s; progress goes to stderr.",
     )
-    p.add_argument("--m", type=_csv(_positive_int, "row counts like 128"), default=None,
+    p.add_argument("--shapes", type=_shapes, default=None,
+                   help="weight shapes N x K (out x in) and/or presets bert-base, bert-large, gpt2, comma-separated "
+                   "(default: bert-base = 768x768,3072x768,768x3072)")
+    p.add_argument("--m", type=_csv(_positive_int, "row counts like 1,8,128"), default=None,
                    help="rows of x (tokens), comma-separated (default: 128)")
     p.add_argument("--sparsity", type=_csv(_sparsity, "fractions of zero 4x1 blocks like 0.7,0.9"),
                    default=None, help="fractions of zero 4x1 blocks, comma-separated (default: 0.7,0.8,0.9)")
-    p.add_argument("--shapes", type=_csv(_shape, "weight shapes NxK like 768x3072"),
-                   default=None,
-                   help="weight shapes N x K (out x in), comma-separated (default: BERT-base 768x768,3072x768,768x3072)")
-    p.add_argument("--dtypes", type=_csv(_dtype, "int8 and/or fp32"), default=["int8", "fp32"],
-                   help="sparsecpu weight dtypes, each timed beside its torch baseline (default: int8,fp32)")
+    p.add_argument("--dtype", type=_csv(_dtype, "int8 and/or fp32"), default=["int8", "fp32"],
+                   help="dtypes: sparsecpu's weight dtypes and the baselines of the same dtype (default: int8,fp32)")
     _add_timing_args(p)
-    p.add_argument("--json", metavar="FILE", help="also write the records (and sparsecpu.info()) as JSON to FILE")
+    p.add_argument("--baselines", type=_baselines, default=None, metavar="LIST",
+                   help="default (all but torch_int_mm, which is very slow on some CPUs), all, none, or "
+                   "comma-separated names: torch_linear, torch_dynamic_int8, torch_int_mm, torch_csr, ort_fp32, "
+                   "ort_int8 (missing packages skip theirs with a note)")
+    p.add_argument("--json", metavar="FILE", help="also write the records and an environment header as JSON to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="also plot sparsecpu's speedup vs sparsity per shape (matplotlib)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for a README)")
     p.set_defaults(fn=_cmd_bench_kernels)
 
+    p = bench.add_parser(
+        "model",
+        help="a pruned transformers model end to end: torch, torch int8, ONNX Runtime, sparsecpu",
+        description="Builds a transformers model from its config (random weights, no download) or a local "
+        "directory, prunes its linear layers in 4x1 blocks, and times the forward pass in torch fp32, torch "
+        "quantize_dynamic int8, ONNX Runtime fp32 and quantize_dynamic int8 (exported with torch.onnx.export), "
+        "and sparsecpu's torch and ONNX Runtime paths where installed: latency median/p90, throughput, speedup "
+        "and output cosine vs torch fp32. For GPT-2 also tokens/s of greedy generate().",
+    )
+    p.add_argument("--model", default="bert-base", metavar="NAME|PATH",
+                   help="bert-base, bert-large, distilbert, gpt2, or a directory with a config.json (default: bert-base)")
+    p.add_argument("--sparsity", type=_sparsity, default=0.9, help="fraction of zero 4x1 blocks (default: 0.9)")
+    p.add_argument("--seq", type=_positive_int, default=128, help="sequence length (default: 128)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size (default: 1)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for torch, sparsecpu and ONNX Runtime (default: the CPUs this process may use)")
+    p.add_argument("--repeat", type=_positive_int, default=10, help="timed repeats per implementation (default: 10)")
+    p.add_argument("--prompt", type=_positive_int, default=32, help="prompt tokens for generate() (default: 32)")
+    p.add_argument("--new-tokens", type=_positive_int, default=64, help="tokens generate() adds (default: 64)")
+    p.add_argument("--json", metavar="FILE", help="also write the records and an environment header as JSON to FILE")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for a README)")
+    p.set_defaults(fn=_cmd_bench_model)
     p = sub.add_parser("onnx", help="ONNX models: rewrite sparse layers for ONNX Runtime (needs onnx, onnxruntime)")
     onnx_sub = p.add_subparsers(dest="onnx", required=True)
     p = onnx_sub.add_parser(
@@ -230,7 +345,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dtype", type=_dtype, default="int8", help="int8 (default) or fp32")
     p.add_argument("--min-sparsity", type=_fraction, default=0.5, metavar="S",
                    help="convert only weights with at least this fraction of zero 4x1 blocks (default: 0.5)")
-    p.add_argument("--format", choices=["auto", "bsr"], default="auto", help="weight format (default: auto)")
+    p.add_argument("--format", choices=["auto", "bsr", "dense"], default="auto",
+                   help="weight format (default: auto: dense int8 below the block-sparse crossover)")
     p.add_argument("--verify", action="store_true",
                    help="run ONNX Runtime on both models with random inputs; print max |diff| and cosine per output")
     p.add_argument("--dim", type=_dim, action="append", metavar="NAME=SIZE",

@@ -1,84 +1,100 @@
-"""Kernel benchmark: ``sparsecpu.linear`` (int8 and fp32) against ``F.linear`` and ``torch._int_mm``.
+"""Kernel benchmark: ``sparsecpu.linear`` (int8 and fp32) against the kernels people would otherwise use.
 
-What each implementation is timed doing:
+What each implementation is timed doing (``x [M, K]`` float32, the ``N x K`` weight pruned in 4x1 blocks):
 
 - ``sparsecpu_int8`` / ``sparsecpu_fp32``: ``sparsecpu.linear(x, packed)`` as a user calls it, float32
-  torch ``x [M, K]`` in, float32 torch ``y [M, N]`` out; for int8, quantizing ``x`` and dequantizing
-  ``y`` happen inside the call.
-- ``torch_linear``: ``F.linear(x, w)`` on the same pruned weight, stored dense (fp32, MKL/oneDNN).
+  torch ``x`` in, float32 torch ``y [M, N]`` out; for int8, quantizing ``x`` and dequantizing ``y``
+  happen inside the call.
+- ``torch_linear``: ``F.linear(x, w)`` on the same weight stored dense (fp32, MKL/oneDNN).
+- ``torch_dynamic_int8``: an ``nn.Linear`` holding the weight after
+  ``torch.ao.quantization.quantize_dynamic`` (int8 weights, activations quantized per call; fbgemm).
 - ``torch_int_mm``: ``torch._int_mm(xq, wq)`` (oneDNN s8 GEMM) on int8 ``xq [M, K]`` and ``wq [K, N]``
-  quantized beforehand, returning raw int32: it skips the quantize/dequantize work sparsecpu's int8
-  timing includes.
+  quantized beforehand, returning raw int32: it skips the quantize/dequantize work the other int8
+  timings include. Very slow on some CPUs (a fallback path), so not in the default baselines.
+- ``torch_csr``: ``torch.mm(w_csr, x.T).T`` with ``w_csr = w.to_sparse_csr()`` (MKL sparse, fp32).
+- ``ort_fp32``: ONNX Runtime running a one-node ``MatMul`` graph with the weight as an initializer.
+- ``ort_int8``: the same graph after ONNX Runtime's ``quantize_dynamic`` (s8 weights, u8 activations
+  quantized per call), so ``DynamicQuantizeLinear`` + ``MatMulInteger`` fused by the session.
+
+Every implementation's output is checked against ``F.linear`` before it is timed.
 """
 
 from __future__ import annotations
 
 import functools
-import gc
-import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import sparsecpu
 
+from . import _ort
+from .timing import Timing, default_threads, time_interleaved
+
 __all__ = [
-    "BERT_BASE_SHAPES",
+    "BASELINES",
+    "DEFAULT_BASELINES",
     "DEFAULT_MS",
     "DEFAULT_SPARSITIES",
-    "SETTLE_S",
+    "IMPLS",
+    "SHAPE_PRESETS",
+    "BERT_BASE_SHAPES",
     "Impl",
-    "Timing",
     "build_impls",
-    "default_threads",
-    "format_table",
     "pruned_weight",
-    "run_for",
     "run_kernel_cases",
-    "time_interleaved",
 ]
 
-BERT_BASE_SHAPES: Tuple[Tuple[int, int], ...] = ((768, 768), (3072, 768), (768, 3072))
-"""``(N, K)`` of BERT-base's linear layers: attention projections, FFN up, FFN down."""
+SHAPE_PRESETS: Dict[str, Tuple[Tuple[int, int], ...]] = {
+    "bert-base": ((768, 768), (3072, 768), (768, 3072)),
+    "bert-large": ((1024, 1024), (4096, 1024), (1024, 4096)),
+    "gpt2": ((2304, 768), (768, 768), (3072, 768), (768, 3072)),
+}
+"""``(N, K)`` of each model's linear layers: BERT's attention projections, FFN up, FFN down; GPT-2's
+fused QKV projection, attention output, MLP up and down."""
+BERT_BASE_SHAPES = SHAPE_PRESETS["bert-base"]
 DEFAULT_MS: Tuple[int, ...] = (128,)
 """Rows of ``x`` benchmarked by default: 128 tokens."""
 DEFAULT_SPARSITIES: Tuple[float, ...] = (0.7, 0.8, 0.9)
 """Fractions of zero 4x1 blocks benchmarked by default."""
 
-SETTLE_S = 0.02
-"""Seconds of untimed calls before each timed batch: longer than torch's OpenMP workers spin after an op."""
 
-# (name, column label, dtype), in table-column and round-robin order: each sparsecpu dtype beside its baseline.
-_IMPLS = (
-    ("sparsecpu_int8", "sparsecpu int8", "int8"),
-    ("torch_int_mm", "torch._int_mm", "int8"),
-    ("sparsecpu_fp32", "sparsecpu fp32", "fp32"),
-    ("torch_linear", "F.linear", "fp32"),
+@dataclass(frozen=True)
+class ImplInfo:
+    """What an implementation is: its record name, table label, dtype, and whether it is sparsecpu."""
+
+    name: str
+    label: str
+    dtype: str
+    ours: bool
+
+
+IMPLS: Tuple[ImplInfo, ...] = (
+    ImplInfo("sparsecpu_int8", "sparsecpu int8", "int8", True),
+    ImplInfo("sparsecpu_fp32", "sparsecpu fp32", "fp32", True),
+    ImplInfo("torch_dynamic_int8", "torch qdynamic int8", "int8", False),
+    ImplInfo("ort_int8", "ORT qdynamic int8", "int8", False),
+    ImplInfo("torch_int_mm", "torch._int_mm", "int8", False),
+    ImplInfo("torch_linear", "F.linear", "fp32", False),
+    ImplInfo("torch_csr", "torch CSR", "fp32", False),
+    ImplInfo("ort_fp32", "ORT MatMul fp32", "fp32", False),
 )
-# (table label, record key, ours, baseline): speedup = baseline median / ours median.
-_RATIOS = (
-    ("int8 vs _int_mm", "speedup_vs_torch_int_mm", "sparsecpu_int8", "torch_int_mm"),
-    ("fp32 vs F.linear", "speedup_vs_torch_linear", "sparsecpu_fp32", "torch_linear"),
-)
-_FOOTNOTE = (
-    "median time per call; speedup = baseline / sparsecpu (> 1: sparsecpu faster). sparsecpu: float32 torch x in,\n"
-    "y out, int8 quantization inside the call; torch._int_mm: pre-quantized int8 in, raw int32 out."
-)
-# Largest accepted ||y - F.linear(x, w)|| / ||F.linear(x, w)|| per sparsecpu dtype: the benchmark refuses
-# to time a kernel that computes the wrong thing.
+"""Every implementation, in table and round-robin order."""
+BASELINES: Tuple[str, ...] = tuple(i.name for i in IMPLS if not i.ours)
+DEFAULT_BASELINES: Tuple[str, ...] = tuple(b for b in BASELINES if b != "torch_int_mm")
+"""Baselines timed unless asked otherwise: all but ``torch_int_mm`` (tens of ms per call on CPUs where
+oneDNN falls back to a slow path, e.g. AMD Zen 3)."""
+_INFO = {i.name: i for i in IMPLS}
+
+# Largest accepted ||y - F.linear(x, w)|| / ||F.linear(x, w)|| per dtype: the benchmark refuses to time
+# an implementation that computes the wrong thing.
 _TOLERANCE = {"int8": 5e-2, "fp32": 1e-4}
-
-
-def default_threads() -> int:
-    """The number of CPUs this process may run on (sparsecpu's own default thread count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def pruned_weight(n: int, k: int, sparsity: float, seed: int = 0) -> torch.Tensor:
@@ -99,134 +115,132 @@ def pruned_weight(n: int, k: int, sparsity: float, seed: int = 0) -> torch.Tenso
 
 
 @dataclass(frozen=True)
-class Timing:
-    """Per-call wall time over the repeats of :func:`time_interleaved`, in seconds."""
-
-    median_s: float
-    p10_s: float
-    p90_s: float
-    calls_per_repeat: int
-
-
-def _batch_seconds(fn: Callable[[], Any], calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return time.perf_counter() - t0
-
-
-def run_for(fn: Callable[[], Any], seconds: float = SETTLE_S) -> None:
-    """Calls ``fn`` (at least twice) until ``seconds`` have passed: untimed calls that let the thread
-    pool of whatever ran before go idle (see :func:`time_interleaved`)."""
-    end = time.perf_counter() + seconds
-    fn()
-    fn()
-    while time.perf_counter() < end:
-        fn()
-
-
-def time_interleaved(
-    fns: Mapping[str, Callable[[], Any]], repeat: int = 15, min_time: float = 2e-3, settle: float = SETTLE_S
-) -> Dict[str, Timing]:
-    """Times each zero-argument callable; returns median, p10 and p90 of the time per call.
-
-    Each callable is warmed up, then its number of calls per repeat is doubled until a batch lasts at
-    least ``min_time`` seconds. The ``repeat`` batches are interleaved round-robin (a, b, c, a, b, c,
-    ...) so that machine noise hits every implementation alike. Each batch (and each warm-up) starts
-    with untimed calls of its callable for ``settle`` seconds: the thread pool of whatever ran before
-    must go idle first (torch's OpenMP workers spin for milliseconds after an op, and on a small
-    machine they would slow the next implementation down several times over). The garbage collector
-    is off while timing.
-    """
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        calls = {}
-        for name, fn in fns.items():
-            run_for(fn, settle)
-            n = 1
-            while _batch_seconds(fn, n) < min_time:
-                n *= 2
-            calls[name] = n
-        per_call: Dict[str, List[float]] = {name: [] for name in fns}
-        for _ in range(repeat):
-            for name, fn in fns.items():
-                run_for(fn, settle)
-                per_call[name].append(_batch_seconds(fn, calls[name]) / calls[name])
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    out = {}
-    for name, times in per_call.items():
-        p10, median, p90 = np.percentile(times, [10, 50, 90])
-        out[name] = Timing(float(median), float(p10), float(p90), calls[name])
-    return out
-
-
-@dataclass(frozen=True)
 class Impl:
-    """One implementation of a benchmark case: ``fn`` runs it once; ``fn`` is None (and ``error`` says
-    why) when this torch build cannot run it."""
+    """One implementation of a benchmark case, set up and checked.
+
+    ``fn`` runs it once; it is None (and ``error`` says why) when the implementation cannot run here
+    (a package is missing, this build rejects the shape, or its output was wrong). ``ops`` is the
+    number of multiply-adds x 2 it actually performs (kept blocks only, for the sparse ones).
+    """
 
     name: str
     label: str
     dtype: str
     format: str
     fn: Optional[Callable[[], Any]]
+    ops: float
     error: Optional[str] = None
 
 
-def _quantize_rows(t: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-row int8 quantization (for the ``_int_mm`` baseline's inputs)."""
+def _quantize_rows(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantization (for the ``_int_mm`` baseline's inputs): values, scales."""
     scale = t.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-    return torch.round(t / scale).clamp_(-127, 127).to(torch.int8)
+    return torch.round(t / scale).clamp_(-127, 127).to(torch.int8), scale
 
 
-def _check(impl_name: str, y: torch.Tensor, ref: torch.Tensor, dtype: str) -> None:
-    err = float(torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
-    if not err <= _TOLERANCE[dtype]:
-        raise RuntimeError(
-            f"{impl_name} output differs from F.linear: relative error {err:.3g} > {_TOLERANCE[dtype]:g} "
-            f"(shape {tuple(ref.shape)}); refusing to time a wrong kernel"
-        )
+def _error(y: Any, ref: torch.Tensor) -> float:
+    y = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
+    return float(torch.linalg.vector_norm(y.float() - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+
+
+def _setup(name: str, w: torch.Tensor, x: torch.Tensor, threads: int) -> Tuple[Callable[[], Any], str, float, Callable[[Any], Any]]:
+    """``(fn, format, ops, to_output)`` of one implementation: ``to_output(fn())`` is its ``y [M, N]``;
+    ``ops`` is 2 x the multiply-adds it performs (dense: ``M N K``; sparse: only the stored entries)."""
+    same = lambda y: y  # noqa: E731
+    m, (n, k) = x.shape[0], w.shape
+    dense_ops = 2.0 * m * n * k
+    if name.startswith("sparsecpu_"):
+        packed = sparsecpu.pack(w, dtype=_INFO[name].dtype)
+        fmt = f"{packed.format}_{packed.block[0]}x{packed.block[1]}"
+        ops = 2.0 * m * 4 * packed.kept_blocks if packed.format == "bsr" else dense_ops
+        return functools.partial(sparsecpu.linear, x, packed), fmt, ops, same
+    if name == "torch_linear":
+        return functools.partial(F.linear, x, w), "dense", dense_ops, same
+    if name == "torch_dynamic_int8":
+        linear = nn.Linear(k, n, bias=False)
+        linear.weight.data.copy_(w)
+        with warnings.catch_warnings():  # torch.ao.quantization and qint8 tensors announce their deprecation
+            warnings.simplefilter("ignore")
+            q = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
+        return functools.partial(q, x), "dense", dense_ops, same
+    if name == "torch_int_mm":
+        xq, sx = _quantize_rows(x)
+        wq, sw = _quantize_rows(w)
+        return functools.partial(torch._int_mm, xq, wq.t().contiguous()), "dense", dense_ops, lambda y: y * sx * sw.t()
+    if name == "torch_csr":
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            w_csr = w.to_sparse_csr()
+        xt = x.t()
+        return lambda: torch.mm(w_csr, xt).t(), "csr", 2.0 * m * w_csr.values().numel(), same
+    if name in ("ort_fp32", "ort_int8"):
+        reason = _ort.missing()
+        if reason is not None:
+            raise _Unavailable(reason)
+        model = _ort.matmul_model(w.t().numpy())
+        if name == "ort_int8":
+            model = _ort.quantize_dynamic_bytes(model)
+        sess = _ort.session(model, threads)
+        feed = {"x": x.numpy()}
+        return functools.partial(sess.run, None, feed), "dense", dense_ops, lambda y: y[0]
+    raise ValueError(f"unknown implementation {name!r}; expected one of {[i.name for i in IMPLS]}")
+
+
+class _Unavailable(Exception):
+    """An implementation that cannot run here, with the reason."""
 
 
 def build_impls(
-    n: int, k: int, m: int, sparsity: float, dtypes: Sequence[str] = ("int8", "fp32"), seed: int = 0
+    n: int,
+    k: int,
+    m: int,
+    sparsity: float,
+    dtypes: Sequence[str] = ("int8", "fp32"),
+    seed: int = 0,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+    threads: Optional[int] = None,
 ) -> List[Impl]:
     """Sets up one case: an ``N x K`` weight pruned to ``sparsity`` in 4x1 blocks and ``x [M, K]``.
 
-    Returns the implementations of the requested ``dtypes`` (sparsecpu and its torch baseline for
-    each), in :data:`_IMPLS` order, with packing and baseline quantization already done. Each sparsecpu
-    output is checked against ``F.linear`` first (``RuntimeError`` if it is wrong).
+    Returns sparsecpu and the requested ``baselines``, restricted to ``dtypes``, in :data:`IMPLS`
+    order, with packing, quantization and session creation already done. ``threads`` sizes ONNX
+    Runtime's sessions (default: the CPUs this process may use; torch and sparsecpu use whatever they
+    are set to). Each output is checked against ``F.linear`` first: a wrong sparsecpu result raises
+    ``RuntimeError``; a wrong or failing baseline comes back with ``fn=None`` and the reason in ``error``.
     """
     unknown = set(dtypes) - {"int8", "fp32"}
     if unknown:
         raise ValueError(f"dtypes must be 'int8' and/or 'fp32', got {sorted(unknown)}")
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; expected some of {list(BASELINES)}")
+    threads = threads or default_threads()
     w = pruned_weight(n, k, sparsity, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1))
     ref = F.linear(x, w)
     impls = []
-    for name, label, dtype in _IMPLS:
-        if dtype not in dtypes:
+    for info in IMPLS:
+        if info.dtype not in dtypes or not (info.ours or info.name in baselines):
             continue
-        if name.startswith("sparsecpu"):
-            packed = sparsecpu.pack(w, dtype=dtype)
-            fn = functools.partial(sparsecpu.linear, x, packed)
-            _check(name, fn(), ref, dtype)
-            impls.append(Impl(name, label, dtype, f"{packed.format}_{packed.block[0]}x{packed.block[1]}", fn))
-        elif name == "torch_linear":
-            impls.append(Impl(name, label, dtype, "dense", functools.partial(F.linear, x, w)))
+        fn, fmt, ops, error = None, "dense", 2.0 * m * n * k, None
+        try:
+            fn, fmt, ops, to_output = _setup(info.name, w, x, threads)
+            err = _error(to_output(fn()), ref)
+        except _Unavailable as e:
+            error = str(e)
+        except RuntimeError as e:  # e.g. _int_mm builds that want M > 16
+            if info.ours:
+                raise
+            error = f"{type(e).__name__}: {e}"
         else:
-            fn = functools.partial(torch._int_mm, _quantize_rows(x), _quantize_rows(w).t().contiguous())
-            try:
-                fn()
-            except RuntimeError as e:  # e.g. CPU builds that want M > 16
-                impls.append(Impl(name, label, dtype, "dense", None, f"{type(e).__name__}: {e}"))
-            else:
-                impls.append(Impl(name, label, dtype, "dense", fn))
+            if not err <= _TOLERANCE[info.dtype]:
+                error = (f"output differs from F.linear: relative error {err:.3g} > {_TOLERANCE[info.dtype]:g} "
+                         f"(shape {tuple(ref.shape)}); not timed")
+                if info.ours:
+                    raise RuntimeError(f"{info.name} {error}")
+        if error is not None:
+            fn = None
+        impls.append(Impl(info.name, info.label, info.dtype, fmt, fn, ops, error))
     return impls
 
 
@@ -239,39 +253,46 @@ def run_kernel_cases(
     repeat: int = 15,
     progress: Optional[Callable[[str], None]] = None,
     seed: int = 0,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
 ) -> List[Dict[str, Any]]:
     """Benchmarks every (threads, shape ``(N, K)``, M, sparsity) case; returns one record per (impl, case).
 
-    ``threads`` defaults to ``[default_threads()]``; for each count both torch and sparsecpu are set to
-    it (and restored afterwards). ``progress``, if given, receives one line per finished case.
+    ``threads`` defaults to ``[default_threads()]``; for each count torch, sparsecpu and ONNX Runtime's
+    intra-op pool are set to it (torch's and sparsecpu's settings are restored afterwards).
+    ``progress``, if given, receives one line per finished case.
 
     Record keys: ``op`` ("linear"), ``impl``, ``dtype``, ``format``, ``M``, ``N``, ``K``, ``sparsity``,
     ``threads``, ``median_s``, ``p10_s``, ``p90_s`` (None if unavailable), ``calls_per_repeat``,
-    ``repeat``, ``error`` (why the impl is unavailable, else None), and ``speedup_vs_torch_int_mm`` /
-    ``speedup_vs_torch_linear``: that baseline's median over this impl's median from the same run
-    (None when either is missing).
+    ``repeat``, ``error`` (why the impl is unavailable, else None), ``gops_effective`` (operations the
+    impl performs / median, in 1e9/s), ``gops_dense`` (``2 M N K`` / median), and ``speedup``: for a
+    baseline, its median over the median of sparsecpu of the same dtype from the same run (> 1:
+    sparsecpu is faster; None for sparsecpu's own records or when either is missing).
     """
     thread_counts = list(threads) if threads is not None else [default_threads()]
     cases = [(t, nk, m, s) for t in thread_counts for nk in shapes for m in ms for s in sparsities]
     saved = torch.get_num_threads(), sparsecpu.get_num_threads()
     records: List[Dict[str, Any]] = []
+    start = time.perf_counter()
     try:
         with torch.inference_mode():
             for i, (t, (n, k), m, s) in enumerate(cases, 1):
                 torch.set_num_threads(t)
                 sparsecpu.set_num_threads(t)
-                impls = build_impls(n, k, m, s, dtypes, seed)
+                impls = build_impls(n, k, m, s, dtypes, seed, baselines, threads=t)
                 timings = time_interleaved({im.name: im.fn for im in impls if im.fn is not None}, repeat)
                 case = [_record(im, timings.get(im.name), n, k, m, s, t, repeat) for im in impls]
-                medians = {r["impl"]: r["median_s"] for r in case}
+                ours = {r["dtype"]: r["median_s"] for r in case if _INFO[r["impl"]].ours}
                 for r in case:
-                    for _, key, _, base in _RATIOS:
-                        b = medians.get(base)
-                        r[key] = b / r["median_s"] if b is not None and r["median_s"] is not None else None
+                    mine = ours.get(r["dtype"])
+                    ok = not _INFO[r["impl"]].ours and mine is not None and r["median_s"] is not None
+                    r["speedup"] = r["median_s"] / mine if ok else None
                 records.extend(case)
                 if progress is not None:
-                    parts = ", ".join(f"{im.label} {_us(medians[im.name])}" for im in impls)
-                    progress(f"[{i}/{len(cases)}] {n}x{k} M={m} sparsity={s:g} threads={t}: {parts}")
+                    elapsed = time.perf_counter() - start
+                    eta = elapsed / i * (len(cases) - i)
+                    parts = ", ".join(f"{r['impl']} {_us(r['median_s'])}" for r in case)
+                    progress(f"[{i}/{len(cases)} {elapsed:.0f}s, ~{eta:.0f}s left] {n}x{k} M={m} "
+                             f"sparsity={s:g} threads={t}: {parts}")
     finally:
         torch.set_num_threads(saved[0])
         sparsecpu.set_num_threads(saved[1])
@@ -279,6 +300,7 @@ def run_kernel_cases(
 
 
 def _record(im: Impl, timing: Optional[Timing], n: int, k: int, m: int, s: float, t: int, repeat: int) -> Dict[str, Any]:
+    med = timing.median_s if timing else None
     return {
         "op": "linear",
         "impl": im.name,
@@ -289,42 +311,16 @@ def _record(im: Impl, timing: Optional[Timing], n: int, k: int, m: int, s: float
         "K": k,
         "sparsity": s,
         "threads": t,
-        "median_s": timing.median_s if timing else None,
+        "median_s": med,
         "p10_s": timing.p10_s if timing else None,
         "p90_s": timing.p90_s if timing else None,
         "calls_per_repeat": timing.calls_per_repeat if timing else None,
         "repeat": repeat,
+        "gops_effective": im.ops / med / 1e9 if med else None,
+        "gops_dense": 2.0 * m * n * k / med / 1e9 if med else None,
         "error": im.error,
     }
 
 
 def _us(seconds: Optional[float]) -> str:
     return "n/a" if seconds is None else f"{seconds * 1e6:.1f} µs"
-
-
-def format_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """A fixed-width table of :func:`run_kernel_cases` records: one row per case, each implementation's
-    median in µs, and the speedups ``baseline / sparsecpu`` (> 1: sparsecpu is faster)."""
-    cases: Dict[Tuple, Dict[str, Mapping[str, Any]]] = {}
-    for r in records:
-        cases.setdefault((r["N"], r["K"], r["M"], r["sparsity"], r["threads"]), {})[r["impl"]] = r
-    present = {r["impl"] for r in records}
-    impls = [(name, label) for name, label, _ in _IMPLS if name in present]
-    ratios = [(label, key, ours) for label, key, ours, base in _RATIOS if ours in present and base in present]
-    header = ["N x K", "M", "sparsity", "threads"] + [f"{label} µs" for _, label in impls] + [r[0] for r in ratios]
-    rows = []
-    for (n, k, m, s, t), by_impl in cases.items():
-        row = [f"{n}x{k}", str(m), f"{s:g}", str(t)]
-        for name, _ in impls:
-            med = by_impl[name]["median_s"] if name in by_impl else None
-            row.append("n/a" if med is None else f"{med * 1e6:.1f}")
-        for _, key, ours in ratios:
-            speedup = by_impl[ours][key] if ours in by_impl else None
-            row.append("n/a" if speedup is None else f"{speedup:.2f}x")
-        rows.append(row)
-    widths = [max(len(line[c]) for line in [header] + rows) for c in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(line, widths)))
-             for line in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(_FOOTNOTE)
-    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""The benchmark harness (sparsecpu.bench) on tiny cases: pruning, implementation set-up and checks,
+interleaved timing, record schema, tables, plot, and the model benchmark. No test asserts a timing."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import sparsecpu  # noqa: E402
+from sparsecpu import bench  # noqa: E402
+from sparsecpu.bench import _ort, kernels  # noqa: E402
+
+KERNEL_KEYS = {"op": str, "impl": str, "dtype": str, "format": str, "M": int, "N": int, "K": int,
+               "sparsity": float, "threads": int, "repeat": int}
+TIMING_KEYS = ("median_s", "p10_s", "p90_s", "gops_effective", "gops_dense")
+HAVE_ORT = _ort.missing() is None
+
+
+def _blocks(w: torch.Tensor) -> torch.Tensor:
+    """Per 4x1 block (4 rows x 1 column): whether any entry is nonzero; ``[ceil(N/4), K]``."""
+    n, k = w.shape
+    pad = torch.zeros(((n + 3) // 4) * 4, k)
+    pad[:n] = w
+    return (pad.view(-1, 4, k) != 0).any(dim=1)
+
+
+@pytest.mark.parametrize("n,k,sparsity", [(8, 16, 0.5), (7, 9, 0.9), (12, 5, 0.0), (4, 3, 1.0)])
+def test_pruned_weight_zeroes_whole_blocks(n, k, sparsity):
+    w = bench.pruned_weight(n, k, sparsity, seed=3)
+    kept = _blocks(w)
+    assert int((~kept).sum()) == round(sparsity * kept.numel())
+    # Inside a kept block every entry is a (nonzero) normal sample; a dropped block is all zero.
+    expanded = kept.repeat_interleave(4, dim=0)[:n]
+    assert bool((w[expanded] != 0).all()) and bool((w[~expanded] == 0).all())
+    assert torch.equal(w, bench.pruned_weight(n, k, sparsity, seed=3))
+
+
+def test_pruned_weight_rejects_bad_sparsity():
+    with pytest.raises(ValueError, match="sparsity"):
+        bench.pruned_weight(4, 4, 1.5)
+
+
+def test_build_impls_sets_up_and_checks_every_implementation():
+    impls = bench.build_impls(12, 16, 5, 0.5, baselines=bench.BASELINES, threads=1)
+    names = [im.name for im in impls]
+    assert names == [i.name for i in bench.IMPLS]  # table / round-robin order, all of them
+    by = {im.name: im for im in impls}
+    for name in ("sparsecpu_int8", "sparsecpu_fp32", "torch_linear", "torch_dynamic_int8", "torch_csr"):
+        assert by[name].fn is not None and by[name].error is None, (name, by[name].error)
+    if HAVE_ORT:
+        assert by["ort_fp32"].fn is not None and by["ort_int8"].fn is not None
+    assert by["sparsecpu_int8"].format == "bsr_4x1" and by["torch_csr"].format == "csr"
+    # Work counted: dense 2*M*N*K; sparse only what is stored (kept 4x1 blocks, nonzeros for CSR).
+    w = bench.pruned_weight(12, 16, 0.5)
+    assert by["torch_linear"].ops == 2 * 5 * 12 * 16
+    assert by["sparsecpu_fp32"].ops == 2 * 5 * 4 * int(_blocks(w).sum())
+    assert by["torch_csr"].ops == 2 * 5 * int((w != 0).sum())
+    # dtype and baseline filters.
+    only = bench.build_impls(12, 16, 5, 0.5, dtypes=["fp32"], baselines=["torch_linear"])
+    assert [im.name for im in only] == ["sparsecpu_fp32", "torch_linear"]
+    with pytest.raises(ValueError, match="baselines"):
+        bench.build_impls(4, 4, 1, 0.5, baselines=["nope"])
+    with pytest.raises(ValueError, match="dtypes"):
+        bench.build_impls(4, 4, 1, 0.5, dtypes=["bf16"])
+
+
+def test_build_impls_refuses_a_wrong_sparsecpu_kernel(monkeypatch):
+    monkeypatch.setattr(sparsecpu, "linear", lambda x, p: torch.zeros(x.shape[0], p.shape[0]))
+    with pytest.raises(RuntimeError, match="sparsecpu_int8 output differs from F.linear"):
+        bench.build_impls(8, 8, 4, 0.5, baselines=[])
+
+
+def test_wrong_or_unavailable_baselines_are_reported_not_timed(monkeypatch):
+    monkeypatch.setattr(_ort, "missing", lambda: "onnxruntime is not installed (pip install onnxruntime)")
+    real_setup = kernels._setup
+
+    def setup(name, w, x, threads):  # a CSR baseline whose output is off by 2x
+        fn, fmt, ops, to_output = real_setup(name, w, x, threads)
+        return fn, fmt, ops, (lambda y: 2 * to_output(y)) if name == "torch_csr" else to_output
+
+    monkeypatch.setattr(kernels, "_setup", setup)
+    impls = {im.name: im for im in bench.build_impls(8, 8, 4, 0.5, dtypes=["fp32"],
+                                                      baselines=["ort_fp32", "torch_csr", "torch_linear"])}
+    assert impls["ort_fp32"].fn is None and "onnxruntime is not installed" in impls["ort_fp32"].error
+    assert impls["torch_csr"].fn is None and "output differs from F.linear" in impls["torch_csr"].error
+    assert impls["torch_linear"].fn is not None and impls["sparsecpu_fp32"].fn is not None
+    records = bench.run_kernel_cases([(8, 8)], [4], [0.5], ["fp32"], [1], repeat=1, baselines=["ort_fp32", "torch_csr"])
+    assert {r["impl"]: r["median_s"] is None for r in records} == {"sparsecpu_fp32": False, "ort_fp32": True,
+                                                                  "torch_csr": True}
+    table = bench.kernel_table(records)
+    assert "not timed: ORT MatMul fp32: onnxruntime is not installed" in table
+    assert "not timed: torch CSR: output differs" in table
+
+
+def test_time_interleaved_round_robin():
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    t = bench.time_interleaved(fns, repeat=3, min_time=0.0, settle=0.0)
+    assert set(t) == set("abc")
+    for timing in t.values():
+        assert 0 < timing.p10_s <= timing.median_s <= timing.p90_s and timing.calls_per_repeat == 1
+    # Warm-up of each callable in turn (2 settle calls + 1 calibration call), then each repeat visits
+    # a, b, c in turn, each batch (1 call) after its 2 settle calls.
+    assert "".join(order) == "aaabbbccc" * 4
+    order.clear()
+    rounds = []
+    bench.time_interleaved(fns, repeat=2, min_time=0.0, settle=0.0, settle_by_calls=False, progress=rounds.append)
+    assert "".join(order) == "aaabbbccc" + "abc" * 2 and rounds == [1, 2]
+    with pytest.raises(ValueError, match="repeat"):
+        bench.time_interleaved(fns, repeat=0)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return bench.run_kernel_cases([(8, 16), (12, 20)], [3], [0.5, 0.75], threads=[1], repeat=2,
+                                  baselines=bench.BASELINES)
+
+
+def test_kernel_records_schema(records):
+    impls = [i.name for i in bench.IMPLS]
+    assert len(records) == 2 * 2 * len(impls)
+    for r in records:
+        for key, typ in KERNEL_KEYS.items():
+            assert isinstance(r[key], typ), (key, r[key])
+        assert r["op"] == "linear" and r["impl"] in impls and r["threads"] == 1 and r["repeat"] == 2
+        if r["error"] is None:
+            assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"]
+            assert r["gops_dense"] == pytest.approx(2 * r["M"] * r["N"] * r["K"] / r["median_s"] / 1e9)
+            assert 0 < r["gops_effective"] <= r["gops_dense"] * (1 + 1e-9)
+        else:
+            assert all(r[k] is None for k in TIMING_KEYS), r
+    # speedup: a baseline's median / sparsecpu's of the same dtype, from the same case.
+    for r in records:
+        ours = next(o for o in records if o["impl"] == f"sparsecpu_{r['dtype']}"
+                    and (o["N"], o["K"], o["sparsity"]) == (r["N"], r["K"], r["sparsity"]))
+        if r["impl"].startswith("sparsecpu") or r["median_s"] is None:
+            assert r["speedup"] is None
+        else:
+            assert r["speedup"] == pytest.approx(r["median_s"] / ours["median_s"])
+
+
+def test_kernel_table_text_and_markdown(records):
+    text = bench.kernel_table(records)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["N", "x", "K"] and set(lines[1]) == {"-", " "}
+    timed = [r for r in records if r["median_s"] is not None]
+    assert sum(1 for line in lines if "sparsecpu int8" in line) == 4
+    for r in timed:
+        assert f"{r['median_s'] * 1e6:.1f}" in text
+    md = bench.kernel_table(records, markdown=True).split("\n\n")[0].splitlines()
+    assert len(md) == 2 + len(timed)
+    assert all(line.startswith("| ") and line.endswith(" |") for line in md)
+    assert all(cell.strip().strip(":").replace("-", "") == "" and len(cell.strip()) >= 3 for cell in md[1].split("|")[1:-1])
+    assert len({line.count("|") for line in md}) == 1
+
+
+def test_plot_writes_a_png(records, tmp_path):
+    path = tmp_path / "speedup.png"
+    bench.plot_speedups(records, str(path))
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(ValueError, match="nothing to plot"):
+        bench.plot_speedups([r for r in records if r["impl"].startswith("sparsecpu")], str(tmp_path / "x.png"))
+
+
+def test_environment_header():
+    env = bench.environment(["sparsecpu", "bench"])
+    info = sparsecpu.info()
+    assert env["cpu"] == info["cpu"] and env["detected_isa"] == info["detected_isa"]
+    assert env["sparsecpu"] == sparsecpu.__version__ and env["torch"] == torch.__version__
+    assert env["command"] == ["sparsecpu", "bench"]
+    assert "onnxruntime" in env and "date" in env

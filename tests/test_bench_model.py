@@ -1,0 +1,125 @@
+"""The model benchmark (sparsecpu.bench.model) on tiny transformers configs: loading, 4x1 pruning,
+the torch int8 baseline for GPT-2's Conv1D, forward and generate() records, ONNX Runtime rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import sparsecpu  # noqa: E402
+from sparsecpu.bench import _ort  # noqa: E402
+from sparsecpu.bench import model as model_bench  # noqa: E402
+
+HAVE_ORT = _ort.missing() is None
+
+
+def _blocks(w: torch.Tensor) -> torch.Tensor:
+    """Per 4x1 block (4 rows x 1 column): whether any entry is nonzero; ``[ceil(N/4), K]``."""
+    n, k = w.shape
+    pad = torch.zeros(((n + 3) // 4) * 4, k)
+    pad[:n] = w
+    return (pad.view(-1, 4, k) != 0).any(dim=1)
+
+
+def _tiny(kind: str, path):
+    if kind == "bert":
+        cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, vocab_size=97, max_position_embeddings=64)
+    else:
+        cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=97, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0)
+    cfg.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_prune_4x1_prunes_linear_layers_in_blocks(kind, tmp_path):
+    from transformers.pytorch_utils import Conv1D
+
+    m, _, causal = model_bench.load_model(_tiny(kind, tmp_path))
+    assert causal == (kind == "gpt2")
+    n_layers = model_bench.prune_4x1_(m, 0.75)
+    assert n_layers == (13 if kind == "bert" else 8)
+    for name, mod in m.named_modules():
+        if isinstance(mod, (torch.nn.Linear, Conv1D)):
+            w = mod.weight.detach().t() if isinstance(mod, Conv1D) else mod.weight.detach()
+            kept = _blocks(w)
+            if name == "lm_head":  # tied to the token embedding: stays dense
+                assert bool(kept.all())
+            else:
+                assert int((~kept).sum()) == round(0.75 * kept.numel()), name
+
+
+def test_conv1d_as_linear_keeps_the_output(tmp_path):
+    m, _, _ = model_bench.load_model(_tiny("gpt2", tmp_path))
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.inference_mode():
+        before = m(input_ids=ids).logits
+        model_bench._conv1d_as_linear_(m)
+        after = m(input_ids=ids).logits
+    assert not any(type(mod).__name__ == "Conv1D" for mod in m.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_load_model_rejects_unknown_names(tmp_path):
+    with pytest.raises(ValueError, match="bert-base"):
+        model_bench.load_model("bert-huge")
+    with pytest.raises(ValueError, match="config.json"):
+        model_bench.load_model(str(tmp_path))
+
+
+def _check_model_record(r):
+    for key in ("op", "model", "impl", "dtype", "format", "M", "N", "K", "sparsity", "threads", "median_s",
+                "p10_s", "p90_s", "repeat", "tokens_per_s", "speedup", "error"):
+        assert key in r, key
+    if r["error"] is None:
+        assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"] and r["tokens_per_s"] > 0
+    else:
+        assert r["median_s"] is None
+
+
+def test_model_bench_gpt2_forward_and_generate(tmp_path):
+    wanted = ["torch_fp32", "torch_dynamic_int8", "sparsecpu_torch_int8"]
+    lines = []
+    recs = model_bench.run_model_bench(_tiny("gpt2", tmp_path), sparsity=0.5, seq=6, batch=2, threads=1, repeat=2,
+                                       prompt=3, new_tokens=4, impls=wanted, progress=lines.append)
+    assert [(r["op"], r["impl"]) for r in recs] == [("model", n) for n in wanted] + [("generate", n) for n in wanted]
+    for r in recs:
+        _check_model_record(r)
+    fwd = {r["impl"]: r for r in recs if r["op"] == "model"}
+    gen = {r["impl"]: r for r in recs if r["op"] == "generate"}
+    assert fwd["torch_fp32"]["M"] == 12 and fwd["torch_fp32"]["speedup"] == 1.0
+    assert fwd["torch_fp32"]["cosine"] == pytest.approx(1.0)
+    assert fwd["torch_dynamic_int8"]["cosine"] > 0.98  # its Conv1D layers really are quantized and still right
+    assert fwd["torch_fp32"]["tokens_per_s"] == pytest.approx(12 / fwd["torch_fp32"]["median_s"])
+    assert gen["torch_fp32"]["new_tokens"] == 4 and gen["torch_fp32"]["prompt_tokens"] == 3
+    assert gen["torch_fp32"]["tokens_per_s"] == pytest.approx(4 / gen["torch_fp32"]["median_s"])
+    if not hasattr(sparsecpu, "sparsify"):
+        assert "sparsify" in fwd["sparsecpu_torch_int8"]["error"]
+    table = model_bench.model_table(recs)
+    assert "forward pass" in table and "generate()" in table and "torch qdynamic int8" in table
+    assert any("pruned" in line for line in lines)
+    with pytest.raises(ValueError, match="unknown model implementations"):
+        model_bench.run_model_bench(_tiny("gpt2", tmp_path), impls=["onnx"])
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnx / onnxruntime not installed")
+def test_model_bench_bert_in_onnx_runtime(tmp_path):
+    wanted = ["torch_fp32", "ort_fp32", "ort_dynamic_int8"]
+    recs = model_bench.run_model_bench(_tiny("bert", tmp_path), sparsity=0.5, seq=8, threads=1, repeat=2, impls=wanted)
+    assert [r["impl"] for r in recs] == wanted and all(r["op"] == "model" for r in recs)
+    by = {r["impl"]: r for r in recs}
+    for r in recs:
+        _check_model_record(r)
+        assert r["error"] is None, r["error"]
+    # The exported graph computes what the torch model does; ORT's int8 form stays close.
+    assert by["ort_fp32"]["cosine"] > 0.9999
+    assert by["ort_dynamic_int8"]["cosine"] > 0.95
+    assert not math.isnan(by["ort_fp32"]["speedup"])
+    md = model_bench.model_table(recs, markdown=True)
+    assert "| ORT fp32" in md and np.isfinite(by["ort_fp32"]["sequences_per_s"])
