@@ -11,7 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import sparsecpu  # noqa: E402
 from sparsecpu.bench import _ort  # noqa: E402
 from sparsecpu.bench import model as model_bench  # noqa: E402
 
