@@ -243,8 +243,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
 
   RowParams p{};
   p.w = w;
-  // 4 spare bytes: the skinny kernel gathers a dword at each column.
-  p.xq = s.get<uint8_t>(1, M * ldx + 4);
+  p.xq = s.get<uint8_t>(1, M * ldx);
   p.ldx = ldx;
   float* scale = s.get<float>(2, M);
   int32_t* zp = s.get<int32_t>(3, M);
