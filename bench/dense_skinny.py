@@ -9,6 +9,8 @@ dynamic int8 Linear is ``torch.ao.quantization.quantize_dynamic`` on an ``nn.Lin
 For the skinny cases the weight bytes each sparsecpu call reads are printed with the bandwidth they
 imply (bytes / median time). ``--density-sweep`` times block-sparse vs dense int8 at M = 128 over
 block densities: what ``sparsecpu.formats.AUTO_DENSE_DENSITY`` was set from.
+``--cpu-time`` (with ``--threads 1``) measures the CPU time of the calling thread instead of wall time:
+on a machine shared with other jobs it stays meaningful, since time spent preempted is not counted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +48,36 @@ def int_mm_operands(x: torch.Tensor, w: torch.Tensor):
     return xq, wq
 
 
+def cpu_time_interleaved(fns, repeat):
+    """{name: median CPU seconds per call of the calling thread}, batches interleaved round-robin."""
+    calls, per_call = {}, {k: [] for k in fns}
+    for name, fn in fns.items():
+        n = 1
+        while True:
+            t0 = time.thread_time()
+            for _ in range(n):
+                fn()
+            if time.thread_time() - t0 > 2e-3:
+                break
+            n *= 2
+        calls[name] = n
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.thread_time()
+            for _ in range(calls[name]):
+                fn()
+            per_call[name].append((time.thread_time() - t0) / calls[name])
+    return {k: sorted(v)[len(v) // 2] for k, v in per_call.items()}
+
+
+CPU_TIME = False
+
+
 def case(label, fns, repeat, rows, bytes_of=None):
-    t = time_interleaved(fns, repeat=repeat)
-    med = {k: v.median_s for k, v in t.items()}
+    if CPU_TIME:
+        med = cpu_time_interleaved(fns, repeat)
+    else:
+        med = {k: v.median_s for k, v in time_interleaved(fns, repeat=repeat).items()}
     rows.append({"case": label, "median_us": {k: v * 1e6 for k, v in med.items()},
                  "bytes": bytes_of or {}})
     ours = [k for k in med if k.startswith("sparsecpu")]
@@ -70,7 +100,12 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--json")
     ap.add_argument("--density-sweep", action="store_true")
+    ap.add_argument("--cpu-time", action="store_true", help="CPU time of the calling thread (needs --threads 1)")
     a = ap.parse_args(argv)
+    if a.cpu_time and a.threads != 1:
+        ap.error("--cpu-time measures the calling thread only: use it with --threads 1")
+    global CPU_TIME
+    CPU_TIME = a.cpu_time
     torch.set_num_threads(a.threads)
     sparsecpu.set_num_threads(a.threads)
     print(f"threads {a.threads}; {sparsecpu.info()['cpu']}; isa {sparsecpu.info()['isa']}", file=sys.stderr)

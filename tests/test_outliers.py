@@ -108,7 +108,7 @@ def test_outliers_recover_accuracy(fmt):
     assert err[T] < 0.01 and err[T] * 4 < err[None], err
 
 
-@pytest.mark.parametrize("fmt, m", [("bsr", 3), ("bsr", 129), ("dense", 129)])
+@pytest.mark.parametrize("fmt, m", [("bsr", 3), ("bsr", 129), ("dense", 128), ("dense", 129)])
 def test_outliers_threads_bitwise_identical(fmt, m, num_threads):
     x, w, bias = _data(m, 772, 768, 0.3, [m, 5], outlier_cols=(0, 400), rows=slice(m // 2, m // 2 + 1))
     packed = sparsecpu.pack(w, format=fmt, outlier_threshold=T)

@@ -60,9 +60,8 @@ using RowFn = void (*)(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, i
 // Returns false if that part of x holds NaN or Inf.
 using QuantFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq,
                          int64_t ldq, float* scale, int32_t* zp, float* absmax);
-// Same quantization written row-major: rows [m0, m1) (all < M) to xq + m * ldq, columns [K, ldq)
-// zero (ldq >= K, a multiple of 4).
-using QuantRowsFn = QuantFn;
+// Op quant_u8_rows has the same signature: the same quantization written row-major, rows [m0, m1)
+// (all < M) to xq + m * ldq, columns [K, ldq) zero (ldq >= K, a multiple of 4).
 // y[i] = act(y[i] + c[i]) for i < n.
 using AddActFn = void (*)(const float* c, float* y, int64_t n, Activation act);
 // Same contract for fp32: x transposed to K-major, rows >= M zero.

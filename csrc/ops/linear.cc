@@ -167,9 +167,8 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
   const auto kernel = reinterpret_cast<SpmmFn>(spmm.fn);
   const int64_t units = Mpad / kRowAlign;
   const int64_t tiles_per_unit = kRowAlign / spmm.mr;
-  // The outlier check needs every row's range before any row is computed.
-  const bool fused = threads > 1 && units >= threads && !check_outliers;
   const bool by_rows = threads > 1 && units >= threads;
+  const float threshold = w.outlier_threshold;
 
   uint8_t* xq = nullptr;
   float *xt = nullptr, *scale = nullptr, *scale_s = nullptr, *absmax = nullptr;
@@ -211,11 +210,15 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
   };
 
   // Tasks are claimed dynamically (see ThreadPool::run): one per 64-row unit, or one per chunk.
+  // With an outlier threshold, a unit computes only if its own rows hold no outlier: when some
+  // row does, the whole call is redone by the outlier path (rare by design), and the common case
+  // keeps its single dispatch.
   std::vector<char> finite(units, 1);
-  if (fused) {
+  if (by_rows) {
     tp.run(static_cast<int>(units), [&](int u) {
       finite[u] = prepare(u, u + 1);
-      if (finite[u]) run_tiles(0, G, u, u + 1);
+      if (finite[u] && !(check_outliers && has_outliers(absmax + u * kRowAlign, kRowAlign, threshold)))
+        run_tiles(0, G, u, u + 1);
     });
   } else {
     tp.run(static_cast<int>(units), [&](int u) { finite[u] = prepare(u, u + 1); });
@@ -223,10 +226,8 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
   for (char f : finite) {
     if (!f) throw std::invalid_argument("x contains NaN or Inf");
   }
-  if (check_outliers && has_outliers(absmax, M, w.outlier_threshold)) return false;
-  if (by_rows && !fused) {
-    tp.run(static_cast<int>(units), [&](int u) { run_tiles(0, G, u, u + 1); });
-  } else if (!by_rows) {
+  if (check_outliers && has_outliers(absmax, M, threshold)) return false;
+  if (!by_rows) {
     // Two chunks per thread: a thread that loses its core for a while leaves work to the others.
     const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(2 * threads, G)));
     const std::vector<int64_t> bounds = balanced_chunks(w, chunks);
@@ -255,8 +256,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
 
   RowParams p{};
   p.w = w;
-  // 4 spare bytes: the skinny kernel gathers a dword at each column.
-  p.xq = s.get<uint8_t>(1, M * ldx + 4);
+  p.xq = s.get<uint8_t>(1, M * ldx);
   p.ldx = ldx;
   float* scale = s.get<float>(2, M);
   int32_t* zp = s.get<int32_t>(3, M);
@@ -282,18 +282,21 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
   // By rows only when the 64-row units share out evenly (M = 65 would leave one thread 1 row).
   const bool by_rows = threads > 1 && units >= threads && (units % threads == 0 || units >= 4 * threads);
-  const bool fused = by_rows && !check_outliers;
   auto rows_of = [&](int64_t u) { return std::min<int64_t>(M, (u + 1) * kRowAlign); };
+  auto outliers_in = [&](int64_t u) {
+    return check_outliers && has_outliers(absmax + u * kRowAlign, rows_of(u) - u * kRowAlign, w.outlier_threshold);
+  };
 
   std::vector<char> finite(units, 1);
   auto prepare = [&](int64_t u) {
     finite[u] = quant(a.x, M, K, u * kRowAlign, rows_of(u), const_cast<uint8_t*>(p.xq), ldx, scale, zp, absmax);
   };
-  if (fused) {
-    // One task per 64 rows: quantize them, then every panel over them (the rows stay in L2).
+  if (by_rows) {
+    // One task per 64 rows: quantize them, then every panel over them (the rows stay in L2). With
+    // outliers in some rows the call is redone by the outlier path, as in linear_kmajor.
     tp.run(static_cast<int>(units), [&](int u) {
       prepare(u);
-      if (finite[u]) kernel(p, 0, tiles, u * kRowAlign, rows_of(u));
+      if (finite[u] && !outliers_in(u)) kernel(p, 0, tiles, u * kRowAlign, rows_of(u));
     });
   } else if (units == 1) {
     prepare(0);
@@ -304,11 +307,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
     if (!f) throw std::invalid_argument("x contains NaN or Inf");
   }
   if (check_outliers && has_outliers(absmax, M, w.outlier_threshold)) return false;
-  if (fused) return true;
-  if (by_rows) {
-    tp.run(static_cast<int>(units), [&](int u) { kernel(p, 0, tiles, u * kRowAlign, rows_of(u)); });
-    return true;
-  }
+  if (by_rows) return true;
   // Few rows: split the channels, two chunks per thread (equal nonzeros for the sparse kernel).
   const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads > 1 ? 2 * threads : 1, tiles)));
   std::vector<int64_t> bounds(chunks + 1);

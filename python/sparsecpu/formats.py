@@ -17,8 +17,9 @@ _FORMATS = ("auto", "bsr", "dense")
 
 # format="auto": an int8 weight whose 4x1-block density is at least this is packed dense. Measured on
 # the reference machine (AMD EPYC Zen 3, AVX2) on the BERT-base shapes (768x768, 3072x768, 768x3072)
-# at M = 128: the block-sparse int8 kernel is faster than the dense int8 GEMM up to a block density
-# of 0.7 on every shape and slower from 0.8 on (bench/dense_skinny.py --density-sweep; see README).
+# at M = 128 (bench/dense_skinny.py --density-sweep; see README): the block-sparse int8 kernel and
+# the dense int8 GEMM cross between block densities 0.55 and 0.8 depending on the shape and the run
+# (a shared, noisy machine); 0.75 is where they cross on 768x768 and 3072x768.
 AUTO_DENSE_DENSITY = 0.75
 
 
