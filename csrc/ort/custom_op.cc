@@ -231,8 +231,9 @@ void compute(const Kernel& k, OrtKernelContext* ctx) {
 }
 
 // Output shape: X's with the last dimension replaced by N (symbolic dimensions kept), so that ORT
-// plans memory and checks downstream shapes as it would for MatMul. Inputs of unknown rank, or an
-// unreadable N, leave the output shape unknown; kernel creation reports those.
+// plans memory and checks downstream shapes as it would for MatMul. Inputs of unknown rank or with
+// unknown unnamed dimensions, or an unreadable N, leave the output shape unknown (kernel creation
+// reports a bad N).
 void infer_shape(OrtShapeInferContext* ctx) {
   OrtTensorTypeAndShapeInfo* x = nullptr;  // owned by the context, not released here
   check(g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &x));
@@ -251,6 +252,11 @@ void infer_shape(OrtShapeInferContext* ctx) {
   std::vector<const char*> names(rank, nullptr);
   check(g_api->GetDimensions(x, dims.data(), rank));
   check(g_api->GetSymbolicDimensions(x, names.data(), rank));
+  // The C API writes an unnamed dimension as its value, so an unknown one (-1) would become a
+  // literal -1 that downstream shape inference trusts: leave such an output shape unknown.
+  for (size_t i = 0; i + 1 < rank; ++i) {
+    if (dims[i] < 0 && (!names[i] || !*names[i])) return;
+  }
   dims.back() = n;
   names.back() = "";
   OrtTensorTypeAndShapeInfo* y = nullptr;
