@@ -1,6 +1,7 @@
 """BERT in ONNX Runtime: fp32 vs ORT's quantize_dynamic int8 vs sparsecpu-converted, one run.
 
-    python bench/models_onnx.py [--threads 2] [--seq 128] [--batch 1] [--sparsity 0.9] [--repeat 20] [--json FILE]
+    python bench/models_onnx.py [--threads 2] [--seq 128] [--batch 1] [--sparsity 0.9] [--repeat 20]
+                                [--exporter dynamo|torchscript] [--workdir DIR] [--json FILE]
 
 A BERT-base-config model (random weights; every encoder linear layer pruned in 4x1 blocks to
 --sparsity by block magnitude, biases random) is exported with ``torch.onnx.export``, then
@@ -41,8 +42,9 @@ def prune_4x1_(weight, sparsity: float) -> None:
     weight.mul_(keep.reshape(g, 1, k).expand(g, 4, k).reshape(g * 4, k)[:n])
 
 
-def export_bert(path: Path, seq: int, batch: int, sparsity: float) -> None:
-    """BERT-base config, encoder linears pruned to ``sparsity``, exported to ``path``."""
+def export_bert(path: Path, seq: int, batch: int, sparsity: float, exporter: str = "dynamo") -> None:
+    """BERT-base config, encoder linears pruned to ``sparsity``, exported to ``path`` with
+    ``torch.onnx.export`` (``exporter``: ``"dynamo"``, torch's default, or ``"torchscript"``)."""
     import torch
     import transformers
 
@@ -65,12 +67,16 @@ def export_bert(path: Path, seq: int, batch: int, sparsity: float) -> None:
     ids = torch.randint(0, 30522, (batch, seq))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Hidden(model).eval(), (ids, torch.ones_like(ids)), str(path),
-                          input_names=["input_ids", "attention_mask"], dynamo=True, verbose=False)
+        if exporter == "dynamo":
+            torch.onnx.export(Hidden(model).eval(), (ids, torch.ones_like(ids)), str(path),
+                              input_names=["input_ids", "attention_mask"], dynamo=True, verbose=False)
+        else:
+            torch.onnx.export(Hidden(model).eval(), (ids, torch.ones_like(ids)), str(path),
+                              input_names=["input_ids", "attention_mask"], dynamo=False, opset_version=17)
 
 
 def run(threads: int = 2, seq: int = 128, batch: int = 1, sparsity: float = 0.9, repeat: int = 20,
-        workdir: Path = None, progress=print) -> List[Dict]:
+        workdir: Path = None, exporter: str = "dynamo", progress=print) -> List[Dict]:
     """Builds the four models in ``workdir`` and times them; returns one record per model."""
     import numpy as np
     import onnxruntime as ort
@@ -80,8 +86,8 @@ def run(threads: int = 2, seq: int = 128, batch: int = 1, sparsity: float = 0.9,
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="sparsecpu-bench-onnx-"))
     src = workdir / "bert.onnx"
-    progress(f"exporting BERT-base ({sparsity:.0%} of 4x1 blocks pruned) to {src}")
-    export_bert(src, seq, batch, sparsity)
+    progress(f"exporting BERT-base ({sparsity:.0%} of 4x1 blocks pruned, {exporter} exporter) to {src}")
+    export_bert(src, seq, batch, sparsity, exporter)
     models = {"ort fp32": src}
     progress("quantize_dynamic")
     models["ort quantize_dynamic"] = workdir / "bert.qdq.onnx"
@@ -129,6 +135,7 @@ def run(threads: int = 2, seq: int = 128, batch: int = 1, sparsity: float = 0.9,
             "cosine_vs_fp32": float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))),
             "bytes": sum(p.stat().st_size for p in workdir.glob(Path(models[name]).name + "*")),
             "threads": threads, "seq": seq, "batch": batch, "sparsity": sparsity, "repeat": repeat,
+            "exporter": exporter,
         })
     return records
 
@@ -155,16 +162,18 @@ def main(argv=None) -> int:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--workdir", type=Path, default=None, help="where the models go (default: a new temp dir)")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
+                   help="torch.onnx.export's exporter (default: dynamo, torch's default)")
     p.add_argument("--json", metavar="FILE")
     a = p.parse_args(argv)
     import onnxruntime
 
     import sparsecpu
 
-    records = run(a.threads, a.seq, a.batch, a.sparsity, a.repeat, a.workdir,
+    records = run(a.threads, a.seq, a.batch, a.sparsity, a.repeat, a.workdir, a.exporter,
                   progress=lambda s: print(s, file=sys.stderr, flush=True))
     d = sparsecpu.info()
-    print(f"BERT-base, batch {a.batch}, seq {a.seq}, {a.sparsity:.0%} of 4x1 blocks pruned, {a.threads} threads, "
+    print(f"BERT-base ({a.exporter} export), batch {a.batch}, seq {a.seq}, {a.sparsity:.0%} of 4x1 blocks pruned, {a.threads} threads, "
           f"{a.repeat} rounds; onnxruntime {onnxruntime.__version__}, sparsecpu {d['version']} ({d['isa']}), {d['cpu']}")
     print(format_table(records))
     if a.json:

@@ -31,7 +31,7 @@ def sparse_linear_model(
     dtype: str,
     bias: Optional[np.ndarray] = None,
     activation: str = "none",
-    x_shape: Optional[List] = None,
+    x_shape: Optional[List] = "default",
     attrs: Optional[dict] = None,
     node_name: str = "sl",
 ) -> onnx.ModelProto:
@@ -45,7 +45,7 @@ def sparse_linear_model(
     a.update(attrs or {})
     a = {key: v for key, v in a.items() if v is not None}
     node = helper.make_node("SparseLinear", inputs, ["Y"], name=node_name, domain=sparsecpu.onnx.DOMAIN, **a)
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape if x_shape is not None else ["m", k])
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape if x_shape != "default" else ["m", k])
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
     return make_model([node], [x], [y], inits, domains=[sparsecpu.onnx.DOMAIN])
 

@@ -153,6 +153,29 @@ def test_session_options_and_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "x_shape, y_shape",
+    [(["b", "s", 16], ["b", "s", 8]), ([3, 16], [3, 8]), (["m", "k"], ["m", 8]), ([2, 3, 4, 16], [2, 3, 4, 8]),
+     ([None, 16], None), (None, None)],
+)
+def test_output_shape_inferred(x_shape, y_shape, tmp_path):
+    """ORT learns Y = X's shape with the last dim N (symbolic dims kept); an unknown rank or an
+    unknown unnamed dim leaves Y's shape unknown (the C API cannot say "unknown" without a name)."""
+    w = np.zeros((8, 16), np.float32)
+    w[:4, 3] = 1.0
+    path = save(sparse_linear_model(sparsecpu.pack(w, dtype="fp32").to_bytes(), 8, 16, dtype="fp32", x_shape=x_shape),
+                tmp_path / "m.onnx")
+    out = sparsecpu.onnx.session(path).get_outputs()[0]
+    if y_shape is None:
+        assert out.shape is None or out.shape == [] or all(isinstance(d, str) for d in out.shape), out.shape
+    else:
+        assert [None if isinstance(d, int) and d < 0 else d for d in out.shape] == y_shape
+    x = np.ones((2, 3, 4, 16), np.float32) if x_shape in ([2, 3, 4, 16], None) else None
+    if x is not None:
+        (y,) = run(path, {"X": x})
+        assert y.shape == (2, 3, 4, 8) and (y[..., :4] == 1).all() and (y[..., 4:] == 0).all()
+
+
+@pytest.mark.parametrize(
     "x_shape, feed_shape, match",
     [
         (["m", "k"], (3, 15), "X must have shape \\[..., 16\\], got \\[3, 15\\]"),

@@ -230,6 +230,45 @@ void compute(const Kernel& k, OrtKernelContext* ctx) {
   sparsecpu::linear(a);
 }
 
+// Output shape: X's with the last dimension replaced by N (symbolic dimensions kept), so that ORT
+// plans memory and checks downstream shapes as it would for MatMul. Inputs of unknown rank or with
+// unknown unnamed dimensions, or an unreadable N, leave the output shape unknown (kernel creation
+// reports a bad N).
+void infer_shape(OrtShapeInferContext* ctx) {
+  OrtTensorTypeAndShapeInfo* x = nullptr;  // owned by the context, not released here
+  check(g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &x));
+  size_t rank = 0;
+  check(g_api->GetDimensionsCount(x, &rank));
+  const OrtOpAttr* attr = nullptr;
+  int64_t n = -1;
+  size_t read = 0;
+  if (rank == 0 || g_api->ShapeInferContext_GetAttribute(ctx, "N", &attr) != nullptr || !attr) return;
+  if (OrtStatus* s = g_api->ReadOpAttr(attr, ORT_OP_ATTR_INT, &n, sizeof(n), &read)) {
+    g_api->ReleaseStatus(s);
+    return;
+  }
+  if (n < 0) return;
+  std::vector<int64_t> dims(rank);
+  std::vector<const char*> names(rank, nullptr);
+  check(g_api->GetDimensions(x, dims.data(), rank));
+  check(g_api->GetSymbolicDimensions(x, names.data(), rank));
+  // The C API writes an unnamed dimension as its value, so an unknown one (-1) would become a
+  // literal -1 that downstream shape inference trusts: leave such an output shape unknown.
+  for (size_t i = 0; i + 1 < rank; ++i) {
+    if (dims[i] < 0 && (!names[i] || !*names[i])) return;
+  }
+  dims.back() = n;
+  names.back() = "";
+  OrtTensorTypeAndShapeInfo* y = nullptr;
+  check(g_api->CreateTensorTypeAndShapeInfo(&y));
+  std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> y_guard(
+      y, [](OrtTensorTypeAndShapeInfo* p) { g_api->ReleaseTensorTypeAndShapeInfo(p); });
+  check(g_api->SetTensorElementType(y, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT));
+  check(g_api->SetDimensions(y, dims.data(), rank));
+  check(g_api->SetSymbolicDimensions(y, names.data(), rank));
+  check(g_api->ShapeInferContext_SetOutputTypeShape(ctx, 0, y));
+}
+
 OrtStatus* to_status(const Kernel* k, const std::string& node, const std::exception& e, OrtErrorCode code) {
   const std::string where = std::string(kOpName) + " node '" + (k ? k->name : node) + "': ";
   return g_api->CreateStatus(code, (where + e.what()).c_str());
@@ -290,6 +329,16 @@ OrtCustomOp make_op(uint32_t version) {
     }
   };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
+  op.InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* ctx) -> OrtStatus* {
+    try {
+      infer_shape(ctx);
+      return nullptr;
+    } catch (const OrtError& e) {
+      return g_api->CreateStatus(e.code, (std::string(kOpName) + " shape inference: " + e.what()).c_str());
+    } catch (const std::exception& e) {
+      return g_api->CreateStatus(ORT_FAIL, (std::string(kOpName) + " shape inference: " + e.what()).c_str());
+    }
+  };
   return op;
 }
 

@@ -90,17 +90,20 @@ class _Graph:
     def __init__(self, onnx, graph):
         self.onnx = onnx
         self.graph = graph
+        # One list of node objects for every index below and for the rewrite, so that nodes can be
+        # told apart by identity.
+        self.nodes = list(graph.node)
         self.inits = {t.name: t for t in graph.initializer}
         self.producer = {}
         self.consumers = defaultdict(list)
-        for node in graph.node:
+        for node in self.nodes:
             for o in node.output:
                 self.producer[o] = node
             for i in node.input:
                 self.consumers[i].append(node)
         self.outputs = {o.name for o in graph.output}
         self.subgraph_refs = set()
-        for node in graph.node:
+        for node in self.nodes:
             for a in node.attribute:
                 for g in list(a.g.ListFields() and [a.g]) + list(a.graphs):
                     self.subgraph_refs |= _names_used(g)
@@ -388,7 +391,7 @@ def convert(
     remove = set()  # ids of nodes folded into SparseLinear nodes
     new_nodes = {}  # id of the first node of a chain -> its SparseLinear node
     new_inits = []
-    packed_cache: Dict[Tuple[str, int, str], str] = {}
+    packed_by_weight: Dict[str, str] = {}  # MatMul weight initializer -> its packed initializer
     touched = set()  # constants the removed nodes read
     used_names = set(g.inits) | set(g.producer) | {i.name for i in model.graph.input}
 
@@ -399,7 +402,7 @@ def convert(
         used_names.add(name)
         return name
 
-    for node in model.graph.node:
+    for node in g.nodes:
         if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
             continue
         name = node.name or f"{node.op_type}({node.output[0]})"
@@ -434,14 +437,14 @@ def convert(
             act, nodes, y = m
             chain += nodes
 
-        key = (node.input[1], 1 if node.op_type == "Gemm" else 0, repr(w.shape))
-        packed_name = packed_cache.get(key) if node.op_type == "MatMul" else None
+        # MatMuls sharing a weight share its packed copy (a Gemm's alpha and transB make its own).
+        packed_name = packed_by_weight.get(node.input[1]) if node.op_type == "MatMul" else None
         if packed_name is None:
             packed_name = fresh(f"{node.input[1]}.sparsecpu_{dtype}")
             buf = np.frombuffer(pack(w, dtype=dtype).to_bytes(), np.uint8)
             new_inits.append(onnx.numpy_helper.from_array(buf, packed_name))
             if node.op_type == "MatMul":
-                packed_cache[key] = packed_name
+                packed_by_weight[node.input[1]] = packed_name
         inputs = [node.input[0], packed_name]
         if bias is not None:
             bias_name = fresh(f"{name}.sparsecpu_bias")
@@ -460,7 +463,7 @@ def convert(
         rep.reason = f"{dtype}" + (" + " + " + ".join(extras) if extras else "")
 
     nodes = []
-    for node in model.graph.node:
+    for node in g.nodes:
         if id(node) in new_nodes:
             nodes.append(new_nodes[id(node)])
         elif id(node) not in remove:
