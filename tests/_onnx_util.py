@@ -23,6 +23,13 @@ def make_model(nodes, inputs, outputs, initializers, opset: int = 17, domains: S
     return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)
 
 
+def _header_format(packed_bytes: bytes) -> str:
+    """The format a packed buffer's header names (bytes 12..16; "bsr" for one too short or unknown),
+    read without validating: the corruption tests hand in broken buffers on purpose."""
+    code = int.from_bytes(packed_bytes[12:16], "little") if len(packed_bytes) >= 16 else 1
+    return {2: "dense"}.get(code, "bsr")
+
+
 def sparse_linear_model(
     packed_bytes: bytes,
     n: int,
@@ -41,7 +48,7 @@ def sparse_linear_model(
     if bias is not None:
         inits.append(numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
         inputs.append("B")
-    a = dict(N=n, K=k, dtype=dtype, format="bsr", activation=activation)
+    a = dict(N=n, K=k, dtype=dtype, format=_header_format(packed_bytes), activation=activation)
     a.update(attrs or {})
     a = {key: v for key, v in a.items() if v is not None}
     node = helper.make_node("SparseLinear", inputs, ["Y"], name=node_name, domain=sparsecpu.onnx.DOMAIN, **a)

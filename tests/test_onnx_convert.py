@@ -92,7 +92,7 @@ def test_matmul_add_gelu_pattern_fused(dtype, kind, form, tmp_path):
     assert op_types(dst) == ["SparseLinear"]
     (r,) = report.nodes
     act = "gelu" if kind == "erf" else "gelu_tanh"
-    assert r.converted and r.node == "fc" and r.shape == (48, 32) and r.reason == f"{dtype} + bias + {act}"
+    assert r.converted and r.node == "fc" and r.shape == (48, 32) and r.reason == f"bsr {dtype} + bias + {act}"
     m = onnx.load(dst)
     assert {t.name for t in m.graph.initializer} == {"W.sparsecpu_" + dtype, "fc.sparsecpu_bias"}
     assert {a.name: helper.get_attribute_value(a) for a in m.graph.node[0].attribute} == {
@@ -115,7 +115,7 @@ def test_gelu_pattern_with_a_second_reader_is_not_fused(tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc")] + gelu
     model = make_model(nodes, [_x_info()], [_out(), _out("g_erf")], [_c("W", w.T)] + consts)
     src, dst, report = _convert(tmp_path, model, dtype="fp32")
-    assert report.nodes[0].reason == "fp32"
+    assert report.nodes[0].reason == "bsr fp32"
     assert op_types(dst) == ["SparseLinear", "Div", "Erf", "Add", "Mul", "Mul"]
     x = rng.standard_normal((1, 3, 32)).astype(F32)
     res = sparsecpu.onnx.verify(src, dst, feeds={"x": x})
@@ -130,10 +130,29 @@ def test_activation_ops_fused(op, attrs, act, tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"), helper.make_node(op, ["h"], ["y"], **attrs)]
     model = make_model(nodes, [_x_info()], [_out()], [_c("W", w.T)], opset=20)
     _, dst, report = _convert(tmp_path, model, dtype="fp32")
-    assert op_types(dst) == ["SparseLinear"] and report.nodes[0].reason == f"fp32 + {act}"
+    assert op_types(dst) == ["SparseLinear"] and report.nodes[0].reason == f"bsr fp32 + {act}"
     x = rng.standard_normal((3, 4, 32)).astype(F32)
     (y,) = run(dst, {"x": x})
     np.testing.assert_array_equal(y, sparsecpu.linear(x, sparsecpu.pack(w, dtype="fp32"), activation=act))
+
+
+@pytest.mark.parametrize("format, min_sparsity, density", [("dense", 0.5, 0.25), ("auto", 0.0, 0.9), ("bsr", 0.0, 0.9)])
+def test_format_follows_pack(format, min_sparsity, density, tmp_path):
+    """The packed weight's format is pack()'s choice (auto: dense int8 for a dense weight), written
+    to the node, and ORT gives sparsecpu.linear's bits."""
+    rng = np.random.default_rng(4)
+    w = _util.pruned_weight(rng, 20, 32, density, holes=False)[0]
+    model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], [_x_info()], [_out()], [_c("W", w.T)])
+    src, dst, report = _convert(tmp_path, model, dtype="int8", format=format, min_sparsity=min_sparsity)
+    packed = sparsecpu.pack(w, dtype="int8", format=format)
+    assert report.nodes[0].reason == f"{packed.format} int8"
+    assert packed.format == ("bsr" if format == "bsr" else "dense")
+    (node,) = onnx.load(dst).graph.node
+    assert {a.name: a.s for a in node.attribute}["format"] == packed.format.encode()
+    x = rng.standard_normal((2, 3, 32)).astype(F32)
+    (y,) = run(dst, {"x": x})
+    np.testing.assert_array_equal(y, sparsecpu.linear(x, packed))
+    _util.assert_informative(y, y, None)
 
 
 @pytest.mark.parametrize("trans_b", [0, 1])
@@ -184,7 +203,7 @@ def test_kept_nodes_and_reasons(tmp_path):
     assert not by_name["activation_mm"].converted and "not a constant initializer" in by_name["activation_mm"].reason
     assert not by_name["gemm_ta"].converted and by_name["gemm_ta"].reason == "transA = 1"
     # h4 is a graph output too, so the Add cannot be folded in.
-    assert by_name["sparse_fc"].converted and by_name["sparse_fc"].reason == "int8"
+    assert by_name["sparse_fc"].converted and by_name["sparse_fc"].reason == "bsr int8"
     assert op_types(dst) == ["MatMul", "MatMul", "Gemm", "SparseLinear", "Add"]
     text = str(report)
     assert "1 of 4 MatMul/Gemm nodes converted (int8)" in text and "kept: transA = 1" in text
@@ -233,7 +252,7 @@ def test_external_data(dtype, tmp_path):
     dst_dir.mkdir()
     dst = str(dst_dir / "model.onnx")
     report = sparsecpu.onnx.convert(src, dst, dtype=dtype)
-    assert [r.reason for r in report.nodes] == [f"{dtype} + bias + relu", dtype]
+    assert [r.reason for r in report.nodes] == [f"bsr {dtype} + bias + relu", f"bsr {dtype}"]
     assert (dst_dir / "model.onnx.data").exists()
     stored = onnx.load(dst, load_external_data=False)
     assert all(t.data_location == TensorProto.EXTERNAL for t in stored.graph.initializer if t.name.endswith(dtype))
@@ -293,7 +312,7 @@ def test_cli_convert_verify(how, tmp_path):
     r = subprocess.run(cmd + ["onnx", "convert", src, dst, "--dtype", "fp32", "--verify", "--dim", "s=3"],
                        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "fc    MatMul  40x32" in r.stdout and "converted: fp32 + bias" in r.stdout
+    assert "fc    MatMul  40x32" in r.stdout and "converted: bsr fp32 + bias" in r.stdout
     assert "1 of 1 MatMul/Gemm nodes converted (fp32)" in r.stdout
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("y ")][0]
     diff, _, cosine = (float(v) for v in line.split()[1:])

@@ -101,7 +101,8 @@ def test_the_uncorrupted_model_runs(tmp_path):
         ({"N": None}, r"missing or non-integer attribute 'N'"),
         ({"dtype": "fp32"}, r"attribute dtype = fp32 does not match the packed weight \(int8\)"),
         ({"dtype": "int4"}, r"attribute 'dtype' must be int8 or fp32"),
-        ({"format": "csr"}, r"attribute 'format' must be bsr"),
+        ({"format": "csr"}, r"attribute 'format' must be bsr or dense"),
+        ({"format": "dense"}, r"attribute format = dense does not match the packed weight \(bsr\)"),
         ({"activation": "swish"}, r"attribute 'activation' must be none, relu, gelu or gelu_tanh"),
     ],
 )

@@ -150,7 +150,8 @@ Kernel* create(const OrtKernelInfo* info) {
   k->act = parse_activation(attr_string(info, "activation", "none"));
   if (dtype != "int8" && dtype != "fp32")
     throw std::invalid_argument("attribute 'dtype' must be int8 or fp32, got '" + dtype + "'");
-  if (format != "bsr") throw std::invalid_argument("attribute 'format' must be bsr, got '" + format + "'");
+  if (format != "bsr" && format != "dense")
+    throw std::invalid_argument("attribute 'format' must be bsr or dense, got '" + format + "'");
 
   int is_constant = 0;
   const OrtValue* wv = nullptr;
@@ -171,6 +172,9 @@ Kernel* create(const OrtKernelInfo* info) {
     throw std::invalid_argument("attributes N = " + std::to_string(n) + ", K = " + std::to_string(kk) +
                                 " do not match the packed weight (N = " + std::to_string(k->w.n) +
                                 ", K = " + std::to_string(k->w.k) + ")");
+  if (format != sparsecpu::format_name(k->w.format))
+    throw std::invalid_argument("attribute format = " + format + " does not match the packed weight (" +
+                                sparsecpu::format_name(k->w.format) + ")");
   if (dtype != sparsecpu::dtype_name(k->w.dtype))
     throw std::invalid_argument("attribute dtype = " + dtype + " does not match the packed weight (" +
                                 sparsecpu::dtype_name(k->w.dtype) + ")");

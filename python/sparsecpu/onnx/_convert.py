@@ -364,7 +364,10 @@ def convert(
             or ``"fp32"``.
         min_sparsity: layers whose fraction of all-zero 4x1 blocks is below this stay as they are
             (dense kernels in ONNX Runtime beat a sparse kernel on dense weights).
-        format: ``"auto"`` or ``"bsr"`` (the 4x1 block-sparse format; the only one so far).
+        format: passed to :func:`sparsecpu.pack` for every converted layer: ``"auto"`` (int8
+            weights at least ``sparsecpu.formats.AUTO_DENSE_DENSITY`` dense, which only a lowered
+            ``min_sparsity`` lets through, run the dense int8 GEMM; the others are block-sparse),
+            ``"bsr"`` (4x1 block-sparse) or ``"dense"`` (dense int8; int8 only).
         external_data: write tensors to ``<dst>.data`` beside ``dst``; default: when ``src`` had
             external data or the model would exceed protobuf's 2 GB limit.
         verbose: print the report.
@@ -377,8 +380,10 @@ def convert(
     onnx = _need_onnx()
     if dtype not in ("int8", "fp32"):
         raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
-    if format not in ("auto", "bsr"):
-        raise ValueError(f"format must be 'auto' or 'bsr', got {format!r}")
+    if format not in ("auto", "bsr", "dense"):
+        raise ValueError(f"format must be 'auto', 'bsr' or 'dense', got {format!r}")
+    if format == "dense" and dtype != "int8":
+        raise ValueError("format='dense' needs dtype='int8' (the dense kernel is int8)")
     if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
     src, dst = os.fspath(src), os.fspath(dst)
@@ -391,7 +396,7 @@ def convert(
     remove = set()  # ids of nodes folded into SparseLinear nodes
     new_nodes = {}  # id of the first node of a chain -> its SparseLinear node
     new_inits = []
-    packed_by_weight: Dict[str, str] = {}  # MatMul weight initializer -> its packed initializer
+    packed_by_weight: Dict[str, Tuple[str, str]] = {}  # MatMul weight initializer -> (packed initializer, format)
     touched = set()  # constants the removed nodes read
     used_names = set(g.inits) | set(g.producer) | {i.name for i in model.graph.input}
 
@@ -438,13 +443,14 @@ def convert(
             chain += nodes
 
         # MatMuls sharing a weight share its packed copy (a Gemm's alpha and transB make its own).
-        packed_name = packed_by_weight.get(node.input[1]) if node.op_type == "MatMul" else None
-        if packed_name is None:
-            packed_name = fresh(f"{node.input[1]}.sparsecpu_{dtype}")
-            buf = np.frombuffer(pack(w, dtype=dtype).to_bytes(), np.uint8)
-            new_inits.append(onnx.numpy_helper.from_array(buf, packed_name))
+        shared = packed_by_weight.get(node.input[1]) if node.op_type == "MatMul" else None
+        if shared is None:
+            packed = pack(w, dtype=dtype, format=format)
+            shared = (fresh(f"{node.input[1]}.sparsecpu_{dtype}"), packed.format)
+            new_inits.append(onnx.numpy_helper.from_array(np.frombuffer(packed.to_bytes(), np.uint8), shared[0]))
             if node.op_type == "MatMul":
-                packed_by_weight[node.input[1]] = packed_name
+                packed_by_weight[node.input[1]] = shared
+        packed_name, packed_format = shared
         inputs = [node.input[0], packed_name]
         if bias is not None:
             bias_name = fresh(f"{name}.sparsecpu_bias")
@@ -452,7 +458,7 @@ def convert(
             inputs.append(bias_name)
         new_nodes[id(node)] = onnx.helper.make_node(
             OP_TYPE, inputs, [y], name=node.name or fresh(name), domain=DOMAIN,
-            N=n, K=k, dtype=dtype, format="bsr", activation=act,
+            N=n, K=k, dtype=dtype, format=packed_format, activation=act,
         )
         for c in chain:
             remove.add(id(c))
@@ -460,7 +466,7 @@ def convert(
         rep.converted = True
         rep.fused = [c.name for c in chain[1:]]
         extras = (["bias"] if bias is not None else []) + ([act] if act != "none" else [])
-        rep.reason = f"{dtype}" + (" + " + " + ".join(extras) if extras else "")
+        rep.reason = f"{packed_format} {dtype}" + (" + " + " + ".join(extras) if extras else "")
 
     nodes = []
     for node in g.nodes:
