@@ -7,6 +7,7 @@ import importlib
 import json
 import platform
 import sys
+import textwrap
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import sparsecpu
@@ -116,7 +117,7 @@ def kernel_table(records: Sequence[Mapping[str, Any]], markdown: bool = False) -
     notes = [KERNEL_FOOTNOTE] + [f"not timed: {_LABEL[name]}: {why}" for name, why in skipped.items()]
     if markdown:
         return out + "\n\n" + "\n".join(f"- {note}" for note in notes)
-    return out + "\n" + "\n".join(notes)
+    return out + "\n" + "\n".join(textwrap.fill(note, 110, subsequent_indent="  ") for note in notes)
 
 
 def plot_speedups(records: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
