@@ -7,6 +7,7 @@ import importlib
 import json
 import platform
 import sys
+import textwrap
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import sparsecpu
@@ -21,8 +22,9 @@ KERNEL_FOOTNOTE = (
     "median and p10-p90 of the time per call over the interleaved repeats; GOP/s: operations performed "
     "(sparse: stored entries only) / median; dense-eq: 2*M*N*K / median; speedup: that baseline's median / "
     "sparsecpu's of the same dtype (> 1: sparsecpu faster). sparsecpu and torch qdynamic / ORT qdynamic "
-    "quantize x inside the call; torch._int_mm gets pre-quantized int8 x and returns raw int32."
+    "quantize x inside the call."
 )
+_INT_MM_NOTE = "torch._int_mm gets pre-quantized int8 x and returns raw int32."
 
 
 def _version(module: str) -> Optional[str]:
@@ -113,10 +115,11 @@ def kernel_table(records: Sequence[Mapping[str, Any]], markdown: bool = False) -
             rows.append(ident + [_LABEL[r["impl"]], r["format"], f"{r['median_s'] * 1e6:.1f}", spread,
                                  _num(r["gops_effective"], ".1f"), _num(r["gops_dense"], ".1f"), speedup])
     out = render_table(header, rows, markdown, left=(0, 4, 5))
-    notes = [KERNEL_FOOTNOTE] + [f"not timed: {_LABEL[name]}: {why}" for name, why in skipped.items()]
+    footnote = KERNEL_FOOTNOTE + (" " + _INT_MM_NOTE if any(r["impl"] == "torch_int_mm" for r in records) else "")
+    notes = [footnote] + [f"not timed: {_LABEL[name]}: {why}" for name, why in skipped.items()]
     if markdown:
         return out + "\n\n" + "\n".join(f"- {note}" for note in notes)
-    return out + "\n" + "\n".join(notes)
+    return out + "\n" + "\n".join(textwrap.fill(note, 110, subsequent_indent="  ") for note in notes)
 
 
 def plot_speedups(records: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
