@@ -16,7 +16,7 @@ Rows (each timed on the same inputs, interleaved round-robin):
 - ``ort_fp32``: the model exported with ``torch.onnx.export`` and run in ONNX Runtime.
 - ``ort_dynamic_int8``: that graph after ONNX Runtime's ``quantize_dynamic``.
 - ``sparsecpu_ort_fp32`` / ``sparsecpu_ort_int8``: ``sparsecpu.onnx.convert(src, dst, dtype=...)``
-  of that graph, run by ``sparsecpu.onnx.session(dst)``.
+  of that graph, run by ``sparsecpu.onnx.session(dst, threads)`` (its defaults: ORT spinning off).
 
 For a causal LM (GPT-2) the torch rows also time greedy ``generate()`` (KV cache on) and report
 tokens/s.
@@ -327,7 +327,7 @@ def _run(model_name, sparsity, seq, batch, threads, repeat, prompt, new_tokens, 
                     dst = os.path.join(tmp, f"model.sparsecpu.{dtype}.onnx")
                     with _ort.quiet():
                         sparsecpu.onnx.convert(fp32_path, dst, dtype=dtype)
-                    fns[name] = _ort_runner(sparsecpu.onnx.session(dst), ids, mask)
+                    fns[name] = _ort_runner(sparsecpu.onnx.session(dst, threads), ids, mask)
 
                 attempt(name, converted)
 
