@@ -69,11 +69,12 @@ def _run_kernels(args: argparse.Namespace, shapes, ms, sparsities, dtypes, basel
 def _cmd_demo(args: argparse.Namespace) -> int:
     if not _have_torch("demo"):
         return 2
-    from sparsecpu.bench import BERT_BASE_SHAPES, DEFAULT_BASELINES
+    from sparsecpu.bench import BASELINES, BERT_BASE_SHAPES
 
     print("sparsecpu demo: BERT-base linear layers (N x K = 768x768, 3072x768, 768x3072), M = 128 tokens,")
-    print("random weights pruned to 90% in 4x1 blocks; sparsecpu.linear vs PyTorch's and ONNX Runtime's kernels.")
-    _run_kernels(args, BERT_BASE_SHAPES, [128], [0.9], ["int8", "fp32"], DEFAULT_BASELINES)
+    print("random weights pruned to 90% in 4x1 blocks; sparsecpu.linear vs PyTorch's (F.linear, torch._int_mm,")
+    print("quantize_dynamic, CSR) and, where installed, ONNX Runtime's kernels.")
+    _run_kernels(args, BERT_BASE_SHAPES, [128], [0.9], ["int8", "fp32"], BASELINES)
     return 0
 
 
@@ -271,9 +272,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "demo",
         help="time BERT-base-sized layers pruned to 90%% against torch and ONNX Runtime kernels (needs torch)",
         description="Packs random BERT-base-sized weights (768x768, 3072x768, 768x3072) pruned to 90% in 4x1 "
-        "blocks and prints the median time of sparsecpu.linear (int8, fp32) beside the default baselines of "
-        "'sparsecpu bench kernels' (torch F.linear, quantize_dynamic, CSR; ONNX Runtime fp32 and int8 when "
-        "installed) for M = 128, with speedups. Needs torch.",
+        "blocks and prints the median time of sparsecpu.linear (int8, fp32) beside every baseline of "
+        "'sparsecpu bench kernels' (torch F.linear, torch._int_mm, quantize_dynamic, CSR; ONNX Runtime fp32 "
+        "and int8 when installed) for M = 128, with speedups. Needs torch.",
     )
     _add_timing_args(p)
     p.set_defaults(fn=_cmd_demo)
