@@ -20,37 +20,17 @@ SEQ = 16
 VOCAB = 96
 
 
-def prune_4x1_(weight, sparsity: float) -> None:
-    """Zeroes the ``sparsity`` fraction of 4x1 blocks (4 output rows x 1 input column) of an
-    ``N x K`` weight with the smallest L2 norm, in place."""
-    n, k = weight.shape
-    g = (n + 3) // 4
-    padded = torch.zeros(g * 4, k)
-    padded[:n] = weight
-    norms = padded.reshape(g, 4, k).norm(dim=1)
-    drop = norms.flatten().argsort()[: int(sparsity * norms.numel())]
-    keep = torch.ones(g * k, dtype=torch.bool)
-    keep[drop] = False
-    weight.mul_(keep.reshape(g, 1, k).expand(g, 4, k).reshape(g * 4, k)[:n])
-
-
 def prune_model_(model, sparsity: float) -> int:
     """Prunes every nn.Linear (N x K) and GPT-2 Conv1D (K x N: pruned on its transpose) except the
     tied LM head and BERT's pooler (not part of the exported output); gives every bias random values (fresh models have zero biases, which would leave
     the bias path untested). Returns how many weights were pruned."""
-    count = 0
+    masks = sparsecpu.prune(model, sparsity=sparsity, scope="layer", skip=("lm_head", "*pooler*"))
     with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Linear) and "lm_head" not in name and "pooler" not in name:
-                prune_4x1_(mod.weight, sparsity)
-            elif type(mod).__name__ == "Conv1D":
-                prune_4x1_(mod.weight.T, sparsity)
-            else:
-                continue
-            count += 1
-            if mod.bias is not None:
-                mod.bias.normal_(0.0, 0.5)
-    return count
+        for name in masks:
+            bias = model.get_submodule(name).bias
+            if bias is not None:
+                bias.normal_(0.0, 0.5)
+    return len(masks)
 
 
 class _Logits(torch.nn.Module):

@@ -110,36 +110,15 @@ def load_model(model: str, seed: int = 0) -> Tuple[nn.Module, Any, bool]:
     return module.eval(), config, causal
 
 
-def _prune_rows_(w: torch.Tensor, sparsity: float) -> None:
-    """Zeroes the ``round(sparsity * blocks)`` 4x1 blocks (4 rows x 1 column) of ``w [N, K]`` with the
-    smallest L2 norm, in place (``w`` may be a view)."""
-    n, k = w.shape
-    groups = (n + 3) // 4
-    padded = w.new_zeros(groups * 4, k)
-    padded[:n] = w
-    norms = padded.view(groups, 4, k).pow(2).sum(dim=1).flatten()
-    keep = torch.ones_like(norms, dtype=torch.bool)
-    keep[torch.argsort(norms, stable=True)[: round(sparsity * norms.numel())]] = False
-    w.mul_(keep.view(groups, k).repeat_interleave(4, dim=0)[:n])
-
-
 def prune_4x1_(model: nn.Module, sparsity: float) -> int:
     """Prunes every ``nn.Linear`` and ``Conv1D`` of ``model`` whose weight is not shared with an
-    embedding (a tied LM head stays dense) to ``sparsity`` zero 4x1 blocks, in place; returns how many
-    layers it pruned."""
-    from transformers.pytorch_utils import Conv1D
-
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    tied = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
-    count = 0
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Linear, Conv1D)) and m.weight.data_ptr() not in tied:
-                # Conv1D stores its weight K x N: its 4x1 blocks are 4 adjacent columns.
-                _prune_rows_(m.weight.t() if isinstance(m, Conv1D) else m.weight, sparsity)
-                count += 1
-    return count
+    embedding (a tied LM head stays dense) to ``sparsity`` zero 4x1 blocks, per layer, in place
+    (:func:`sparsecpu.prune`); returns how many layers it pruned."""
+    embeddings = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    tied = tuple(name for name, m in model.named_modules()
+                 if name and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.data_ptr() in embeddings
+                 and not isinstance(m, nn.Embedding))
+    return len(sparsecpu.prune(model, sparsity=sparsity, block=(4, 1), scope="layer", skip=tied))
 
 
 def _conv1d_as_linear_(model: nn.Module) -> None:
