@@ -30,12 +30,16 @@ def missing() -> Optional[str]:
 
 def session(model: Any, threads: int) -> Any:
     """An ``onnxruntime.InferenceSession`` of ``model`` (a path or serialized bytes) on the CPU with
-    ``threads`` intra-op threads and sequential execution."""
+    ``threads`` intra-op threads that do not spin, and sequential execution."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Spinning intra-op threads keep busy-waiting after a run and take the cores from whatever the
+    # interleaved benchmark times next (measured: sparsecpu and F.linear both ~2x slower beside a
+    # spinning ORT session); off, as in sparsecpu.onnx.session.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: the benchmark prints its own notes
