@@ -181,6 +181,16 @@ def block_mask(rng: np.random.Generator, n: int, k: int, density: float, *, hole
     return mask
 
 
+def kept_blocks(w) -> np.ndarray:
+    """Per 4x1 block (4 rows x 1 column) of an ``N x K`` weight (numpy or torch): whether any entry is
+    nonzero; ``[ceil(N/4), K]`` bool."""
+    w = np.asarray(w)
+    n, k = w.shape
+    pad = np.zeros((groups_of(n) * 4, k), w.dtype)
+    pad[:n] = w
+    return (pad.reshape(-1, 4, k) != 0).any(axis=1)
+
+
 def expand_mask(mask: np.ndarray, n: int) -> np.ndarray:
     """Block mask (groups x K) -> element mask (N x K)."""
     return np.repeat(mask, 4, axis=0)[:n]
@@ -481,6 +491,20 @@ class Buffer:
 
     def tobytes(self) -> bytes:
         return bytes(self.data)
+
+
+def header_edit(name: str, value):
+    """An edit of a ``Buffer``: set header field ``name``."""
+    return lambda b: b.set_header(name, value)
+
+
+def array_edit(attr: str, index: int, value):
+    """An edit of a ``Buffer``: set element ``index`` of its section ``attr``."""
+
+    def f(b):
+        getattr(b, attr)[index] = value
+
+    return f
 
 
 def value_index(block: int, channel: int) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+import _util
+
 torch = pytest.importorskip("torch")
 
 import sparsecpu  # noqa: E402
@@ -18,11 +20,7 @@ HAVE_ORT = _ort.missing() is None
 
 
 def _blocks(w: torch.Tensor) -> torch.Tensor:
-    """Per 4x1 block (4 rows x 1 column): whether any entry is nonzero; ``[ceil(N/4), K]``."""
-    n, k = w.shape
-    pad = torch.zeros(((n + 3) // 4) * 4, k)
-    pad[:n] = w
-    return (pad.view(-1, 4, k) != 0).any(dim=1)
+    return torch.from_numpy(_util.kept_blocks(w))
 
 
 @pytest.mark.parametrize("n,k,sparsity", [(8, 16, 0.5), (7, 9, 0.9), (12, 5, 0.0), (4, 3, 1.0)])

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+import _util
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -18,11 +20,7 @@ HAVE_ORT = _ort.missing() is None
 
 
 def _blocks(w: torch.Tensor) -> torch.Tensor:
-    """Per 4x1 block (4 rows x 1 column): whether any entry is nonzero; ``[ceil(N/4), K]``."""
-    n, k = w.shape
-    pad = torch.zeros(((n + 3) // 4) * 4, k)
-    pad[:n] = w
-    return (pad.view(-1, 4, k) != 0).any(dim=1)
+    return torch.from_numpy(_util.kept_blocks(w))
 
 
 def _tiny(kind: str, path):

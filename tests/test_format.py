@@ -308,15 +308,8 @@ def _zero_block(b: _util.Buffer, blk: int) -> None:
         b.values[_util.value_index(blk, c)] = 0
 
 
-def _set(name, value):
-    return lambda b: b.set_header(name, value)
-
-
-def _arr(attr, index, value):
-    def f(b):
-        getattr(b, attr)[index] = value
-
-    return f
+_set = _util.header_edit
+_arr = _util.array_edit
 
 
 # (id, dtypes, edit of a _util.Buffer copy of the known weight's buffer, or a function of the raw

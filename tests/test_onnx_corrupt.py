@@ -38,15 +38,8 @@ def edited(dtype: str, edit) -> bytes:
     return b.tobytes()
 
 
-def _set(name, value):
-    return lambda b: b.set_header(name, value)
-
-
-def _arr(attr, index, value):
-    def f(b):
-        getattr(b, attr)[index] = value
-
-    return f
+_set = _util.header_edit
+_arr = _util.array_edit
 
 
 # (id, packed bytes of a dtype, message regex)
