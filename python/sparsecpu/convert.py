@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .formats import AUTO_DENSE_DENSITY, pack
-from .nn import SparseLinear, pack_kwargs
+from .nn import SparseLinear
 
 __all__ = ["sparsify", "SparsifyReport", "LayerReport", "DEFAULT_MIN_SPARSITY"]
 
@@ -225,7 +225,7 @@ def sparsify(
             if fused is not None:
                 reason += f"; {fused[2]} fused"
             fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
-            packed = pack(weight, dtype=dtype, **pack_kwargs(fmt, outlier_threshold))
+            packed = pack(weight, dtype=dtype, format=fmt, outlier_threshold=outlier_threshold)
             replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused))
         rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
     for name, new, fused in replace:

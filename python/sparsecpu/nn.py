@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -18,20 +18,6 @@ from .formats import PackedWeight, pack
 __all__ = ["SparseLinear"]
 
 _ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
-
-
-def pack_kwargs(format: str, outlier_threshold: Optional[float]) -> Dict[str, Any]:
-    """The keyword arguments for :func:`sparsecpu.pack` that differ from its defaults.
-
-    ``format="auto"`` and ``outlier_threshold=None`` are pack's own defaults (``"auto"`` lets pack
-    choose the storage per weight), so they are left out and pack's behaviour applies.
-    """
-    kwargs: Dict[str, Any] = {}
-    if format != "auto":
-        kwargs["format"] = format
-    if outlier_threshold is not None:
-        kwargs["outlier_threshold"] = outlier_threshold
-    return kwargs
 
 
 def _bytes_tensor(weight: PackedWeight) -> torch.Tensor:
@@ -96,13 +82,13 @@ class SparseLinear(nn.Module):
         Args:
             linear: the layer to replace (left unchanged).
             dtype: ``"int8"`` (dynamic u8 activations x symmetric per-channel s8 weights) or ``"fp32"``.
-            format: storage passed to :func:`sparsecpu.pack` (``"auto"``: pack's default).
-            outlier_threshold: passed to :func:`sparsecpu.pack` when given.
+            format: storage passed to :func:`sparsecpu.pack` (``"auto"``: dense int8 or block-sparse by density).
+            outlier_threshold: passed to :func:`sparsecpu.pack` (None: off).
             activation: optional activation fused after the bias.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        packed = pack(linear.weight.detach(), dtype=dtype, **pack_kwargs(format, outlier_threshold))
+        packed = pack(linear.weight.detach(), dtype=dtype, format=format, outlier_threshold=outlier_threshold)
         return cls(packed, linear.bias, activation)
 
     @classmethod
@@ -122,7 +108,7 @@ class SparseLinear(nn.Module):
         weight = getattr(conv1d, "weight", None)
         if not (isinstance(weight, torch.Tensor) and weight.dim() == 2 and getattr(conv1d, "nf", None) == weight.shape[1]):
             raise TypeError(f"from_conv1d needs a transformers Conv1D (weight in x out, nf = out), got {type(conv1d).__name__}")
-        packed = pack(weight.detach().t(), dtype=dtype, **pack_kwargs(format, outlier_threshold))
+        packed = pack(weight.detach().t(), dtype=dtype, format=format, outlier_threshold=outlier_threshold)
         return cls(packed, conv1d.bias, activation)
 
     @property
