@@ -99,6 +99,15 @@ bool has_outliers(const float* absmax, int64_t M, float threshold) {
   return any;
 }
 
+// The bias zero-padded to the kernel's channel tiles (scratch slot 0), or null without one.
+const float* padded_bias(Scratch& s, const LinearArgs& a, int64_t padded) {
+  if (!a.bias) return nullptr;
+  float* bias = s.get<float>(0, padded);
+  std::fill(bias, bias + padded, 0.0f);
+  std::copy(a.bias, a.bias + a.w.n, bias);
+  return bias;
+}
+
 // The pool the call splits its work over: the caller's (ONNX Runtime's intra-op pool) or sparsecpu's own.
 ParallelFor parallel_of(const LinearArgs& a) {
   if (a.parallel) return *a.parallel;
@@ -151,12 +160,7 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
   // 10-20% faster from 196 KB of rows up, slightly slower below.
   constexpr uint64_t kPrefetchFromBytes = uint64_t(128) << 10;
   p.prefetch = w.k * kRowAlign * (int8 ? 1 : 4) >= kPrefetchFromBytes ? 16 : 0;
-  if (a.bias) {
-    float* bias = s.get<float>(0, 4 * G);
-    std::fill(bias, bias + 4 * G, 0.0f);
-    std::copy(a.bias, a.bias + w.n, bias);
-    p.bias = bias;
-  }
+  p.bias = padded_bias(s, a, 4 * G);
 
   // Work is split one of two ways.
   //  - By rows, when x has at least as many 64-row units as there are threads: a task quantizes
@@ -269,12 +273,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   p.N = N;
   p.act = a.act;
   p.raw_s32 = a.raw_s32;
-  if (a.bias) {
-    float* bias = s.get<float>(0, padded);
-    std::fill(bias, bias + padded, 0.0f);
-    std::copy(a.bias, a.bias + N, bias);
-    p.bias = bias;
-  }
+  p.bias = padded_bias(s, a, padded);
   // Multiply-adds below which waking a worker costs more than it saves.
   constexpr uint64_t kMinParallelMacs = uint64_t(1) << 16;
   const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
