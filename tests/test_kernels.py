@@ -344,6 +344,27 @@ def test_int8_largest_k_s32_does_not_overflow():
         np.testing.assert_allclose(y[0, 1], -0.75 * k - 1.0 + 2.0 / 7, rtol=1e-5, err_msg=level)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("m", [3, 40])
+def test_gelu_far_from_zero(activation, m):
+    """Pre-activations far out on both sides (|v| up to 60): where exp underflows and erf or tanh is
+    +-1 in float32. Results stay finite and accurate (the epilogue clamps before exp, so nothing
+    goes through denormals or 0 * inf)."""
+    n = 64
+    w = np.zeros((n, 4), np.float32)
+    w[:, 0] = 1.0  # v[m, c] = x[m, 0] + bias[c], exact in float32
+    rows = np.linspace(-30.0, 30.0, m, dtype=np.float32)
+    x = np.zeros((m, 4), np.float32)
+    x[:, 0] = rows
+    bias = np.linspace(-30.0, 30.0, n, dtype=np.float32)
+    v = rows.astype(np.float64)[:, None] + bias.astype(np.float64)[None, :]
+    expected = _util.activation_f64(v, activation)
+    packed = sparsecpu.pack(w, dtype="fp32")
+    for level, (y, _) in _levels_outputs(x, packed, bias, activation).items():
+        assert np.isfinite(y).all(), level
+        np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-6, err_msg=level)
+
+
 def test_int8_k_over_limit_rejected():
     with pytest.raises(ValueError, match="65535"):
         sparsecpu.pack(np.ones((4, K_MAX_INT8 + 1), np.float32), dtype="int8")
