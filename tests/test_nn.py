@@ -231,6 +231,21 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.sparsecpu.linear.default, (x, layer.packed, bias, 24, act))
 
 
+@pytest.mark.parametrize("lead", [(), (3,), (2, 5), (4, 1, 2)])
+@pytest.mark.parametrize("dtype", ["int8", "fp32"])
+def test_eager_fast_path_equals_the_op(lead, dtype):
+    """Eager calls on plain tensors skip the dispatcher: same bits as torch.ops.sparsecpu.linear,
+    also for a non-contiguous input."""
+    lin = _pruned_linear(11, 40, 24, 0.4)
+    layer = SparseLinear.from_linear(lin, dtype=dtype, activation="gelu")
+    x = torch.randn(*lead, 48)[..., ::2]
+    with torch.no_grad():
+        y = layer(x)
+        ref = torch.ops.sparsecpu.linear(x.contiguous(), layer.packed, layer.bias, 40, "gelu")
+    assert y.shape == (*lead, 40)
+    assert torch.equal(y, ref)
+
+
 def test_torch_export_keeps_one_node_per_layer():
     m = _model(8, 0.4)
     x = torch.randn(4, 32)

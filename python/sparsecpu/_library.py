@@ -15,13 +15,14 @@ from __future__ import annotations
 import weakref
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from . import ops
+from . import _C, ops
 from .formats import PackedWeight
 
-__all__ = ["linear", "packed_weight", "remember"]
+__all__ = ["linear", "packed_weight", "remember", "run"]
 
 _ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
 
@@ -70,15 +71,34 @@ def remember(buf: torch.Tensor, weight: PackedWeight) -> None:
 
 def packed_weight(buf: torch.Tensor) -> PackedWeight:
     """The validated :class:`PackedWeight` held in ``buf``; raises ``ValueError`` for corrupted bytes."""
+    if isinstance(buf, torch.Tensor):
+        # The remembered weight, if these bytes are the ones validated: same storage, size and version.
+        entry = _validated.get(buf.data_ptr())
+        if entry is not None:
+            owner = entry.tensor()
+            if owner is not None and owner.numel() == buf.numel() and owner._version == entry.version:
+                return entry.weight
     _check_buffer(buf)
-    entry = _validated.get(buf.data_ptr())
-    if entry is not None:
-        owner = entry.tensor()
-        if owner is not None and owner.numel() == buf.numel() and owner._version == entry.version:
-            return entry.weight
     weight = PackedWeight(buf.numpy())
     remember(buf, weight)
     return weight
+
+
+_ACTIVATION_CODES = {name: code for code, name in enumerate(_ACTIVATIONS)}
+
+
+def run(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    """The op's computation on a float32 CPU tensor ``x [..., K]`` with no grad to keep: the kernel
+    straight on the tensors' memory, without :func:`sparsecpu.linear`'s conversions of arbitrary
+    inputs (a decode step calls it about 50 times per token, so microseconds count)."""
+    xn = x.numpy()
+    x2 = xn.reshape(-1, xn.shape[-1])
+    if not x2.flags.c_contiguous:
+        x2 = np.ascontiguousarray(x2)
+    n = weight.shape[0]
+    out, out_t = ops._output(x2.shape[0], n, torch)
+    _C.linear(x2, weight.buffer, None if bias is None else bias.numpy(), _ACTIVATION_CODES[activation], out, False)
+    return out_t if xn.ndim == 2 else out_t.view(*xn.shape[:-1], n)
 
 
 @torch.library.custom_op("sparsecpu::linear", mutates_args=())
@@ -93,7 +113,14 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], 
         raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
-    return ops.linear(x, weight, bias, None if activation == "none" else activation)
+    if x.dtype != torch.float32 or x.requires_grad or (bias is not None and (bias.dtype != torch.float32 or bias.requires_grad)):
+        # Other dtypes and grad-carrying inputs: sparsecpu.linear raises the error that fits.
+        return ops.linear(x, weight, bias, None if activation == "none" else activation)
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+    return run(x, weight, None if bias is None else bias.contiguous(), activation)
 
 
 @linear.register_fake

@@ -28,6 +28,21 @@ def _empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
+def _output(rows: int, n: int, torch: Any, raw_s32: bool = False):
+    """``(numpy array, torch view of it or None)``: the uninitialized ``[rows, n]`` output."""
+    shape, out_dtype = (rows, n), np.int32 if raw_s32 else np.float32
+    if rows * n <= _SMALL_OUT:
+        # Decode-sized outputs: alignment does not matter, and these are the cheapest allocations
+        # (a few microseconds count at M = 1).
+        out = np.empty(shape, out_dtype)
+        return out, torch.from_numpy(out) if torch is not None else None
+    if torch is not None:
+        # torch's CPU allocator already aligns to 64 bytes.
+        out_t = torch.empty(shape, dtype=torch.int32 if raw_s32 else torch.float32)
+        return out_t.numpy(), out_t
+    return _empty_aligned(shape, out_dtype), None
+
+
 def _as_input(x: Any):
     """``(float32 numpy view of x, torch module or None)`` with the common case checked cheaply."""
     torch = sys.modules.get("torch")
@@ -71,18 +86,7 @@ def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
         b = np.ascontiguousarray(b)
-    shape, out_dtype = (x2.shape[0], n), np.int32 if raw_s32 else np.float32
-    if x2.shape[0] * n <= _SMALL_OUT:
-        # Decode-sized outputs: alignment does not matter, and these are the cheapest allocations
-        # (a few microseconds count at M = 1).
-        out = np.empty(shape, out_dtype)
-        out_t = torch.from_numpy(out) if torch is not None else None
-    elif torch is not None:
-        # torch's CPU allocator already aligns to 64 bytes.
-        out_t = torch.empty(shape, dtype=torch.int32 if raw_s32 else torch.float32)
-        out = out_t.numpy()
-    else:
-        out = _empty_aligned(shape, out_dtype)
+    out, out_t = _output(x2.shape[0], n, torch, raw_s32)
     _C.linear(x2, packed.buffer, b, act, out.view(np.float32) if raw_s32 else out, raw_s32)
     if torch is not None:
         return out_t if len(lead) == 1 else out_t.reshape(*lead, n)
