@@ -132,14 +132,16 @@ def main(argv=None):
             x = torch.randn(1, k, generator=g)
             pd = sparsecpu.pack(w, dtype="int8", format="dense")
             ps = sparsecpu.pack(ws, dtype="int8", format="bsr")
+            pf = sparsecpu.pack(ws, dtype="fp32")
             dq = dynamic_linear(w)
             case(f"skinny M=1 {n}x{k}", {
                 "sparsecpu_dense_int8": lambda: sparsecpu.linear(x, pd),
                 "sparsecpu_bsr90_int8": lambda: sparsecpu.linear(x, ps),
+                "sparsecpu_bsr90_fp32": lambda: sparsecpu.linear(x, pf),
                 "F.linear_fp32": lambda: F.linear(x, w),
                 "quantize_dynamic": lambda: dq(x),
             }, a.repeat, rows, {"sparsecpu_dense_int8": weight_bytes(pd), "sparsecpu_bsr90_int8": weight_bytes(ps),
-                                "F.linear_fp32": 4 * n * k})
+                                "sparsecpu_bsr90_fp32": weight_bytes(pf), "F.linear_fp32": 4 * n * k})
         # Outlier check, none present (|x| <= 5 < 6).
         for label, w, m, fmt in (("dense M=128 768x768", torch.randn(768, 768, generator=g), 128, "dense"),
                                  ("bsr90 M=128 3072x768", pruned_weight(3072, 768, 0.9, seed=2), 128, "bsr"),

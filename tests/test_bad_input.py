@@ -286,9 +286,13 @@ def test_leading_dims_and_1d(packed):
     y = sparsecpu.linear(x.reshape(2, 3, 4, K), packed)
     assert y.shape == (2, 3, 4, N) and (y.reshape(24, N) == flat).all()
     v = sparsecpu.linear(x[5], packed)
-    assert v.shape == (N,) and (v == flat[5]).all()
     t = sparsecpu.linear(torch.from_numpy(x[5]), packed)
-    assert tuple(t.shape) == (N,) and (t.numpy() == flat[5]).all()
+    assert v.shape == (N,) and tuple(t.shape) == (N,) and (t.numpy() == v).all()
+    if packed.dtype == "int8":
+        assert (v == flat[5]).all()  # exact s32 in both kernels, same epilogue
+    else:
+        # One row takes the skinny kernel, 24 the SpMM tile: fp32 sums in another order.
+        np.testing.assert_allclose(v, flat[5], rtol=1e-5, atol=1e-5 * np.abs(flat).max())
 
 
 def test_output_is_fresh_and_writable(packed):

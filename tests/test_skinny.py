@@ -1,6 +1,6 @@
-"""Skinny M (M <= 8, decoding): the int8 BSR kernel vectorized over output channels.
+"""Skinny M (M <= 8, decoding): the int8 and fp32 BSR kernels vectorized over output channels.
 
-Every level vs numpy (s32 bit-exact), shapes around the 4-channel groups, pairs of groups and odd
+Every level vs numpy (int8: s32 bit-exact; fp32: within float32 rounding), shapes around the 4-channel groups, pairs of groups and odd
 chunk ends, empty groups; the skinny kernel and the SpMM tile kernel agree bit for bit on the rows
 they share; the kernel switch happens at M = 8 / 9.
 """
@@ -25,6 +25,7 @@ PARAMS = {
     "density": [0.05, 0.3, 1.0],
     "activation": [None, "relu", "gelu", "gelu_tanh"],
     "layout": list(_util.LAYOUTS),
+    "dtype": ["int8", "fp32"],
 }
 
 
@@ -36,7 +37,7 @@ CASES = _util.pairwise(PARAMS, seed=SEED, feasible=_util.completable(PARAMS, ["M
 
 
 def _id(c) -> str:
-    return f"M{c['M']}-N{c['N']}-K{c['K']}-d{c['density']:g}-{c['activation'] or 'noact'}-{c['layout']}"
+    return f"M{c['M']}-N{c['N']}-K{c['K']}-d{c['density']:g}-{c['activation'] or 'noact'}-{c['layout']}-{c['dtype']}"
 
 
 def test_pairwise_cases_cover_every_pair():
@@ -51,19 +52,24 @@ def test_skinny_every_level(index):
     w, _ = _util.pruned_weight(rng, c["N"], c["K"], c["density"])
     x = rng.standard_normal((c["M"], c["K"])).astype(np.float32)
     bias = (rng.standard_normal(c["N"]) + 0.5).astype(np.float32)  # empty groups give bias-only outputs
-    packed = sparsecpu.pack(w, dtype="int8", format="bsr")
-    ex = _util.int8_expected(x, w, bias, c["activation"])
+    packed = sparsecpu.pack(w, dtype=c["dtype"], format="bsr")
     xl = _util.in_layout(x, c["layout"])
+    if c["dtype"] == "fp32":
+        pre, expected, absprod = _util.fp32_expected(x, packed.to_dense(), bias, c["activation"])
+        tol = 8 * E * np.sqrt(c["K"]) * (absprod + np.abs(bias.astype(np.float64))[None, :]) + 1e-30
+    else:
+        ex = _util.int8_expected(x, w, bias, c["activation"])
+        pre, expected, tol = ex.pre, ex.y, 8 * E * ex.mag + 1e-30
     for level in LEVELS:
         with testing.isa(level):
             assert "skinny" in testing.kernel_for(packed, c["M"])
             y = sparsecpu.linear(xl, packed, bias=_util.bias_in_layout(bias, c["layout"]), activation=c["activation"])
-            s32 = testing.spmm_s32(xl, packed)
+            if c["dtype"] == "int8":
+                s32 = _util.out_as_2d(testing.spmm_s32(xl, packed), c["layout"], c["M"], c["N"], np.int32)
+                np.testing.assert_array_equal(s32.astype(np.int64), ex.acc, err_msg=f"s32 at {level}")
         y = _util.out_as_2d(y, c["layout"], c["M"], c["N"])
-        s32 = _util.out_as_2d(s32, c["layout"], c["M"], c["N"], np.int32)
-        np.testing.assert_array_equal(s32.astype(np.int64), ex.acc, err_msg=f"s32 at {level}")
-        _util.assert_within(y, ex.y, 8 * E * ex.mag + 1e-30, f"{level} vs numpy int8 mirror")
-    _util.assert_informative(ex.pre, ex.pre, None, _id(c))
+        _util.assert_within(y, expected, tol, f"{level} vs numpy ({c['dtype']})")
+    _util.assert_informative(pre, pre, None, _id(c))
 
 
 @pytest.mark.parametrize("m", [1, 2, 5, 8])
@@ -91,7 +97,43 @@ def test_kernel_switch_at_m_8():
         with testing.isa(level):
             assert [("skinny" in testing.kernel_for(p, m)) for m in (0, 1, 8, 9, 128)] == [True, True, True, False, False]
             assert testing.kernel_for(sparsecpu.pack(w, format="dense"), 1).startswith("gemm_s8")
-            assert testing.kernel_for(sparsecpu.pack(w, dtype="fp32"), 1).startswith("spmm_4x1_f32")
+            fp32 = sparsecpu.pack(w, dtype="fp32")
+            assert [testing.kernel_for(fp32, m).startswith("spmm_4x1_f32_skinny") for m in (1, 8, 9)] == [True, True, False]
+
+
+@pytest.mark.parametrize("n", [4, 8, 12, 20, 28])
+def test_skinny_fp32_group_pairs_and_chunk_ends(n, num_threads):
+    """The fp32 kernel's group pairs and chunk ends: right, and bit-identical across thread counts."""
+    rng = np.random.default_rng([SEED, 300, n])
+    k = 12000
+    w, _ = _util.pruned_weight(rng, n, k, 1.0)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    packed = sparsecpu.pack(w, dtype="fp32")
+    _, expected, absprod = _util.fp32_expected(x, packed.to_dense(), bias, "gelu")
+    outs = []
+    for threads in (1, 2):
+        num_threads(threads)
+        for level in LEVELS:
+            with testing.isa(level):
+                y = sparsecpu.linear(x, packed, bias=bias, activation="gelu")
+            _util.assert_within(y, expected, 8 * E * np.sqrt(k) * (absprod + 1.0) + 1e-30, f"{level}, {threads} threads")
+            outs.append((level, y.tobytes()))
+    for level in LEVELS:
+        assert len({b for lv, b in outs if lv == level}) == 1
+
+
+def test_skinny_fp32_rejects_nan_and_inf_anywhere():
+    """x is checked whole, not only at the columns the weight reads."""
+    w = np.zeros((4, 64), np.float32)
+    w[:, 3] = 1.0
+    packed = sparsecpu.pack(w, dtype="fp32")
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones((3, 64), np.float32)
+        x[2, 50] = bad  # a column no block reads
+        for level in LEVELS:
+            with testing.isa(level), pytest.raises(ValueError, match="NaN or Inf"):
+                sparsecpu.linear(x, packed)
 
 
 @pytest.mark.parametrize("n", [4, 8, 12, 20, 28])

@@ -34,11 +34,13 @@ struct SpmmParams {
 // Computes output channels of groups [g0, g1) for rows [m0, m0 + mr) (stores only rows < M).
 using SpmmFn = void (*)(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0);
 
-// Kernels that read the activations row-major (dense GEMM, skinny-M SpMM): u8 x [M][ldx], ldx a
-// multiple of 4 whose columns >= K are zero; per-row quantization parameters in row order.
+// Kernels that read the activations row-major (dense GEMM, skinny-M SpMM). int8: u8 x [M][ldx], ldx
+// a multiple of 4 whose columns >= K are zero; per-row quantization parameters in row order.
+// fp32 (skinny SpMM): x itself, [M][ldx] with ldx >= K; xq and the quantization parameters unused.
 struct RowParams {
   PackedView w;
   const uint8_t* xq;
+  const float* xf;
   int64_t ldx;
   const float* x_scale;    // [M]
   const int32_t* x_zp;     // [M]
@@ -51,7 +53,7 @@ struct RowParams {
 };
 
 // Dense GEMM: channel panels [c0, c1) (16 channels each) for rows [m0, m1).
-// Skinny SpMM: channel groups [c0, c1) (4 channels each) for rows [m0, m1), m1 - m0 <= 8.
+// Skinny SpMM (int8 and fp32): channel groups [c0, c1) (4 channels each) for rows [m0, m1), m1 - m0 <= 8.
 using RowFn = void (*)(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1);
 
 // Dynamic per-row asymmetric u8 quantization, written K-major: rows [m0, m1) of x [M][K]
@@ -84,9 +86,11 @@ enum class Op : int {
   spmm_s8_skinny = 5,
   quant_u8_rows = 6,
   add_act_f32 = 7,
+  spmm_f32_skinny = 8,
 };
 constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      Op::transpose_f32,
-                          Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32};
+                          Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32,
+                          Op::spmm_f32_skinny};
 
 struct KernelEntry {
   Op op;

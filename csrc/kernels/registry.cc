@@ -43,6 +43,7 @@ const char* op_name(Op op) {
     case Op::spmm_s8_skinny: return "spmm_s8_skinny";
     case Op::quant_u8_rows: return "quant_u8_rows";
     case Op::add_act_f32: return "add_act_f32";
+    case Op::spmm_f32_skinny: return "spmm_f32_skinny";
   }
   return "unknown";
 }

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -108,10 +109,40 @@ const float* padded_bias(Scratch& s, const LinearArgs& a, int64_t padded) {
   return bias;
 }
 
+// Multiply-adds below which waking a worker costs more than it saves (the channel-vectorized kernels).
+constexpr uint64_t kMinParallelMacs = uint64_t(1) << 16;
+
+// Whether x[0..n) holds no NaN or Inf (exponent bits all ones), in integer ops that vectorize.
+bool all_finite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= (bits & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad == 0;
+}
+
 // The pool the call splits its work over: the caller's (ONNX Runtime's intra-op pool) or sparsecpu's own.
 ParallelFor parallel_of(const LinearArgs& a) {
   if (a.parallel) return *a.parallel;
   return {[](int n, const std::function<void(int)>& fn) { pool().run(n, fn); }, pool().size()};
+}
+
+// Runs fn(c0, c1) over channel tiles [0, tiles) split in chunks, two per thread (a thread that loses
+// its core for a while leaves work to the others): equal nonzeros for a block-sparse weight (tiles
+// are groups), equal tiles for a dense one (tiles are panels).
+template <class Fn>
+void over_channel_chunks(const ParallelFor& tp, int threads, const PackedView& w, int64_t tiles, Fn fn) {
+  const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads > 1 ? 2 * threads : 1, tiles)));
+  std::vector<int64_t> bounds(chunks + 1);
+  if (w.format == Format::dense) {
+    for (int c = 0; c <= chunks; ++c) bounds[c] = tiles * c / chunks;
+  } else {
+    bounds = balanced_chunks(w, chunks);
+  }
+  if (chunks == 1) fn(bounds[0], bounds[1]);
+  else tp.run(chunks, [&](int t) { fn(bounds[t], bounds[t + 1]); });
 }
 
 }  // namespace
@@ -274,8 +305,6 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   p.act = a.act;
   p.raw_s32 = a.raw_s32;
   p.bias = padded_bias(s, a, padded);
-  // Multiply-adds below which waking a worker costs more than it saves.
-  constexpr uint64_t kMinParallelMacs = uint64_t(1) << 16;
   const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
   const int threads = macs < kMinParallelMacs ? 1 : tp.threads;
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
@@ -307,24 +336,40 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   }
   if (check_outliers && has_outliers(absmax, M, w.outlier_threshold)) return false;
   if (by_rows) return true;
-  // Few rows: split the channels, two chunks per thread (equal nonzeros for the sparse kernel).
-  const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads > 1 ? 2 * threads : 1, tiles)));
-  std::vector<int64_t> bounds(chunks + 1);
-  if (dense) {
-    for (int c = 0; c <= chunks; ++c) bounds[c] = tiles * c / chunks;
-  } else {
-    bounds = balanced_chunks(w, chunks);
-  }
-  auto run_chunk = [&](int t) {
+  over_channel_chunks(tp, threads, w, tiles, [&](int64_t c0, int64_t c1) {
     // Rows in 64-row blocks (dense), so that a block's activations stay in L2 across the panels.
-    for (int64_t u = 0; u < units; ++u) kernel(p, bounds[t], bounds[t + 1], u * kRowAlign, rows_of(u));
-  };
-  if (chunks == 1) run_chunk(0);
-  else tp.run(chunks, run_chunk);
+    for (int64_t u = 0; u < units; ++u) kernel(p, c0, c1, u * kRowAlign, rows_of(u));
+  });
   return true;
 }
 
+// fp32 block-sparse with M <= kSkinnyRows: the skinny kernel reads x as it is (row-major, nothing
+// to prepare), over chunks of channel groups.
+void linear_f32_skinny(const LinearArgs& a) {
+  const PackedView& w = a.w;
+  const int64_t K = static_cast<int64_t>(w.k), M = a.M, G = static_cast<int64_t>(w.groups);
+  if (!all_finite(a.x, M * K)) throw std::invalid_argument("x contains NaN or Inf");
+  const auto kernel = reinterpret_cast<RowFn>(select_kernel(Op::spmm_f32_skinny, active_isa()).fn);
+  const ParallelFor tp = parallel_of(a);
+  RowParams p{};
+  p.w = w;
+  p.xf = a.x;
+  p.ldx = K;
+  p.y = a.y;
+  p.ldy = static_cast<int64_t>(w.n);
+  p.M = M;
+  p.N = static_cast<int64_t>(w.n);
+  p.act = a.act;
+  p.bias = padded_bias(scratch(), a, 4 * G);
+  const int threads = 4 * w.nnzb * static_cast<uint64_t>(M) < kMinParallelMacs ? 1 : tp.threads;
+  over_channel_chunks(tp, threads, w, G, [&](int64_t g0, int64_t g1) { kernel(p, g0, g1, 0, M); });
+}
+
 bool linear_int8_or_fp32(const LinearArgs& a, bool check_outliers) {
+  if (a.w.dtype == DType::fp32 && a.M <= kSkinnyRows) {
+    linear_f32_skinny(a);
+    return true;
+  }
   const bool rows = a.w.dtype == DType::int8 && (a.w.format == Format::dense || a.M <= kSkinnyRows);
   return rows ? linear_rows(a, check_outliers) : linear_kmajor(a, check_outliers);
 }
@@ -386,7 +431,7 @@ void linear(const LinearArgs& a) {
 
 const char* kernel_for(const PackedView& w, int64_t M) {
   const Isa isa = active_isa();
-  if (w.dtype == DType::fp32) return select_kernel(Op::spmm_f32, isa).name;
+  if (w.dtype == DType::fp32) return select_kernel(M <= kSkinnyRows ? Op::spmm_f32_skinny : Op::spmm_f32, isa).name;
   if (w.format == Format::dense) return select_kernel(Op::gemm_s8, isa).name;
   return select_kernel(M <= kSkinnyRows ? Op::spmm_s8_skinny : Op::spmm_s8, isa).name;
 }

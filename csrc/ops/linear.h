@@ -1,7 +1,7 @@
 // The linear op, written once for every front door (pybind11 module, ONNX Runtime custom op):
 // y = act(x W^T + b) with W a packed weight: 4x1 block-sparse (int8 or fp32) or dense int8.
-// The kernel is chosen by format and M: dense GEMM; for BSR int8 the skinny kernel (vectorized
-// over channels) when M <= 8, else the SpMM tile (vectorized over rows).
+// The kernel is chosen by format and M: dense GEMM; for BSR (int8 or fp32) the skinny kernel
+// (vectorized over channels) when M <= 8, else the SpMM tile (vectorized over rows).
 #pragma once
 #include <cstdint>
 #include <functional>

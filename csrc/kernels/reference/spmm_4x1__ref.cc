@@ -92,6 +92,23 @@ void spmm_4x1_s8_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t
   }
 }
 
+void spmm_4x1_f32_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
+  const auto* vals = static_cast<const float*>(p.w.values);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t m = m0; m < m1; ++m) {
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
+        const float x = p.xf[m * p.ldx + col_of(p.w, b)];
+        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
+      }
+      for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) {
+        const int64_t ch = 4 * g + c;
+        p.y[m * p.ldy + ch] = activate_scalar(acc[c] + (p.bias ? p.bias[ch] : 0.0f), p.act);
+      }
+    }
+  }
+}
+
 namespace {
 
 bool quant_row_ref(const float* row, int64_t K, RowQParams* q, float* absmax) {
