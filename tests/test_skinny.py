@@ -101,28 +101,6 @@ def test_kernel_switch_at_m_8():
             assert [testing.kernel_for(fp32, m).startswith("spmm_4x1_f32_skinny") for m in (1, 8, 9)] == [True, True, False]
 
 
-@pytest.mark.parametrize("n", [4, 8, 12, 20, 28])
-def test_skinny_fp32_group_pairs_and_chunk_ends(n, num_threads):
-    """The fp32 kernel's group pairs and chunk ends: right, and bit-identical across thread counts."""
-    rng = np.random.default_rng([SEED, 300, n])
-    k = 12000
-    w, _ = _util.pruned_weight(rng, n, k, 1.0)
-    x = rng.standard_normal((5, k)).astype(np.float32)
-    bias = rng.standard_normal(n).astype(np.float32)
-    packed = sparsecpu.pack(w, dtype="fp32")
-    _, expected, absprod = _util.fp32_expected(x, packed.to_dense(), bias, "gelu")
-    outs = []
-    for threads in (1, 2):
-        num_threads(threads)
-        for level in LEVELS:
-            with testing.isa(level):
-                y = sparsecpu.linear(x, packed, bias=bias, activation="gelu")
-            _util.assert_within(y, expected, 8 * E * np.sqrt(k) * (absprod + 1.0) + 1e-30, f"{level}, {threads} threads")
-            outs.append((level, y.tobytes()))
-    for level in LEVELS:
-        assert len({b for lv, b in outs if lv == level}) == 1
-
-
 def test_skinny_fp32_rejects_nan_and_inf_anywhere():
     """x is checked whole, not only at the columns the weight reads."""
     w = np.zeros((4, 64), np.float32)
@@ -136,25 +114,34 @@ def test_skinny_fp32_rejects_nan_and_inf_anywhere():
                 sparsecpu.linear(x, packed)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "fp32"])
 @pytest.mark.parametrize("n", [4, 8, 12, 20, 28])
-def test_skinny_group_pairs_and_chunk_ends(n, num_threads):
+def test_skinny_group_pairs_and_chunk_ends(n, dtype, num_threads):
     """Groups are joined in pairs for the epilogue; with 2 threads a chunk may end on an unpaired
     group. Every output channel must still be right and bit-identical across thread counts."""
-    rng = np.random.default_rng([SEED, 200, n])
+    int8 = dtype == "int8"
+    rng = np.random.default_rng([SEED, 200 if int8 else 300, n])
     k = 12000  # enough work for the second thread even at N = 4
     w, _ = _util.pruned_weight(rng, n, k, 1.0)
-    x = rng.standard_normal((8, k)).astype(np.float32)
+    x = rng.standard_normal((8 if int8 else 5, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    packed = sparsecpu.pack(w, format="bsr")
-    ex = _util.int8_expected(x, w, bias, "relu")
+    activation = "relu" if int8 else "gelu"
+    packed = sparsecpu.pack(w, dtype=dtype, format="bsr")
+    if int8:
+        ex = _util.int8_expected(x, w, bias, activation)
+        expected, tol = ex.y, 8 * E * ex.mag + 1e-30
+    else:
+        _, expected, absprod = _util.fp32_expected(x, packed.to_dense(), bias, activation)
+        tol = 8 * E * np.sqrt(k) * (absprod + 1.0) + 1e-30
     outs = []
     for threads in (1, 2):
         num_threads(threads)
         for level in LEVELS:
             with testing.isa(level):
-                y = sparsecpu.linear(x, packed, bias=bias, activation="relu")
-                np.testing.assert_array_equal(testing.spmm_s32(x, packed).astype(np.int64), ex.acc)
-            _util.assert_within(y, ex.y, 8 * E * ex.mag + 1e-30, f"{level}, {threads} threads")
+                y = sparsecpu.linear(x, packed, bias=bias, activation=activation)
+                if int8:
+                    np.testing.assert_array_equal(testing.spmm_s32(x, packed).astype(np.int64), ex.acc)
+            _util.assert_within(y, expected, tol, f"{level}, {threads} threads")
             outs.append((level, y.tobytes()))
     for level in LEVELS:
         assert len({b for lv, b in outs if lv == level}) == 1

@@ -123,6 +123,21 @@ bool all_finite(const float* x, int64_t n) {
   return bad == 0;
 }
 
+// The parameters of a row kernel (dense GEMM, skinny SpMM) that come straight from the call; the
+// activations and their quantization are the caller's to fill in.
+RowParams row_params(const LinearArgs& a, const float* bias) {
+  RowParams p{};
+  p.w = a.w;
+  p.y = a.y;
+  p.ldy = static_cast<int64_t>(a.w.n);
+  p.M = a.M;
+  p.N = static_cast<int64_t>(a.w.n);
+  p.act = a.act;
+  p.raw_s32 = a.raw_s32;
+  p.bias = bias;
+  return p;
+}
+
 // The pool the call splits its work over: the caller's (ONNX Runtime's intra-op pool) or sparsecpu's own.
 ParallelFor parallel_of(const LinearArgs& a) {
   if (a.parallel) return *a.parallel;
@@ -281,7 +296,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   const KernelEntry& ke = select_kernel(dense ? Op::gemm_s8 : Op::spmm_s8_skinny, isa);
   const auto kernel = reinterpret_cast<RowFn>(ke.fn);
   const auto quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8_rows, isa).fn);
-  const int64_t K = static_cast<int64_t>(w.k), M = a.M, N = static_cast<int64_t>(w.n);
+  const int64_t K = static_cast<int64_t>(w.k), M = a.M;
   const int64_t ldx = round_up(std::max<int64_t>(K, 1), 64);
   // Channel tiles: 16-channel panels (dense) or 4-channel groups (skinny).
   const int64_t tiles = dense ? static_cast<int64_t>(w.panels) : static_cast<int64_t>(w.groups);
@@ -289,8 +304,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   Scratch& s = scratch();
   const ParallelFor tp = parallel_of(a);
 
-  RowParams p{};
-  p.w = w;
+  RowParams p = row_params(a, padded_bias(s, a, padded));
   p.xq = s.get<uint8_t>(1, M * ldx);
   p.ldx = ldx;
   float* scale = s.get<float>(2, M);
@@ -298,13 +312,6 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   float* absmax = check_outliers ? s.get<float>(6, M) : nullptr;
   p.x_scale = scale;
   p.x_zp = zp;
-  p.y = a.y;
-  p.ldy = N;
-  p.M = M;
-  p.N = N;
-  p.act = a.act;
-  p.raw_s32 = a.raw_s32;
-  p.bias = padded_bias(s, a, padded);
   const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
   const int threads = macs < kMinParallelMacs ? 1 : tp.threads;
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
@@ -351,16 +358,9 @@ void linear_f32_skinny(const LinearArgs& a) {
   if (!all_finite(a.x, M * K)) throw std::invalid_argument("x contains NaN or Inf");
   const auto kernel = reinterpret_cast<RowFn>(select_kernel(Op::spmm_f32_skinny, active_isa()).fn);
   const ParallelFor tp = parallel_of(a);
-  RowParams p{};
-  p.w = w;
+  RowParams p = row_params(a, padded_bias(scratch(), a, 4 * G));
   p.xf = a.x;
   p.ldx = K;
-  p.y = a.y;
-  p.ldy = static_cast<int64_t>(w.n);
-  p.M = M;
-  p.N = static_cast<int64_t>(w.n);
-  p.act = a.act;
-  p.bias = padded_bias(scratch(), a, 4 * G);
   const int threads = 4 * w.nnzb * static_cast<uint64_t>(M) < kMinParallelMacs ? 1 : tp.threads;
   over_channel_chunks(tp, threads, w, G, [&](int64_t g0, int64_t g1) { kernel(p, g0, g1, 0, M); });
 }

@@ -84,6 +84,11 @@ def packed_weight(buf: torch.Tensor) -> PackedWeight:
     return weight
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A float32 strided CPU tensor without grad: what :func:`run` takes as it is."""
+    return t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided and not t.requires_grad
+
+
 _ACTIVATION_CODES = {name: code for code, name in enumerate(_ACTIVATIONS)}
 
 
@@ -113,8 +118,8 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], 
         raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
-    if x.dtype != torch.float32 or x.requires_grad or (bias is not None and (bias.dtype != torch.float32 or bias.requires_grad)):
-        # Other dtypes and grad-carrying inputs: sparsecpu.linear raises the error that fits.
+    if not (_plain(x) and (bias is None or _plain(bias))):
+        # Other dtypes, devices or layouts and grad-carrying inputs: sparsecpu.linear raises the error that fits.
         return ops.linear(x, weight, bias, None if activation == "none" else activation)
     if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")

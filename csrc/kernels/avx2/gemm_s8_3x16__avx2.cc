@@ -7,7 +7,6 @@
 // channels), 4 weight halves, the row's 2 halves and a product or two. With 4 rows (8
 // accumulators) GCC moves accumulators to the stack in the loop and the kernel runs 1.5x slower.
 // The accumulators hold rows in order and channels in order, so the epilogue stores y directly.
-#include <cstring>
 
 #include "kernels/avx2/vec256.h"
 #include "kernels/epilogue.h"
@@ -57,15 +56,8 @@ __attribute__((always_inline)) inline void gemm_tile(const RowParams& p, int64_t
       }
     }
     float* y = p.y + m * p.ldy + ch0;
-    if (cols == 16) {
-      V::storef(y, f[0]);
-      V::storef(y + 8, f[1]);
-    } else {
-      alignas(32) float tmp[16];
-      V::storef(tmp, f[0]);
-      V::storef(tmp + 8, f[1]);
-      std::memcpy(y, tmp, cols * sizeof(float));
-    }
+    V::storef_n(y, f[0], std::min<int64_t>(cols, 8));
+    if (cols > 8) V::storef_n(y + 8, f[1], cols - 8);
   }
 }
 

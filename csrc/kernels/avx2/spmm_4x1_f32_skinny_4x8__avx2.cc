@@ -9,8 +9,6 @@
 // group, two horizontal adds fold the 4 column partials of each channel. Rows go 4 at a time
 // (8 accumulators + 2 weight vectors + the row's activations fit the 16 registers); two groups'
 // sums are joined into one 8-channel vector for the bias, the activation and the store.
-#include <cstring>
-
 #include "kernels/avx2/vec256.h"
 #include "kernels/epilogue.h"
 
@@ -72,13 +70,7 @@ void skinny_run(const RowParams& p, int64_t g0, int64_t g1, int64_t m0) {
     for (int r = 0; r < MR; ++r) {
       const __m256 f = vactivate<V>(V::add(_mm256_set_m128(s1[r], s0[r]), bv), kAct);
       float* y = p.y + (m0 + r) * p.ldy + ch0;
-      if (cols == 8) {
-        V::storef(y, f);
-      } else {
-        alignas(32) float tmp[8];
-        V::storef(tmp, f);
-        std::memcpy(y, tmp, cols * sizeof(float));
-      }
+      V::storef_n(y, f, cols);
     }
   }
 }

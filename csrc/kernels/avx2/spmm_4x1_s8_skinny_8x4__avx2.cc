@@ -9,8 +9,6 @@
 // block costs 4 weight bytes and one index, read once for all rows; the byte gather of x, not the
 // weight bytes, sets the pace. Two groups' results are joined into one 8-channel vector for the
 // epilogue and the store.
-#include <cstring>
-
 #include "kernels/avx2/vec256.h"
 #include "kernels/epilogue.h"
 
@@ -108,13 +106,7 @@ void skinny_run(const RowParams& p, int64_t g0, int64_t g1, int64_t m0) {
         f = vactivate<V>(V::fmadd(V::cvt(centered), V::mul(V::set1f(p.x_scale[m]), wsv), bv), kAct);
       }
       float* y = p.y + m * p.ldy + ch0;
-      if (cols == 8) {
-        V::storef(y, f);
-      } else {
-        alignas(32) float tmp[8];
-        V::storef(tmp, f);
-        std::memcpy(y, tmp, cols * sizeof(float));
-      }
+      V::storef_n(y, f, cols);
     }
   }
 }

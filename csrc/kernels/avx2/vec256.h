@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace sparsecpu {
 namespace {
@@ -41,6 +42,13 @@ struct Vec256 {
 
   static F loadf(const float* p) { return _mm256_loadu_ps(p); }
   static void storef(float* p, F v) { _mm256_storeu_ps(p, v); }
+  // The first n (0..8) lanes of v to p: one store when n == 8, else through a stack copy.
+  static void storef_n(float* p, F v, int64_t n) {
+    if (n == kLanes) return storef(p, v);
+    alignas(32) float tmp[kLanes];
+    storef(tmp, v);
+    std::memcpy(p, tmp, n * sizeof(float));
+  }
   static F zerof() { return _mm256_setzero_ps(); }
   static F set1f(float v) { return _mm256_set1_ps(v); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }

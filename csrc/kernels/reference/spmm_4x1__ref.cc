@@ -21,6 +21,17 @@ uint64_t col_of(const PackedView& w, uint64_t b) {
 // Value of channel c (0..3) of stored block b: blocks come in quads, channel-major inside a quad.
 uint64_t value_at(uint64_t b, uint64_t c) { return (b / 4) * 16 + c * 4 + (b % 4); }
 
+// Sums of group g's blocks for one row of x: acc[c] += x[col * stride] * w[c] over the stored blocks,
+// in block order (x points at the row's element of column 0; stride is 1 row-major, ldk K-major).
+template <class W, class X, class Acc>
+void group_row_sums(const PackedView& w, int64_t g, const X* x, int64_t stride, Acc acc[4]) {
+  const auto* vals = static_cast<const W*>(w.values);
+  for (uint64_t b = w.row_ptr[g]; b < w.row_ptr[g + 1]; ++b) {
+    const Acc xv = x[col_of(w, b) * stride];
+    for (int c = 0; c < 4; ++c) acc[c] += xv * vals[value_at(b, c)];
+  }
+}
+
 void store_row(const SpmmParams& p, int64_t m, int64_t g, const float* v) {
   for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) p.y[m * p.ldy + 4 * g + c] = v[c];
 }
@@ -29,14 +40,10 @@ void store_row(const SpmmParams& p, int64_t m, int64_t g, const float* v) {
 
 void spmm_4x1_s8__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const auto* xq = static_cast<const uint8_t*>(p.xk);
-  const auto* vals = static_cast<const int8_t*>(p.w.values);
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t m = m0; m < m0 + kMr && m < p.M; ++m) {
       int32_t acc[4] = {0, 0, 0, 0};
-      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
-        const int32_t x = xq[col_of(p.w, b) * p.ldk + m];
-        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
-      }
+      group_row_sums<int8_t>(p.w, g, xq + m, p.ldk, acc);
       float out[4];
       for (int c = 0; c < 4; ++c) {
         if (p.raw_s32) {
@@ -54,14 +61,10 @@ void spmm_4x1_s8__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 
 void spmm_4x1_f32__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   const auto* xt = static_cast<const float*>(p.xk);
-  const auto* vals = static_cast<const float*>(p.w.values);
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t m = m0; m < m0 + kMr && m < p.M; ++m) {
       float acc[4] = {0, 0, 0, 0};
-      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
-        const float x = xt[col_of(p.w, b) * p.ldk + m];
-        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
-      }
+      group_row_sums<float>(p.w, g, xt + m, p.ldk, acc);
       for (int c = 0; c < 4; ++c) {
         if (p.bias) acc[c] += p.bias[4 * g + c];
         acc[c] = activate_scalar(acc[c], p.act);
@@ -73,14 +76,10 @@ void spmm_4x1_f32__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) 
 
 // Skinny M: rows [m0, m1) of x row-major, one group of 4 channels at a time.
 void spmm_4x1_s8_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  const auto* vals = static_cast<const int8_t*>(p.w.values);
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t m = m0; m < m1; ++m) {
       int32_t acc[4] = {0, 0, 0, 0};
-      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
-        const int32_t x = p.xq[m * p.ldx + col_of(p.w, b)];
-        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
-      }
+      group_row_sums<int8_t>(p.w, g, p.xq + m * p.ldx, 1, acc);
       for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) {
         const int64_t ch = 4 * g + c;
         float* y = p.y + m * p.ldy + ch;
@@ -93,14 +92,10 @@ void spmm_4x1_s8_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t
 }
 
 void spmm_4x1_f32_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  const auto* vals = static_cast<const float*>(p.w.values);
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t m = m0; m < m1; ++m) {
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (uint64_t b = p.w.row_ptr[g]; b < p.w.row_ptr[g + 1]; ++b) {
-        const float x = p.xf[m * p.ldx + col_of(p.w, b)];
-        for (int c = 0; c < 4; ++c) acc[c] += x * vals[value_at(b, c)];
-      }
+      group_row_sums<float>(p.w, g, p.xf + m * p.ldx, 1, acc);
       for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) {
         const int64_t ch = 4 * g + c;
         p.y[m * p.ldy + ch] = activate_scalar(acc[c] + (p.bias ? p.bias[ch] : 0.0f), p.act);
