@@ -177,6 +177,21 @@ def test_requires_grad(packed):
     assert torch.count_nonzero(expected) > expected.numel() // 2
 
 
+@pytest.mark.parametrize(
+    "x_shape,out_shape",
+    [((5, K), (5, N + 1)), ((5, K), (4, N)), ((2, 3, K), (6, N)), ((2, 3, K), (3, 2, N)), ((K,), (1, N)),
+     ((5, K - 1), (5, N)), ((), (N,))],
+)
+def test_binding_checks_shapes(packed, x_shape, out_shape):
+    """The extension's own entry point checks x [..., K] against out [..., N] (same leading dims)
+    itself: it writes M x N floats to out."""
+    from sparsecpu import _C
+
+    x, out = np.zeros(x_shape, np.float32), np.zeros(out_shape, np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        _C.linear(x, packed.buffer, None, 0, out, False)
+
+
 def test_spmm_s32_needs_int8():
     p = sparsecpu.pack(np.ones((4, 4), np.float32), dtype="fp32")
     with pytest.raises(ValueError, match="int8"):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import sparsecpu
 from sparsecpu.nn import SparseLinear
@@ -210,6 +211,7 @@ def test_in_place_write_to_the_buffer_is_revalidated():
     m = _model(5, 0.5)
     x = torch.randn(2, 32)
     with torch.no_grad():
+        m(x)  # the eager path remembers the validated weight; the write below must be noticed
         m[0].packed.fill_(7)
         with pytest.raises(ValueError):
             m(x)
@@ -244,6 +246,32 @@ def test_eager_fast_path_equals_the_op(lead, dtype):
         ref = torch.ops.sparsecpu.linear(x.contiguous(), layer.packed, layer.bias, 40, "gelu")
     assert y.shape == (*lead, 40)
     assert torch.equal(y, ref)
+
+
+def test_eager_path_follows_every_change_of_the_layer():
+    """The eager path keeps the weight, bias and activation code between calls: loading a state
+    dict, writing the bias in place, replacing a buffer and changing the activation must all show
+    in the next call, and copies must not share what it keeps."""
+    x = torch.randn(6, 24)
+    a, b = _pruned_linear(21, 40, 24, 0.3), _pruned_linear(22, 40, 24, 0.8)
+    layer = SparseLinear.from_linear(a, dtype="fp32")
+    other = SparseLinear.from_linear(b, dtype="fp32")
+    with torch.no_grad():
+        _assert_close_informative(layer(x), a(x), 24)
+        layer.load_state_dict(other.state_dict())  # another packed size
+        _assert_close_informative(layer(x), b(x), 24)
+        layer.load_state_dict(SparseLinear.from_linear(a, dtype="fp32").state_dict())
+        _assert_close_informative(layer(x), a(x), 24)
+        layer.bias.add_(3.0)
+        _assert_close_informative(layer(x), a(x) + 3.0, 24)
+        layer.bias = torch.zeros(40)
+        _assert_close_informative(layer(x), a(x) - a.bias, 24)
+        layer.activation = "gelu"
+        _assert_close_informative(layer(x), F.gelu(a(x) - a.bias), 24)
+        twin = copy.deepcopy(layer)
+        twin.bias.fill_(-1.0)
+        _assert_close_informative(layer(x), F.gelu(a(x) - a.bias), 24)
+        _assert_close_informative(twin(x), F.gelu(a(x) - a.bias - 1.0), 24)
 
 
 def test_torch_export_keeps_one_node_per_layer():

@@ -68,16 +68,23 @@ U8Array pack(const F32Array& w, const std::string& dtype, const std::string& for
 
 void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, int act, F32Array& out,
                bool raw_s32) {
+  // x [..., K] and out [..., N], C-contiguous, with the same leading dims: M rows.
   const PackedView w = view_of(buf, false);
-  if (x.ndim() != 2 || static_cast<uint64_t>(x.shape(1)) != w.k)
-    throw std::invalid_argument("x must be 2-D with K = " + std::to_string(w.k) + " columns");
-  if (out.ndim() != 2 || out.shape(0) != x.shape(0) || static_cast<uint64_t>(out.shape(1)) != w.n)
-    throw std::invalid_argument("out has the wrong shape");
+  const py::ssize_t d = x.ndim();
+  if (d < 1 || static_cast<uint64_t>(x.shape(d - 1)) != w.k)
+    throw std::invalid_argument("x must have shape [..., K] with K = " + std::to_string(w.k));
+  bool same_lead = out.ndim() == d && static_cast<uint64_t>(out.shape(d - 1)) == w.n;
+  int64_t M = 1;
+  for (py::ssize_t i = 0; i + 1 < d; ++i) {
+    same_lead = same_lead && out.shape(i) == x.shape(i);
+    M *= x.shape(i);
+  }
+  if (!same_lead) throw std::invalid_argument("out has the wrong shape");
   if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code");
   LinearArgs a;
   a.w = w;
   a.x = x.data();
-  a.M = x.shape(0);
+  a.M = M;
   a.act = static_cast<Activation>(act);
   a.y = out.mutable_data();
   a.raw_s32 = raw_s32;

@@ -89,21 +89,21 @@ def _plain(t: torch.Tensor) -> bool:
     return t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided and not t.requires_grad
 
 
-_ACTIVATION_CODES = {name: code for code, name in enumerate(_ACTIVATIONS)}
+# The kernel's activation codes, by the op's activation names.
+ACTIVATION_CODES = {name: code for code, name in enumerate(_ACTIVATIONS)}
 
 
-def run(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+def run(x: torch.Tensor, weight: PackedWeight, bias: Optional[np.ndarray], act: int) -> torch.Tensor:
     """The op's computation on a float32 CPU tensor ``x [..., K]`` with no grad to keep: the kernel
     straight on the tensors' memory, without :func:`sparsecpu.linear`'s conversions of arbitrary
-    inputs (a decode step calls it about 50 times per token, so microseconds count)."""
+    inputs (a decode step calls it about 50 times per token, so microseconds count). ``bias`` is a
+    float32 ``[N]`` array or None, ``act`` an activation code (:data:`ACTIVATION_CODES`)."""
     xn = x.numpy()
-    x2 = xn.reshape(-1, xn.shape[-1])
-    if not x2.flags.c_contiguous:
-        x2 = np.ascontiguousarray(x2)
-    n = weight.shape[0]
-    out, out_t = ops._output(x2.shape[0], n, torch)
-    _C.linear(x2, weight.buffer, None if bias is None else bias.numpy(), _ACTIVATION_CODES[activation], out, False)
-    return out_t if xn.ndim == 2 else out_t.view(*xn.shape[:-1], n)
+    if not xn.flags.c_contiguous:
+        xn = np.ascontiguousarray(xn)
+    out, out_t = ops._output((*xn.shape[:-1], weight.shape[0]), torch)
+    _C.linear(xn, weight.buffer, bias, act, out, False)
+    return out_t
 
 
 @torch.library.custom_op("sparsecpu::linear", mutates_args=())
@@ -125,7 +125,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], 
         raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
-    return run(x, weight, None if bias is None else bias.contiguous(), activation)
+    return run(x, weight, None if bias is None else bias.contiguous().numpy(), ACTIVATION_CODES[activation])
 
 
 @linear.register_fake

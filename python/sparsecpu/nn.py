@@ -118,6 +118,18 @@ class SparseLinear(nn.Module):
         return _library.packed_weight(self.packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            type(x) is torch.Tensor
+            and x.dtype is torch.float32
+            and x.is_cpu
+            and not x.requires_grad
+            and x.dim() > 0
+            and x.shape[-1] == self.in_features
+            and not torch.compiler.is_compiling()
+        ):
+            # Eager, plain tensor: the op's computation without a trip through the dispatcher (which
+            # costs tens of microseconds per call in Python, as much as a decode step's kernel).
+            return _library.run(x, *self._eager_args())
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self._name()}: input must be a torch.Tensor, got {type(x).__name__}")
         if x.requires_grad and torch.is_grad_enabled():
@@ -129,14 +141,40 @@ class SparseLinear(nn.Module):
             raise TypeError(f"{self._name()}: input must be a float32 CPU tensor, got {x.dtype} on {x.device}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._name()}: input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
-        act = self.activation or "none"
         if type(x) is torch.Tensor and not torch.compiler.is_compiling():
-            # Eager, plain tensor: the op's computation without a trip through the dispatcher (which
-            # costs tens of microseconds per call in Python, as much as a decode step's kernel).
-            if x.requires_grad:
-                x = x.detach()
-            return _library.run(x, _library.packed_weight(self.packed), self.bias, act)
-        return torch.ops.sparsecpu.linear(x, self.packed, self.bias, self.out_features, act)
+            return _library.run(x.detach(), *self._eager_args())
+        return torch.ops.sparsecpu.linear(x, self.packed, self.bias, self.out_features, self.activation or "none")
+
+    def _eager_args(self):
+        """``(PackedWeight, bias array or None, activation code)`` for :func:`_library.run`, kept
+        between calls (a decode step makes ~50 of them per token) until a buffer is replaced or
+        written to: ``load_state_dict``, ``.to()`` and in-place edits all change what is checked."""
+        packed, bias = self._buffers["packed"], self._buffers["bias"]
+        key = self.__dict__.get("_eager_key")
+        if (
+            key is None
+            or key[0] is not packed
+            or key[1] != packed._version
+            or key[2] is not bias
+            or (bias is not None and key[3] != bias._version)
+            or key[4] != self.activation
+        ):
+            args = (
+                _library.packed_weight(packed),
+                None if bias is None else bias.detach().contiguous().numpy(),
+                _library.ACTIVATION_CODES[self.activation or "none"],
+            )
+            cacheable = not packed.is_inference() and (bias is None or not bias.is_inference())
+            if not cacheable:
+                return args  # inference tensors have no version counter: nothing tells of a write
+            key = (packed, packed._version, bias, None if bias is None else bias._version, self.activation, args)
+            self.__dict__["_eager_key"] = key
+        return key[5]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_eager_key", None)  # refers to the buffers; rebuilt on the first call
+        return state
 
     def _name(self) -> str:
         return f"SparseLinear(in_features={self.in_features}, out_features={self.out_features})"

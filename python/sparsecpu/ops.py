@@ -28,10 +28,10 @@ def _empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
-def _output(rows: int, n: int, torch: Any, raw_s32: bool = False):
-    """``(numpy array, torch view of it or None)``: the uninitialized ``[rows, n]`` output."""
-    shape, out_dtype = (rows, n), np.int32 if raw_s32 else np.float32
-    if rows * n <= _SMALL_OUT:
+def _output(shape: tuple, torch: Any, raw_s32: bool = False):
+    """``(numpy array, torch view of it or None)``: the uninitialized output of ``shape`` (``[..., N]``)."""
+    out_dtype = np.int32 if raw_s32 else np.float32
+    if math.prod(shape) <= _SMALL_OUT:
         # Decode-sized outputs: alignment does not matter, and these are the cheapest allocations
         # (a few microseconds count at M = 1).
         out = np.empty(shape, out_dtype)
@@ -72,8 +72,7 @@ def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw
     n, k = packed.shape
     if xn.ndim < 1 or xn.shape[-1] != k:
         raise ValueError(f"x must have shape [..., {k}] (K = {k}), got {tuple(xn.shape)}")
-    lead = xn.shape[:-1]
-    x2 = xn if xn.ndim == 2 and xn.flags.c_contiguous else np.ascontiguousarray(xn.reshape(math.prod(lead), k))
+    x2 = xn if xn.flags.c_contiguous else np.ascontiguousarray(xn)
     b = None
     if bias is not None:
         tmod = sys.modules.get("torch")
@@ -86,11 +85,9 @@ def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw
         if b.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
         b = np.ascontiguousarray(b)
-    out, out_t = _output(x2.shape[0], n, torch, raw_s32)
+    out, out_t = _output((*xn.shape[:-1], n), torch, raw_s32)
     _C.linear(x2, packed.buffer, b, act, out.view(np.float32) if raw_s32 else out, raw_s32)
-    if torch is not None:
-        return out_t if len(lead) == 1 else out_t.reshape(*lead, n)
-    return out if len(lead) == 1 else out.reshape(*lead, n)
+    return out_t if torch is not None else out
 
 
 def linear(x: Any, packed: PackedWeight, bias: Any = None, activation: Optional[str] = None):
