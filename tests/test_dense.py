@@ -143,6 +143,20 @@ def test_dense_and_bsr_agree_bitwise_on_s32(m):
             np.testing.assert_allclose(sparsecpu.linear(x, d), sparsecpu.linear(x, s), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("m", [1, 2, 7])
+def test_dense_weight_past_the_caches(m):
+    """A dense weight of 16 MiB or more (an lm_head) is prefetched as it streams from memory: the first
+    row tile of each panel runs another instance of the tile, checked bit-exact here like the rest."""
+    rng = np.random.default_rng([SEED, 9, m])
+    n, k = 2048, 8192
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    packed = sparsecpu.pack(w, dtype="int8", format="dense")
+    assert packed.nbytes >= 16 << 20
+    check_levels(x, w, packed, bias, "gelu", "gemm_s8")
+
+
 def test_dense_largest_k_s32_does_not_overflow():
     k = 65535
     rng = np.random.default_rng([SEED, 4])

@@ -50,6 +50,7 @@ struct RowParams {
   int64_t M, N;
   Activation act;
   bool raw_s32;            // test hook: store the s32 accumulators, no epilogue
+  bool stream_weights;     // dense: the weight is too large for the caches, prefetch it (a hint only)
 };
 
 // Dense GEMM: channel panels [c0, c1) (16 channels each) for rows [m0, m1).

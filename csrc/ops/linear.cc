@@ -305,6 +305,9 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
   const ParallelFor tp = parallel_of(a);
 
   RowParams p = row_params(a, padded_bias(s, a, padded));
+  // A dense weight past the last-level cache (a GPT-2 lm_head: 38.6 MB) comes from memory at every call.
+  constexpr uint64_t kStreamFromBytes = uint64_t(16) << 20;
+  p.stream_weights = dense && static_cast<uint64_t>(w.panels) * 64 * w.kq >= kStreamFromBytes;
   p.xq = s.get<uint8_t>(1, M * ldx);
   p.ldx = ldx;
   float* scale = s.get<float>(2, M);

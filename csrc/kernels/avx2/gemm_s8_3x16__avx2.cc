@@ -16,7 +16,13 @@ namespace {
 
 using V = Vec256;
 
-template <int MR, Activation kAct, bool kRaw>
+// With p.stream_weights (a weight that comes from memory at every call), the first row tile of each
+// panel prefetches the panel's weights this far ahead. Measured at M = 1 on Zen 3, 2 threads, same
+// process A/B: a 50257 x 768 lm_head (38.6 MB) 0.73-0.80x the time without (~22 -> ~28 GB/s); 512
+// bytes already helps, past 2 KB nothing more; weights that stay in the caches gain nothing.
+constexpr int64_t kWeightPrefetch = 2048;
+
+template <int MR, Activation kAct, bool kRaw, bool kPrefetch>
 __attribute__((always_inline)) inline void gemm_tile(const RowParams& p, int64_t panel, int64_t m0) {
   const int64_t kq = static_cast<int64_t>(p.w.kq), ldx = p.ldx;
   const int8_t* w = static_cast<const int8_t*>(p.w.values) + panel * kq * 64;
@@ -25,6 +31,7 @@ __attribute__((always_inline)) inline void gemm_tile(const RowParams& p, int64_t
 #pragma GCC unroll 4
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = V::zero();
   for (int64_t q = 0; q < kq; ++q) {
+    if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(w + 64 * q + kWeightPrefetch), _MM_HINT_T0);
     const __m256i w0 = V::load(w + 64 * q), w1 = V::load(w + 64 * q + 32);
     const __m256i we0 = V::srai16(V::slli16(w0, 8), 8), wo0 = V::srai16(w0, 8);
     const __m256i we1 = V::srai16(V::slli16(w1, 8), 8), wo1 = V::srai16(w1, 8);
@@ -61,17 +68,32 @@ __attribute__((always_inline)) inline void gemm_tile(const RowParams& p, int64_t
   }
 }
 
-template <Activation kAct, bool kRaw>
-void gemm_run(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
+// kStream: the first row tile of each panel prefetches its weights (see kWeightPrefetch).
+template <Activation kAct, bool kRaw, bool kStream>
+void gemm_panels(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
   for (int64_t panel = c0; panel < c1; ++panel) {
     int64_t m = m0;
-    for (; m + 3 <= m1; m += 3) gemm_tile<3, kAct, kRaw>(p, panel, m);
+    if (kStream && m1 > m0) {
+      switch (std::min<int64_t>(3, m1 - m0)) {
+        case 3: gemm_tile<3, kAct, kRaw, true>(p, panel, m); break;
+        case 2: gemm_tile<2, kAct, kRaw, true>(p, panel, m); break;
+        default: gemm_tile<1, kAct, kRaw, true>(p, panel, m); break;
+      }
+      m = std::min<int64_t>(m1, m0 + 3);
+    }
+    for (; m + 3 <= m1; m += 3) gemm_tile<3, kAct, kRaw, false>(p, panel, m);
     switch (m1 - m) {
-      case 2: gemm_tile<2, kAct, kRaw>(p, panel, m); break;
-      case 1: gemm_tile<1, kAct, kRaw>(p, panel, m); break;
+      case 2: gemm_tile<2, kAct, kRaw, false>(p, panel, m); break;
+      case 1: gemm_tile<1, kAct, kRaw, false>(p, panel, m); break;
       default: break;
     }
   }
+}
+
+template <Activation kAct, bool kRaw>
+void gemm_run(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
+  if (p.stream_weights) gemm_panels<kAct, kRaw, true>(p, c0, c1, m0, m1);
+  else gemm_panels<kAct, kRaw, false>(p, c0, c1, m0, m1);
 }
 
 }  // namespace
