@@ -66,7 +66,7 @@ void skinny_run(const RowParams& p, int64_t g0, int64_t g1, int64_t m0) {
     const int64_t ch0 = 4 * g;
     const int64_t cols = std::min<int64_t>(pair ? 8 : 4, p.N - ch0);
     __m256 bv = V::zerof();
-    if (p.bias) bv = pair ? V::loadf(p.bias + ch0) : _mm256_castps128_ps256(_mm_loadu_ps(p.bias + ch0));
+    if (p.bias) bv = V::loadf_pair(p.bias + ch0, pair);
     for (int r = 0; r < MR; ++r) {
       const __m256 f = vactivate<V>(V::add(_mm256_set_m128(s1[r], s0[r]), bv), kAct);
       float* y = p.y + (m0 + r) * p.ldy + ch0;

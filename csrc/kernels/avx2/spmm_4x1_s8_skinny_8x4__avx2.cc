@@ -82,18 +82,9 @@ void skinny_run(const RowParams& p, int64_t g0, int64_t g1, int64_t m0) {
     __m256 wsv = V::zerof(), bv = V::zerof();
     __m256i wsumv = V::zero();
     if (!kRaw) {
-      if (pair) {
-        wsv = V::loadf(p.w.w_scale + ch0);
-        wsumv = V::loadi(p.w.w_sum + ch0);
-        if (p.bias) bv = V::loadf(p.bias + ch0);
-      } else {
-        wsv = _mm256_castps128_ps256(_mm_loadu_ps(p.w.w_scale + ch0));
-        wsumv = _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w.w_sum + ch0)));
-        if (p.bias) bv = _mm256_castps128_ps256(_mm_loadu_ps(p.bias + ch0));
-        wsv = _mm256_insertf128_ps(wsv, _mm_setzero_ps(), 1);
-        wsumv = _mm256_inserti128_si256(wsumv, _mm_setzero_si128(), 1);
-        bv = _mm256_insertf128_ps(bv, _mm_setzero_ps(), 1);
-      }
+      wsv = V::loadf_pair(p.w.w_scale + ch0, pair);
+      wsumv = V::loadi_pair(p.w.w_sum + ch0, pair);
+      if (p.bias) bv = V::loadf_pair(p.bias + ch0, pair);
     }
     for (int r = 0; r < MR; ++r) {
       const int64_t m = m0 + r;

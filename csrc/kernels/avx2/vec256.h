@@ -41,6 +41,13 @@ struct Vec256 {
   static I loadi(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
   static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+  // Per-channel parameters of two 4-channel groups (pair) or of one, the upper half zero.
+  static F loadf_pair(const float* p, bool pair) {
+    return pair ? loadf(p) : _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_loadu_ps(p), 0);
+  }
+  static I loadi_pair(const int32_t* p, bool pair) {
+    return pair ? loadi(p) : _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), 0);
+  }
   static void storef(float* p, F v) { _mm256_storeu_ps(p, v); }
   // The first n (0..8) lanes of v to p: one store when n == 8, else through a stack copy.
   static void storef_n(float* p, F v, int64_t n) {

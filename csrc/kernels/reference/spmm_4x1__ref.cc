@@ -74,34 +74,35 @@ void spmm_4x1_f32__ref(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) 
   }
 }
 
-// Skinny M: rows [m0, m1) of x row-major, one group of 4 channels at a time.
-void spmm_4x1_s8_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
+namespace {
+
+// Skinny M: rows [m0, m1) of x row-major (row m at x + m * ldx), one group of 4 channels at a time;
+// out(y, acc, m, ch) writes channel ch of row m from its sum.
+template <class W, class X, class Acc, class Out>
+void skinny_ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1, const X* x, Out out) {
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t m = m0; m < m1; ++m) {
-      int32_t acc[4] = {0, 0, 0, 0};
-      group_row_sums<int8_t>(p.w, g, p.xq + m * p.ldx, 1, acc);
-      for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) {
-        const int64_t ch = 4 * g + c;
-        float* y = p.y + m * p.ldy + ch;
-        if (p.raw_s32) std::memcpy(y, &acc[c], 4);
-        else *y = dequant_scalar(acc[c], p.x_zp[m], p.w.w_sum[ch], p.x_scale[m], p.w.w_scale[ch],
-                                 p.bias ? p.bias[ch] : 0.0f, p.act);
-      }
+      Acc acc[4] = {0, 0, 0, 0};
+      group_row_sums<W>(p.w, g, x + m * p.ldx, 1, acc);
+      for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) out(p.y + m * p.ldy + 4 * g + c, acc[c], m, 4 * g + c);
     }
   }
 }
 
+}  // namespace
+
+void spmm_4x1_s8_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
+  skinny_ref<int8_t, uint8_t, int32_t>(p, g0, g1, m0, m1, p.xq, [&](float* y, int32_t acc, int64_t m, int64_t ch) {
+    if (p.raw_s32) std::memcpy(y, &acc, 4);
+    else *y = dequant_scalar(acc, p.x_zp[m], p.w.w_sum[ch], p.x_scale[m], p.w.w_scale[ch], p.bias ? p.bias[ch] : 0.0f,
+                             p.act);
+  });
+}
+
 void spmm_4x1_f32_skinny__ref(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  for (int64_t g = g0; g < g1; ++g) {
-    for (int64_t m = m0; m < m1; ++m) {
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      group_row_sums<float>(p.w, g, p.xf + m * p.ldx, 1, acc);
-      for (int64_t c = 0; c < 4 && 4 * g + c < p.N; ++c) {
-        const int64_t ch = 4 * g + c;
-        p.y[m * p.ldy + ch] = activate_scalar(acc[c] + (p.bias ? p.bias[ch] : 0.0f), p.act);
-      }
-    }
-  }
+  skinny_ref<float, float, float>(p, g0, g1, m0, m1, p.xf, [&](float* y, float acc, int64_t, int64_t ch) {
+    *y = activate_scalar(acc + (p.bias ? p.bias[ch] : 0.0f), p.act);
+  });
 }
 
 namespace {
