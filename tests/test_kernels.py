@@ -365,6 +365,22 @@ def test_gelu_far_from_zero(activation, m):
         np.testing.assert_allclose(y, expected, rtol=2e-6, atol=1e-6, err_msg=level)
 
 
+def test_gelu_accuracy_over_the_whole_range():
+    """The erf GELU against float64 on a fine sweep of [-12, 12] (the A&S erfc error, <= ~4.1e-7
+    absolute at |v| ~ 3-4, where torch's own float32 GELU is off by ~3.7e-7) and at huge |v|:
+    gelu(1e30) = 1e30, gelu(-1e30) ~ 0 (the clamps hold h normal without letting x h grow)."""
+    k = 64
+    sweep = np.linspace(-12.0, 12.0, 64 * 96, dtype=np.float32)
+    extremes = np.array([-1e30, 1e30, -100.0, 100.0, -20.5, 20.5, -11.7, 11.7, 0.0, -0.0], np.float32)
+    v = np.concatenate([sweep, extremes, np.zeros(-(sweep.size + extremes.size) % k, np.float32)])
+    x = v.reshape(-1, k)
+    packed = sparsecpu.pack(np.eye(k, dtype=np.float32), dtype="fp32")
+    expected = _util.activation_f64(x, "gelu")
+    for level, (y, _) in _levels_outputs(x, packed, None, "gelu").items():
+        assert np.isfinite(y).all(), level
+        np.testing.assert_allclose(y, expected, rtol=1e-6, atol=4.5e-7, err_msg=level)
+
+
 def test_int8_k_over_limit_rejected():
     with pytest.raises(ValueError, match="65535"):
         sparsecpu.pack(np.ones((4, K_MAX_INT8 + 1), np.float32), dtype="int8")

@@ -68,6 +68,7 @@ struct Vec256 {
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
   static F and_(F a, F b) { return _mm256_and_ps(a, b); }
   static F xor_(F a, F b) { return _mm256_xor_ps(a, b); }
+  static F select_neg(F a, F b, F m) { return _mm256_blendv_ps(a, b, m); }  // b where m's sign bit is set, else a
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
   static I cvt_round(F a) { return _mm256_cvtps_epi32(a); }
   static F asf(I a) { return _mm256_castsi256_ps(a); }

@@ -53,6 +53,8 @@ struct Vec512 {
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
   static F and_(F a, F b) { return _mm512_and_ps(a, b); }
   static F xor_(F a, F b) { return _mm512_xor_ps(a, b); }
+  // b where m's sign bit is set, else a.
+  static F select_neg(F a, F b, F m) { return _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(asi(m), _mm512_setzero_si512()), a, b); }
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
   static I cvt_round(F a) { return _mm512_cvtps_epi32(a); }  // current mode: round to nearest even
   static F asf(I a) { return _mm512_castsi512_ps(a); }
