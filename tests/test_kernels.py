@@ -214,6 +214,25 @@ def test_n_not_multiple_of_4(n, dtype):
     assert outs["reference"][0].shape == (70, n)
 
 
+@pytest.mark.parametrize("blocks", [[1], [4, 4, 4, 4], [5, 3, 9, 2, 0, 6], [41, 1, 0, 7, 13]], ids=str)
+def test_activation_prefetch_near_the_end_of_the_column_list(blocks):
+    """From K = 2048 up (int8; 512 for fp32) the M > 8 kernels prefetch the activation rows of the
+    block 16 ahead, only while that block is inside the weight's column list: groups of a few
+    blocks each put that limit inside, at the start of, or before every group (and a weight of
+    fewer than 16 blocks never prefetches)."""
+    k = 2304
+    rng = np.random.default_rng([SEED, 9, len(blocks), sum(blocks)])
+    w = np.zeros((4 * len(blocks), k), np.float32)
+    for g, count in enumerate(blocks):
+        cols = rng.choice(k, size=count, replace=False)
+        w[4 * g:4 * g + 4, cols] = rng.standard_normal((4, count))
+    x = rng.standard_normal((40, k)).astype(np.float32)
+    bias = (rng.standard_normal(w.shape[0]) + 1.0).astype(np.float32)
+    for dtype in ("int8", "fp32"):
+        packed = sparsecpu.pack(w, dtype=dtype, format="bsr")
+        _check_all_levels_vs_numpy(x, w, packed, bias, None)
+
+
 def _edge_rows(k: int, rng) -> np.ndarray:
     """Rows that stress the per-row u8 quantization (zero point 0 and 255, exact zeros, constant
     rows, denormal and very large ranges, round-half cases)."""

@@ -96,14 +96,16 @@ inline void prefetch_quad(const T* x, const Idx* cols, int64_t ld) {
 //           per slab. One gather serves 4 channels: 16 dots for 8 shuffles and 4 loads.
 // Register budget (zmm): 16 accumulators + 4 rows + 4 unpack temporaries + 4 slabs + weight.
 //
-// A Quad policy consumes one quad of blocks for a tile of kSlabs vectors per channel; lane (j, i)
-// (j = 128-bit lane, i = 0..3) of slab s holds tile row  4 kSlabs j + 4 s + i  (see slab_order_index).
+// A Quad policy consumes one quad of blocks for a tile of kSlabs vectors per channel (step), or with
+// kLoop set a whole group's quads at once (loop); lane (j, i) (j = 128-bit lane, i = 0..3) of slab s
+// holds tile row  4 kSlabs j + 4 s + i  (see slab_order_index).
 
 // One quad step in plain intrinsics: gather 4 rows into 4 slabs, then Dot for 4 channels.
 template <class V, class Dot>
 struct QuadGather {
   using I = typename V::I;
   static constexpr int kSlabs = 4;
+  static constexpr bool kLoop = false;
   static inline void step(I acc[4][4], const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3,
                           const int8_t* w) {
     const I x0 = V::load(r0), x1 = V::load(r1), x2 = V::load(r2), x3 = V::load(r3);
@@ -160,11 +162,18 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
     I acc[4][S];
     for (auto& row : acc)
       for (auto& a : row) a = V::zero();
-    const uint64_t b1 = row_ptr[g + 1];
-    for (uint64_t b = row_ptr[g]; b < b1; b += 4) {
-      if (pf && b + pf < nnzb) prefetch_quad(xq, cols + b + pf, ld);
-      Quad::step(acc, xq + cols[b + 0] * ld, xq + cols[b + 1] * ld, xq + cols[b + 2] * ld, xq + cols[b + 3] * ld,
-                 vals + b * 4);
+    const uint64_t b0 = row_ptr[g], b1 = row_ptr[g + 1];
+    if constexpr (Quad::kLoop) {
+      // The quads whose prefetch target lies inside the column list, then the rest without.
+      const uint64_t split = pf ? std::max(b0, std::min(b1, nnzb > pf ? nnzb - pf : 0)) : b0;
+      if (split > b0) Quad::template loop<Idx, true>(acc, xq, ld, cols, vals, b0, split, pf);
+      Quad::template loop<Idx, false>(acc, xq, ld, cols, vals, split, b1, pf);
+    } else {
+      for (uint64_t b = b0; b < b1; b += 4) {
+        if (pf && b + pf < nnzb) prefetch_quad(xq, cols + b + pf, ld);
+        Quad::step(acc, xq + cols[b + 0] * ld, xq + cols[b + 1] * ld, xq + cols[b + 2] * ld, xq + cols[b + 3] * ld,
+                   vals + b * 4);
+      }
     }
     const int64_t ch0 = 4 * g;
 #pragma GCC unroll 4

@@ -15,51 +15,80 @@ namespace {
 //   into an L1 buffer and each channel's (k0, k1) / (k2, k3) s16 pair is broadcast from there
 //   into vpmaddwd, which is exact: u8 x s8 products summed in pairs stay far inside s32
 //   (vpmaddubsw would saturate its 16-bit sums).
-// In asm for the reason of the VNNI kernel: with intrinsics GCC turns the buffer round trip into
-// register shuffles and then spills four accumulators.
+// A group's whole quad loop is one asm block (with intrinsics GCC turns the buffer round trip
+// into register shuffles and then spills four accumulators). One block counter b addresses the
+// column list, the weights and the column list pf blocks ahead, and the row offsets go straight
+// into the loads' addressing: ~60 instructions per quad instead of ~71 for a C++ loop around an
+// asm step (the tile 0.92-0.97x the time in same-process A/B on Zen 3).
 struct QuadPairs256 {
   static constexpr int kSlabs = 2;
-  static inline void step(__m256i acc[4][2], const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
-                          const uint8_t* r3, const int8_t* w) {
-    alignas(32) int16_t w16[16];  // [c][k] s16 weights
-    __m256i lo01, hi01, lo23, hi23, t;
-    __asm__(
-        "vpmovsxbw (%[w]), %[t]\n\t"
-        "vmovdqa %[t], (%[wb])\n\t"
-        "vpmovzxbw (%[r0]), %[lo01]\n\t"
-        "vpmovzxbw (%[r1]), %[t]\n\t"
-        "vpunpckhwd %[t], %[lo01], %[hi01]\n\t"
-        "vpunpcklwd %[t], %[lo01], %[lo01]\n\t"
-        "vpmovzxbw (%[r2]), %[lo23]\n\t"
-        "vpmovzxbw (%[r3]), %[t]\n\t"
-        "vpunpckhwd %[t], %[lo23], %[hi23]\n\t"
-        "vpunpcklwd %[t], %[lo23], %[lo23]\n\t"
-        : [lo01] "=&x"(lo01), [hi01] "=&x"(hi01), [lo23] "=&x"(lo23), [hi23] "=&x"(hi23), [t] "=&x"(t)
-        : [r0] "r"(r0), [r1] "r"(r1), [r2] "r"(r2), [r3] "r"(r3), [w] "r"(w), [wb] "r"(w16)
-        : "memory");
-    channel(acc[0], lo01, hi01, lo23, hi23, w16 + 0);
-    channel(acc[1], lo01, hi01, lo23, hi23, w16 + 4);
-    channel(acc[2], lo01, hi01, lo23, hi23, w16 + 8);
-    channel(acc[3], lo01, hi01, lo23, hi23, w16 + 12);
-  }
+  static constexpr bool kLoop = true;
 
-  static inline void channel(__m256i a[2], __m256i lo01, __m256i hi01, __m256i lo23, __m256i hi23,
-                             const int16_t* wc) {
-    __m256i wv, t;
-    __asm__(
-        "vpbroadcastd 0(%[wc]), %[wv]\n\t"
-        "vpmaddwd %[wv], %[lo01], %[t]\n\t"
-        "vpaddd %[t], %[a0], %[a0]\n\t"
-        "vpmaddwd %[wv], %[hi01], %[t]\n\t"
-        "vpaddd %[t], %[a1], %[a1]\n\t"
-        "vpbroadcastd 4(%[wc]), %[wv]\n\t"
-        "vpmaddwd %[wv], %[lo23], %[t]\n\t"
-        "vpaddd %[t], %[a0], %[a0]\n\t"
-        "vpmaddwd %[wv], %[hi23], %[t]\n\t"
-        "vpaddd %[t], %[a1], %[a1]\n\t"
-        : [a0] "+x"(a[0]), [a1] "+x"(a[1]), [wv] "=&x"(wv), [t] "=&x"(t)
-        : [lo01] "x"(lo01), [hi01] "x"(hi01), [lo23] "x"(lo23), [hi23] "x"(hi23), [wc] "r"(wc)
-        : "memory");
+  // Quads [b0, b1) of one group into acc; with kPf, each also prefetches the activation rows of
+  // the quad pf blocks ahead (the caller keeps b + pf inside the column list).
+  template <class Idx, bool kPf>
+  static inline void loop(__m256i acc[4][2], const uint8_t* xq, int64_t ld, const Idx* cols, const int8_t* vals,
+                          uint64_t b0, uint64_t b1, uint64_t pf) {
+    if (b0 >= b1) return;
+    alignas(32) int16_t w16[16];
+    uint64_t b = b0;
+    const Idx* cpf = cols + pf;
+#define SPC_CH(i, a0, a1)                          \
+  "vpbroadcastd " #i "*8(%[wb]), %%ymm15\n\t"        \
+  "vpmaddwd %%ymm15, %%ymm10, %%ymm14\n\t"              \
+  "vpaddd %%ymm14, %[" #a0 "], %[" #a0 "]\n\t"        \
+  "vpmaddwd %%ymm15, %%ymm11, %%ymm14\n\t"              \
+  "vpaddd %%ymm14, %[" #a1 "], %[" #a1 "]\n\t"        \
+  "vpbroadcastd " #i "*8+4(%[wb]), %%ymm15\n\t"      \
+  "vpmaddwd %%ymm15, %%ymm12, %%ymm14\n\t"              \
+  "vpaddd %%ymm14, %[" #a0 "], %[" #a0 "]\n\t"        \
+  "vpmaddwd %%ymm15, %%ymm13, %%ymm14\n\t"              \
+  "vpaddd %%ymm14, %[" #a1 "], %[" #a1 "]\n\t"
+#define SPC_IDX(base)                                                                    \
+  ".if %c[u16]\n\t"                                                                      \
+  "movzwl 0(%[" base "],%[b],2), %%r8d\n\t" "movzwl 2(%[" base "],%[b],2), %%r9d\n\t"     \
+  "movzwl 4(%[" base "],%[b],2), %%r10d\n\t" "movzwl 6(%[" base "],%[b],2), %%r11d\n\t"   \
+  ".else\n\t"                                                                            \
+  "movl 0(%[" base "],%[b],4), %%r8d\n\t" "movl 4(%[" base "],%[b],4), %%r9d\n\t"         \
+  "movl 8(%[" base "],%[b],4), %%r10d\n\t" "movl 12(%[" base "],%[b],4), %%r11d\n\t"      \
+  ".endif\n\t"                                                                           \
+  "imul %[ld], %%r8\n\t" "imul %[ld], %%r9\n\t" "imul %[ld], %%r10\n\t" "imul %[ld], %%r11\n\t"
+#define SPC_BODY                                                                           \
+  "vpmovsxbw (%[v],%[b],4), %%ymm14\n\t" "vmovdqa %%ymm14, (%[wb])\n\t"                     \
+  SPC_IDX("c")                                                                             \
+  "vpmovzxbw (%[x],%%r8), %%ymm10\n\t" "vpmovzxbw (%[x],%%r9), %%ymm14\n\t"                 \
+  "vpunpckhwd %%ymm14, %%ymm10, %%ymm11\n\t" "vpunpcklwd %%ymm14, %%ymm10, %%ymm10\n\t"     \
+  "vpmovzxbw (%[x],%%r10), %%ymm12\n\t" "vpmovzxbw (%[x],%%r11), %%ymm14\n\t"               \
+  "vpunpckhwd %%ymm14, %%ymm12, %%ymm13\n\t" "vpunpcklwd %%ymm14, %%ymm12, %%ymm12\n\t"     \
+  SPC_CH(0, a00, a01) SPC_CH(1, a10, a11) SPC_CH(2, a20, a21) SPC_CH(3, a30, a31)           \
+  "add $4, %[b]\n\t" "cmp %[b1], %[b]\n\t" "jb 1b\n\t"
+#define SPC_OUT                                                                                        \
+  [a00] "+x"(acc[0][0]), [a01] "+x"(acc[0][1]), [a10] "+x"(acc[1][0]), [a11] "+x"(acc[1][1]),         \
+  [a20] "+x"(acc[2][0]), [a21] "+x"(acc[2][1]), [a30] "+x"(acc[3][0]), [a31] "+x"(acc[3][1]), [b] "+r"(b)
+#define SPC_CLOB "memory", "cc", "r8", "r9", "r10", "r11", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+    constexpr int u16 = sizeof(Idx) == 2;
+    if constexpr (kPf) {
+      __asm__ volatile("1:\n\t"
+                       SPC_IDX("cp")
+                       "prefetcht0 (%[x],%%r8)\n\t" "prefetcht0 (%[x],%%r9)\n\t"
+                       "prefetcht0 (%[x],%%r10)\n\t" "prefetcht0 (%[x],%%r11)\n\t"
+                       SPC_BODY
+                       : SPC_OUT
+                       : [x] "r"(xq), [ld] "r"(ld), [c] "r"(cols), [cp] "r"(cpf), [v] "r"(vals), [wb] "r"(w16),
+                         [b1] "r"(b1), [u16] "i"(u16)
+                       : SPC_CLOB);
+    } else {
+      __asm__ volatile("1:\n\t" SPC_BODY
+                       : SPC_OUT
+                       : [x] "r"(xq), [ld] "r"(ld), [c] "r"(cols), [v] "r"(vals), [wb] "r"(w16), [b1] "r"(b1),
+                         [u16] "i"(u16)
+                       : SPC_CLOB);
+    }
+#undef SPC_CH
+#undef SPC_IDX
+#undef SPC_BODY
+#undef SPC_OUT
+#undef SPC_CLOB
   }
 };
 

@@ -13,6 +13,7 @@ namespace {
 //   vpdpbusd per slab with the channel's 4 weights as an embedded {1to16} dword broadcast.
 struct QuadVnni512 {
   static constexpr int kSlabs = 4;
+  static constexpr bool kLoop = false;
   static inline void step(__m512i acc[4][4], const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
                           const uint8_t* r3, const int8_t* w) {
     __m512i s0, s1, s2, s3, t;
