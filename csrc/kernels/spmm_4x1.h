@@ -166,8 +166,8 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
     if constexpr (Quad::kLoop) {
       // The quads whose prefetch target lies inside the column list, then the rest without.
       const uint64_t split = pf ? std::max(b0, std::min(b1, nnzb > pf ? nnzb - pf : 0)) : b0;
-      if (split > b0) Quad::template loop<Idx, true>(acc, xq, ld, cols, vals, b0, split, pf);
-      Quad::template loop<Idx, false>(acc, xq, ld, cols, vals, split, b1, pf);
+      if (split > b0) Quad::template loop<true>(acc, xq, ld, cols, vals, b0, split, pf);
+      Quad::template loop<false>(acc, xq, ld, cols, vals, split, b1, pf);
     } else {
       for (uint64_t b = b0; b < b1; b += 4) {
         if (pf && b + pf < nnzb) prefetch_quad(xq, cols + b + pf, ld);
@@ -209,10 +209,10 @@ void spmm_s8_idx(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 }
 
 // Quad: the policy that consumes one quad of blocks (QuadGather<V, Dot> or a hand-scheduled one).
+// int8 weights always have 16-bit column indices: K <= 65535 for them, and validation checks the width.
 template <class V, class Quad>
 void spmm_s8(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  if (p.w.index_bytes == 2) spmm_s8_idx<V, Quad, uint16_t>(p, g0, g1, m0);
-  else spmm_s8_idx<V, Quad, uint32_t>(p, g0, g1, m0);
+  spmm_s8_idx<V, Quad, uint16_t>(p, g0, g1, m0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ struct QuadPairs256 {
 
   // Quads [b0, b1) of one group into acc; with kPf, each also prefetches the activation rows of
   // the quad pf blocks ahead (the caller keeps b + pf inside the column list).
-  template <class Idx, bool kPf>
-  static inline void loop(__m256i acc[4][2], const uint8_t* xq, int64_t ld, const Idx* cols, const int8_t* vals,
+  template <bool kPf>
+  static inline void loop(__m256i acc[4][2], const uint8_t* xq, int64_t ld, const uint16_t* cols, const int8_t* vals,
                           uint64_t b0, uint64_t b1, uint64_t pf) {
     if (b0 >= b1) return;
     alignas(32) int16_t w16[16];
     uint64_t b = b0;
-    const Idx* cpf = cols + pf;
+    const uint16_t* cpf = cols + pf;
 #define SPC_CH(i, a0, a1)                          \
   "vpbroadcastd " #i "*8(%[wb]), %%ymm15\n\t"        \
   "vpmaddwd %%ymm15, %%ymm10, %%ymm14\n\t"              \
@@ -45,13 +45,8 @@ struct QuadPairs256 {
   "vpmaddwd %%ymm15, %%ymm13, %%ymm14\n\t"              \
   "vpaddd %%ymm14, %[" #a1 "], %[" #a1 "]\n\t"
 #define SPC_IDX(base)                                                                    \
-  ".if %c[u16]\n\t"                                                                      \
   "movzwl 0(%[" base "],%[b],2), %%r8d\n\t" "movzwl 2(%[" base "],%[b],2), %%r9d\n\t"     \
   "movzwl 4(%[" base "],%[b],2), %%r10d\n\t" "movzwl 6(%[" base "],%[b],2), %%r11d\n\t"   \
-  ".else\n\t"                                                                            \
-  "movl 0(%[" base "],%[b],4), %%r8d\n\t" "movl 4(%[" base "],%[b],4), %%r9d\n\t"         \
-  "movl 8(%[" base "],%[b],4), %%r10d\n\t" "movl 12(%[" base "],%[b],4), %%r11d\n\t"      \
-  ".endif\n\t"                                                                           \
   "imul %[ld], %%r8\n\t" "imul %[ld], %%r9\n\t" "imul %[ld], %%r10\n\t" "imul %[ld], %%r11\n\t"
 #define SPC_BODY                                                                           \
   "vpmovsxbw (%[v],%[b],4), %%ymm14\n\t" "vmovdqa %%ymm14, (%[wb])\n\t"                     \
@@ -66,7 +61,6 @@ struct QuadPairs256 {
   [a00] "+x"(acc[0][0]), [a01] "+x"(acc[0][1]), [a10] "+x"(acc[1][0]), [a11] "+x"(acc[1][1]),         \
   [a20] "+x"(acc[2][0]), [a21] "+x"(acc[2][1]), [a30] "+x"(acc[3][0]), [a31] "+x"(acc[3][1]), [b] "+r"(b)
 #define SPC_CLOB "memory", "cc", "r8", "r9", "r10", "r11", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
-    constexpr int u16 = sizeof(Idx) == 2;
     if constexpr (kPf) {
       __asm__ volatile("1:\n\t"
                        SPC_IDX("cp")
@@ -75,13 +69,12 @@ struct QuadPairs256 {
                        SPC_BODY
                        : SPC_OUT
                        : [x] "r"(xq), [ld] "r"(ld), [c] "r"(cols), [cp] "r"(cpf), [v] "r"(vals), [wb] "r"(w16),
-                         [b1] "r"(b1), [u16] "i"(u16)
+                         [b1] "r"(b1)
                        : SPC_CLOB);
     } else {
       __asm__ volatile("1:\n\t" SPC_BODY
                        : SPC_OUT
-                       : [x] "r"(xq), [ld] "r"(ld), [c] "r"(cols), [v] "r"(vals), [wb] "r"(w16), [b1] "r"(b1),
-                         [u16] "i"(u16)
+                       : [x] "r"(xq), [ld] "r"(ld), [c] "r"(cols), [v] "r"(vals), [wb] "r"(w16), [b1] "r"(b1)
                        : SPC_CLOB);
     }
 #undef SPC_CH

@@ -131,8 +131,7 @@ void skinny_idx(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t 
 }  // namespace
 
 void spmm_4x1_s8_skinny_8x4__avx2(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  if (p.w.index_bytes == 2) skinny_idx<uint16_t>(p, g0, g1, m0, m1);
-  else skinny_idx<uint32_t>(p, g0, g1, m0, m1);
+  skinny_idx<uint16_t>(p, g0, g1, m0, m1);  // int8: always 16-bit column indices (see spmm_s8)
 }
 
 }  // namespace sparsecpu
