@@ -10,13 +10,15 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import _util
 import sparsecpu
 import sparsecpu.onnx
-from _onnx_util import run, save, sparse_linear_model
+from _onnx_util import make_model, run, save, sparse_linear_model
 
 E = _util.EPS32
 
@@ -201,3 +203,31 @@ def test_nan_input_is_an_error(dtype, tmp_path):
     x[1, 3] = np.nan
     with pytest.raises(Exception, match="SparseLinear node 'sl': x contains NaN or Inf"):
         run(path, {"X": x})
+
+
+def _op_types_after_optimization(path, tmp_path, **kw):
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sparsecpu.onnx.session(path, sess_options=so, **kw)
+    return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+
+
+def test_session_keeps_residual_add_and_layernorm_unfused(tmp_path):
+    """sparsecpu.onnx.session turns off ONNX Runtime's SkipLayerNormFusion (SLOW_FUSIONS: its fused
+    node is several times slower on CPU); disabled_optimizers=[] gives it back."""
+    shape = [1, 128, 32]
+    nodes = [helper.make_node("Add", ["a", "b"], ["t"]),
+             helper.make_node("LayerNormalization", ["t", "g", "beta"], ["y"], axis=-1, epsilon=1e-12)]
+    inits = [numpy_helper.from_array(np.full(32, 1.5, np.float32), "g"),
+             numpy_helper.from_array(np.full(32, 0.25, np.float32), "beta")]
+    model = make_model(nodes, [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "ab"],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    path = save(model, tmp_path / "add_ln.onnx")
+    assert sparsecpu.onnx.SLOW_FUSIONS == ("SkipLayerNormFusion",)
+    assert _op_types_after_optimization(path, tmp_path) == {"Add", "LayerNormalization"}
+    assert "SkipLayerNormalization" in _op_types_after_optimization(path, tmp_path, disabled_optimizers=[])
+    rng = np.random.default_rng(6)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for _ in "ab")
+    t = a + b
+    want = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-12) * 1.5 + 0.25
+    np.testing.assert_allclose(sparsecpu.onnx.session(path).run(None, {"a": a, "b": b})[0], want, rtol=1e-4, atol=1e-4)

@@ -30,8 +30,12 @@ def missing() -> Optional[str]:
 
 def session(model: Any, threads: int) -> Any:
     """An ``onnxruntime.InferenceSession`` of ``model`` (a path or serialized bytes) on the CPU with
-    ``threads`` intra-op threads that do not spin, and sequential execution."""
+    ``threads`` intra-op threads that do not spin, sequential execution, and the graph optimizers
+    that ``sparsecpu.onnx.session`` turns off turned off here too (the baselines get the same
+    session settings as the converted model)."""
     import onnxruntime as ort
+
+    from ..onnx._runtime import SLOW_FUSIONS
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -43,7 +47,8 @@ def session(model: Any, threads: int) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: the benchmark prints its own notes
-    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(SLOW_FUSIONS))
 
 
 def matmul_model(w_kn: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ it (for ``SessionOptions.register_custom_ops_library`` in code that builds its o
 """
 
 from ._convert import DOMAIN, OP_TYPE, ConvertReport, NodeReport, convert
-from ._runtime import library_path, session, verify
+from ._runtime import SLOW_FUSIONS, library_path, session, verify
 
 __all__ = [
     "convert",
@@ -25,4 +25,5 @@ __all__ = [
     "NodeReport",
     "DOMAIN",
     "OP_TYPE",
+    "SLOW_FUSIONS",
 ]

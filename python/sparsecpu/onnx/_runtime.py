@@ -10,6 +10,12 @@ import numpy as np
 
 _LIBRARY = "libsparsecpu_ort.so"
 
+SLOW_FUSIONS = ("SkipLayerNormFusion",)
+"""ONNX Runtime graph optimizers that :func:`session` turns off by default, because on CPU their
+fused node is slower than the nodes it replaces: onnxruntime 1.31's ``SkipLayerNormalization``
+takes 315 us for a 1 x 128 x 768 fp32 residual add + LayerNorm on 2 threads (600 us on 1), where
+``Add`` + ``LayerNormalization`` take 82 us (93 us): 25 such pairs per BERT-base forward."""
+
 
 def _need(module: str):
     try:
@@ -42,7 +48,8 @@ def session(path: Any, threads: Optional[int] = None, *, spinning: bool = False,
             shared machine that slows every op more than the wake-up latency it saves (BERT-base,
             2 shared cores: 2-2.5x slower with spinning). Turn it on for a dedicated machine.
         **kw: passed to ``InferenceSession`` (``sess_options`` is extended, not replaced;
-            ``providers`` defaults to the CPU provider, the only one the custom op runs on).
+            ``providers`` defaults to the CPU provider, the only one the custom op runs on;
+            ``disabled_optimizers`` defaults to :data:`SLOW_FUSIONS`, pass ``[]`` to keep them).
 
     Inter-op parallelism stays off (``ORT_SEQUENTIAL``, one inter-op thread) so that one pool owns
     the cores.
@@ -57,6 +64,7 @@ def session(path: Any, threads: Optional[int] = None, *, spinning: bool = False,
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         so.intra_op_num_threads = threads
     kw.setdefault("providers", ["CPUExecutionProvider"])
+    kw.setdefault("disabled_optimizers", list(SLOW_FUSIONS))
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     return ort.InferenceSession(path, sess_options=so, **kw)
