@@ -10,7 +10,7 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 import sparsecpu
-from sparsecpu.nn import SparseLinear
+from sparsecpu.nn import SparseLinear, SparseResidualLayerNorm
 
 transformers = pytest.importorskip("transformers")
 
@@ -51,10 +51,14 @@ def test_bert_fp32_equals_pruned_dense_and_int8_keeps_cosine():
     report = sparsecpu.sparsify(fp32, dtype="fp32")
     assert len(report.converted) == len(report) == 13  # 2 x 6 encoder layers + pooler
     assert len(sparsecpu.sparsify(int8, dtype="int8").converted) == 13
-    # The intermediate layer's GELU runs in the kernel's epilogue.
+    # The intermediate layer's GELU runs in the kernel's epilogue; the output blocks' residual add
+    # and LayerNorm in the same call as their dense layer.
     rows = {r.name: r for r in report}
     assert rows["encoder.layer.0.intermediate.dense"].reason.endswith("; gelu fused")
-    assert "fused" not in rows["encoder.layer.0.output.dense"].reason
+    assert "fused" not in rows["encoder.layer.0.attention.self.query"].reason
+    for block in ("attention.output", "output"):
+        assert rows[f"encoder.layer.0.{block}.dense"].reason.endswith("; residual add + LayerNorm fused")
+        assert isinstance(int8.encoder.layer[1].get_submodule(block), SparseResidualLayerNorm)
     inter = fp32.encoder.layer[1].intermediate
     assert inter.dense.activation == "gelu" and isinstance(inter.intermediate_act_fn, torch.nn.Identity)
     with torch.inference_mode():

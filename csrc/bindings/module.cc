@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -66,8 +67,18 @@ U8Array pack(const F32Array& w, const std::string& dtype, const std::string& for
   return out;
 }
 
+// A float32 [n] array (null for None), kept alive by `keep`.
+const float* channel_vector(const py::object& v, uint64_t n, const char* what, F32Array& keep) {
+  if (v.is_none()) return nullptr;
+  keep = v.cast<F32Array>();
+  if (keep.ndim() != 1 || static_cast<uint64_t>(keep.shape(0)) != n)
+    throw std::invalid_argument(std::string(what) + " must be 1-D with N = " + std::to_string(n) + " elements");
+  return keep.data();
+}
+
 void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, int act, F32Array& out,
-               bool raw_s32) {
+               bool raw_s32, const py::object& residual, bool norm, const py::object& norm_weight,
+               const py::object& norm_bias, float norm_eps) {
   // x [..., K] and out [..., N], C-contiguous, with the same leading dims: M rows.
   const PackedView w = view_of(buf, false);
   const py::ssize_t d = x.ndim();
@@ -88,13 +99,20 @@ void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, in
   a.act = static_cast<Activation>(act);
   a.y = out.mutable_data();
   a.raw_s32 = raw_s32;
-  F32Array b;
-  if (!bias.is_none()) {
-    b = bias.cast<F32Array>();
-    if (b.ndim() != 1 || static_cast<uint64_t>(b.shape(0)) != w.n)
-      throw std::invalid_argument("bias must be 1-D with N = " + std::to_string(w.n) + " elements");
-    a.bias = b.data();
+  F32Array b, r, nw, nb;
+  a.bias = channel_vector(bias, w.n, "bias", b);
+  if (!residual.is_none()) {
+    r = residual.cast<F32Array>();
+    bool same = r.ndim() == out.ndim();
+    for (py::ssize_t i = 0; same && i < d; ++i) same = r.shape(i) == out.shape(i);
+    if (!same) throw std::invalid_argument("residual must have the output's shape [..., N]");
+    a.residual = r.data();
   }
+  a.norm = norm;
+  a.norm_weight = channel_vector(norm_weight, w.n, "norm_weight", nw);
+  a.norm_bias = channel_vector(norm_bias, w.n, "norm_bias", nb);
+  if (!(norm_eps >= 0.0f) || !std::isfinite(norm_eps)) throw std::invalid_argument("norm_eps must be finite and >= 0");
+  a.norm_eps = norm_eps;
   py::gil_scoped_release release;
   linear(a);
 }
@@ -159,7 +177,8 @@ PYBIND11_MODULE(_C, m) {
     return out;
   }, py::arg("buf"));
   m.def("linear", &linear_py, py::arg("x"), py::arg("buf"), py::arg("bias"), py::arg("act"), py::arg("out"),
-        py::arg("raw_s32") = false);
+        py::arg("raw_s32") = false, py::arg("residual") = py::none(), py::arg("norm") = false,
+        py::arg("norm_weight") = py::none(), py::arg("norm_bias") = py::none(), py::arg("norm_eps") = 1e-5f);
   m.def("info", &info);
   m.def("kernel_registry", &registry);
   m.def("supported_isas", &supported_isas);

@@ -1,7 +1,8 @@
 // Vector pieces every kernel's epilogue shares (written once over a vector-traits type, like
-// kernels/spmm_4x1.h): activations and the y = act(y + c) pass of the outlier path. Anonymous
-// namespace for the same reason as there: one copy per ISA object.
+// kernels/spmm_4x1.h): activations, the y = act(y + c) pass of the outlier path and the residual
+// add + LayerNorm pass. Anonymous namespace for the same reason as there: one copy per ISA object.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "kernels/kernels.h"
@@ -99,6 +100,60 @@ void add_act_f32(const float* c, float* y, int64_t n, Activation act) {
   int64_t i = 0;
   for (; i + V::kLanes <= n; i += V::kLanes) V::storef(y + i, vactivate<V>(V::add(V::loadf(y + i), V::loadf(c + i)), act));
   for (; i < n; ++i) y[i] = activate_scalar(y[i] + c[i], act);
+}
+
+// Residual add + LayerNorm of whole rows (AddNormFn): three passes over a row that stays in L1
+// (t = y + r stored back, with its sum; the sum of squared deviations; the affine output), four
+// vectors at a time into four accumulators so that the adds do not wait on one another.
+template <class V>
+void add_norm_f32(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta, float eps) {
+  using F = typename V::F;
+  constexpr int L = V::kLanes;
+  const int64_t n4 = n / (4 * L) * (4 * L), n1 = n / L * L;
+  auto total = [](const F a[4]) { return V::hsum(V::add(V::add(a[0], a[1]), V::add(a[2], a[3]))); };
+  for (int64_t row = 0; row < rows; ++row) {
+    float* t = y + row * n;
+    const float* rr = r ? r + row * n : nullptr;
+    auto sum_at = [&](int64_t i) {
+      const F v = rr ? V::add(V::loadf(t + i), V::loadf(rr + i)) : V::loadf(t + i);
+      V::storef(t + i, v);
+      return v;
+    };
+    F acc[4] = {V::zerof(), V::zerof(), V::zerof(), V::zerof()};
+    int64_t i = 0;
+    for (; i < n4; i += 4 * L) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[j] = V::add(acc[j], sum_at(i + j * L));
+    }
+    for (; i < n1; i += L) acc[0] = V::add(acc[0], sum_at(i));
+    float sum = total(acc);
+    for (; i < n; ++i) {
+      t[i] += rr ? rr[i] : 0.0f;
+      sum += t[i];
+    }
+    const float mean = sum / static_cast<float>(n);
+    const F vmean = V::set1f(mean);
+    auto sq_at = [&](int64_t i, F a) {
+      const F d = V::sub(V::loadf(t + i), vmean);
+      return V::fmadd(d, d, a);
+    };
+    for (auto& a : acc) a = V::zerof();
+    for (i = 0; i < n4; i += 4 * L) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[j] = sq_at(i + j * L, acc[j]);
+    }
+    for (; i < n1; i += L) acc[0] = sq_at(i, acc[0]);
+    float ss = total(acc);
+    for (; i < n; ++i) ss += (t[i] - mean) * (t[i] - mean);
+    const float rstd = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    const F vrstd = V::set1f(rstd), one = V::set1f(1.0f), zero = V::zerof();
+    for (i = 0; i < n1; i += L) {
+      const F g = gamma ? V::loadf(gamma + i) : one;
+      const F b = beta ? V::loadf(beta + i) : zero;
+      V::storef(t + i, V::fmadd(V::mul(V::sub(V::loadf(t + i), vmean), vrstd), g, b));
+    }
+    for (; i < n; ++i) t[i] = (t[i] - mean) * rstd * (gamma ? gamma[i] : 1.0f) + (beta ? beta[i] : 0.0f);
+  }
 }
 
 }  // namespace

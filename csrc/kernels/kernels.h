@@ -67,6 +67,11 @@ using QuantFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64
 // (all < M) to xq + m * ldq, columns [K, ldq) zero (ldq >= K, a multiple of 4).
 // y[i] = act(y[i] + c[i]) for i < n.
 using AddActFn = void (*)(const float* c, float* y, int64_t n, Activation act);
+// Rows [0, rows) of y [rows][n] (and of r, if not null) become
+// LayerNorm(y + r) = (t - mean(t)) / sqrt(var(t) + eps) * gamma + beta with t = y + r, per row; the
+// variance is the biased one (as torch's), gamma / beta null mean 1 / 0.
+using AddNormFn = void (*)(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta,
+                           float eps);
 // Same contract for fp32: x transposed to K-major, rows >= M zero.
 using TransposeFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
                              int64_t ldt);
@@ -88,16 +93,17 @@ enum class Op : int {
   quant_u8_rows = 6,
   add_act_f32 = 7,
   spmm_f32_skinny = 8,
+  add_norm_f32 = 9,
 };
 constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      Op::transpose_f32,
                           Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32,
-                          Op::spmm_f32_skinny};
+                          Op::spmm_f32_skinny, Op::add_norm_f32};
 
 struct KernelEntry {
   Op op;
   Isa isa;          // lowest level the kernel needs
   const char* name;
-  void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn by op
+  void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn / AddNormFn by op
   int mr;           // rows per tile (spmm, gemm), most rows per call (skinny) or 0
   int lanes;        // 32-bit lanes per vector (spmm), channels per tile (gemm, skinny) or 0
 };
@@ -120,11 +126,14 @@ const char* op_name(Op op);
 #define SPARSECPU_ROWS(op, isa, name, mr, nr) \
   void name(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1);
 #define SPARSECPU_ADD_ACT(op, isa, name) void name(const float* c, float* y, int64_t n, Activation act);
+#define SPARSECPU_ADD_NORM(op, isa, name)                                                                  \
+  void name(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta, float eps);
 #include "kernels/kernels.inc"
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT
 #undef SPARSECPU_TRANSPOSE
 #undef SPARSECPU_ROWS
 #undef SPARSECPU_ADD_ACT
+#undef SPARSECPU_ADD_NORM
 
 }  // namespace sparsecpu

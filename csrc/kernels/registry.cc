@@ -12,12 +12,14 @@ const KernelEntry kRegistry[] = {
 #define SPARSECPU_TRANSPOSE(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
 #define SPARSECPU_ROWS(op, isa, name, mr, nr) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), mr, nr},
 #define SPARSECPU_ADD_ACT(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
+#define SPARSECPU_ADD_NORM(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
 #include "kernels/kernels.inc"
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT
 #undef SPARSECPU_TRANSPOSE
 #undef SPARSECPU_ROWS
 #undef SPARSECPU_ADD_ACT
+#undef SPARSECPU_ADD_NORM
 };
 }  // namespace
 
@@ -44,6 +46,7 @@ const char* op_name(Op op) {
     case Op::quant_u8_rows: return "quant_u8_rows";
     case Op::add_act_f32: return "add_act_f32";
     case Op::spmm_f32_skinny: return "spmm_f32_skinny";
+    case Op::add_norm_f32: return "add_norm_f32";
   }
   return "unknown";
 }

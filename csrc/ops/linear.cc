@@ -144,6 +144,22 @@ ParallelFor parallel_of(const LinearArgs& a) {
   return {[](int n, const std::function<void(int)>& fn) { pool().run(n, fn); }, pool().size()};
 }
 
+bool has_post(const LinearArgs& a) { return a.residual != nullptr || a.norm; }
+
+// The residual add and LayerNorm on rows [m0, m1) of y, once the product is in them.
+void post_rows(const LinearArgs& a, int64_t m0, int64_t m1) {
+  const int64_t N = static_cast<int64_t>(a.w.n);
+  float* y = a.y + m0 * N;
+  const float* r = a.residual ? a.residual + m0 * N : nullptr;
+  if (a.norm) {
+    const auto add_norm = reinterpret_cast<AddNormFn>(select_kernel(Op::add_norm_f32, active_isa()).fn);
+    add_norm(y, r, m1 - m0, N, a.norm_weight, a.norm_bias, a.norm_eps);
+  } else {
+    const auto add_act = reinterpret_cast<AddActFn>(select_kernel(Op::add_act_f32, active_isa()).fn);
+    add_act(r, y, (m1 - m0) * N, Activation::none);
+  }
+}
+
 // Runs fn(c0, c1) over channel tiles [0, tiles) split in chunks, two per thread (a thread that loses
 // its core for a while leaves work to the others): equal nonzeros for a block-sparse weight (tiles
 // are groups), equal tiles for a dense one (tiles are panels).
@@ -178,7 +194,7 @@ const char* kernel_name(DType dtype) {
 // weight's outlier threshold.
 namespace {
 
-bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
+bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const PackedView& w = a.w;
   const Isa isa = active_isa();
   const bool int8 = w.dtype == DType::int8;
@@ -262,14 +278,19 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
   // Tasks are claimed dynamically (see ThreadPool::run): one per 64-row unit, or one per chunk.
   // With an outlier threshold, a unit computes only if its own rows hold no outlier: when some
   // row does, the whole call is redone by the outlier path (rare by design), and the common case
-  // keeps its single dispatch.
+  // keeps its single dispatch. A unit's task also adds the residual and normalizes its rows, while
+  // they are in its core's caches.
   std::vector<char> finite(units, 1);
   if (by_rows) {
+    const bool post = has_post(a);
     tp.run(static_cast<int>(units), [&](int u) {
       finite[u] = prepare(u, u + 1);
-      if (finite[u] && !(check_outliers && has_outliers(absmax + u * kRowAlign, kRowAlign, threshold)))
+      if (finite[u] && !(check_outliers && has_outliers(absmax + u * kRowAlign, kRowAlign, threshold))) {
         run_tiles(0, G, u, u + 1);
+        if (post) post_rows(a, u * kRowAlign, std::min(M, (u + 1) * kRowAlign));
+      }
     });
+    post_done = true;
   } else {
     tp.run(static_cast<int>(units), [&](int u) { finite[u] = prepare(u, u + 1); });
   }
@@ -289,7 +310,7 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers) {
 
 // Dense int8 (any M) and skinny int8 BSR (M <= kSkinnyRows): activations quantized row-major,
 // kernels vectorized over output channels. Same outlier contract as linear_kmajor.
-bool linear_rows(const LinearArgs& a, bool check_outliers) {
+bool linear_rows(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const PackedView& w = a.w;
   const Isa isa = active_isa();
   const bool dense = w.format == Format::dense;
@@ -330,12 +351,18 @@ bool linear_rows(const LinearArgs& a, bool check_outliers) {
     finite[u] = quant(a.x, M, K, u * kRowAlign, rows_of(u), const_cast<uint8_t*>(p.xq), ldx, scale, zp, absmax);
   };
   if (by_rows) {
-    // One task per 64 rows: quantize them, then every panel over them (the rows stay in L2). With
-    // outliers in some rows the call is redone by the outlier path, as in linear_kmajor.
+    // One task per 64 rows: quantize them, then every panel over them (the rows stay in L2), then
+    // the residual and norm. With outliers in some rows the call is redone by the outlier path, as
+    // in linear_kmajor.
+    const bool post = has_post(a);
     tp.run(static_cast<int>(units), [&](int u) {
       prepare(u);
-      if (finite[u] && !outliers_in(u)) kernel(p, 0, tiles, u * kRowAlign, rows_of(u));
+      if (finite[u] && !outliers_in(u)) {
+        kernel(p, 0, tiles, u * kRowAlign, rows_of(u));
+        if (post) post_rows(a, u * kRowAlign, rows_of(u));
+      }
     });
+    post_done = true;
   } else if (units == 1) {
     prepare(0);
   } else {
@@ -368,13 +395,15 @@ void linear_f32_skinny(const LinearArgs& a) {
   over_channel_chunks(tp, threads, w, G, [&](int64_t g0, int64_t g1) { kernel(p, g0, g1, 0, M); });
 }
 
-bool linear_int8_or_fp32(const LinearArgs& a, bool check_outliers) {
+// The product (and the activation); post_done tells whether the residual and norm were applied too.
+bool linear_int8_or_fp32(const LinearArgs& a, bool check_outliers, bool& post_done) {
+  post_done = false;
   if (a.w.dtype == DType::fp32 && a.M <= kSkinnyRows) {
     linear_f32_skinny(a);
     return true;
   }
   const bool rows = a.w.dtype == DType::int8 && (a.w.format == Format::dense || a.M <= kSkinnyRows);
-  return rows ? linear_rows(a, check_outliers) : linear_kmajor(a, check_outliers);
+  return rows ? linear_rows(a, check_outliers, post_done) : linear_kmajor(a, check_outliers, post_done);
 }
 
 // Input columns holding a value above the threshold in some row (LLM.int8() decomposition).
@@ -407,7 +436,10 @@ void linear_outliers(const LinearArgs& a) {
   LinearArgs inner = a;
   inner.x = xz;
   inner.act = a.raw_s32 ? a.act : Activation::none;
-  linear_int8_or_fp32(inner, false);
+  inner.residual = nullptr;
+  inner.norm = false;
+  bool post_done = false;
+  linear_int8_or_fp32(inner, false, post_done);
   if (a.raw_s32) return;
   float* c = s.get<float>(8, M * N + N);
   float* wcol = c + M * N;
@@ -424,12 +456,30 @@ void linear_outliers(const LinearArgs& a) {
   add_act(c, a.y, M * N, a.act);
 }
 
+// The residual and norm over all rows, after the product: 64-row units over the pool.
+void post_pass(const LinearArgs& a) {
+  const int64_t units = (a.M + kRowAlign - 1) / kRowAlign;
+  const ParallelFor tp = parallel_of(a);
+  auto unit = [&](int u) { post_rows(a, u * kRowAlign, std::min(a.M, (u + 1) * kRowAlign)); };
+  if (units == 1 || tp.threads == 1) {
+    post_rows(a, 0, a.M);
+  } else {
+    tp.run(static_cast<int>(units), unit);
+  }
+}
+
 }  // namespace
 
 void linear(const LinearArgs& a) {
   if (a.M == 0) return;
+  if (a.raw_s32 && has_post(a)) throw std::invalid_argument("raw_s32 returns the accumulators: no residual or norm");
   const bool check = a.w.dtype == DType::int8 && a.w.outlier_threshold > 0.0f;
-  if (!linear_int8_or_fp32(a, check)) linear_outliers(a);
+  bool post_done = false;
+  if (!linear_int8_or_fp32(a, check, post_done)) {
+    linear_outliers(a);
+    post_done = false;
+  }
+  if (has_post(a) && !post_done) post_pass(a);
 }
 
 const char* kernel_for(const PackedView& w, int64_t M) {

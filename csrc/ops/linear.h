@@ -1,5 +1,6 @@
 // The linear op, written once for every front door (pybind11 module, ONNX Runtime custom op):
-// y = act(x W^T + b) with W a packed weight: 4x1 block-sparse (int8 or fp32) or dense int8.
+// y = act(x W^T + b) with W a packed weight: 4x1 block-sparse (int8 or fp32) or dense int8,
+// optionally followed by a residual add and a LayerNorm over the output channels.
 // The kernel is chosen by format and M: dense GEMM; for BSR (int8 or fp32) the skinny kernel
 // (vectorized over channels) when M <= 8, else the SpMM tile (vectorized over rows).
 #pragma once
@@ -26,11 +27,18 @@ struct LinearArgs {
   const float* bias = nullptr;  // [N] or null
   Activation act = Activation::none;
   float* y = nullptr;  // [M][N] row-major (int32 bits when raw_s32)
-  bool raw_s32 = false;  // test hook: int8 accumulators before the epilogue
+  bool raw_s32 = false;  // test hook: int8 accumulators before the epilogue (no residual, no norm)
   const ParallelFor* parallel = nullptr;  // null: sparsecpu's own pool
+  // After the activation, per row of y: y += residual ([M][N] row-major, or null), then with norm
+  // y = LayerNorm(y) over the N channels, norm_weight / norm_bias ([N], or null for 1 / 0).
+  const float* residual = nullptr;
+  bool norm = false;
+  const float* norm_weight = nullptr;
+  const float* norm_bias = nullptr;
+  float norm_eps = 1e-5f;
 };
 
-// Throws std::invalid_argument if x holds NaN or Inf. An int8 weight with an outlier threshold
+// Throws std::invalid_argument if x holds NaN or Inf, or for raw_s32 with a residual or norm. An int8 weight with an outlier threshold
 // computes the input columns holding |x| > threshold in fp32 (with the dequantized weight) beside
 // the int8 product of the others; raw_s32 then returns the int8 part only.
 void linear(const LinearArgs& args);

@@ -1,4 +1,6 @@
-"""The ``sparsecpu::linear`` torch.library custom op behind :class:`sparsecpu.nn.SparseLinear`.
+"""The torch.library custom ops behind :mod:`sparsecpu.nn`: ``sparsecpu::linear``
+(:class:`~sparsecpu.nn.SparseLinear`) and ``sparsecpu::linear_residual_norm``
+(:class:`~sparsecpu.nn.SparseResidualLayerNorm`).
 
 Registered as one opaque op with a fake (meta) implementation, so ``torch.compile`` and
 ``torch.export`` keep a converted layer in the graph as a single node instead of breaking the graph.
@@ -22,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import _C, ops
 from .formats import PackedWeight
 
-__all__ = ["linear", "packed_weight", "remember", "run"]
+__all__ = ["linear", "linear_residual_norm", "packed_weight", "remember", "run"]
 
 _ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
 
@@ -93,16 +95,37 @@ def _plain(t: torch.Tensor) -> bool:
 ACTIVATION_CODES = {name: code for code, name in enumerate(_ACTIVATIONS)}
 
 
-def run(x: torch.Tensor, weight: PackedWeight, bias: Optional[np.ndarray], act: int) -> torch.Tensor:
-    """The op's computation on a float32 CPU tensor ``x [..., K]`` with no grad to keep: the kernel
+def _contiguous(t: torch.Tensor) -> np.ndarray:
+    a = t.numpy()
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _vector(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def run(
+    x: torch.Tensor,
+    weight: PackedWeight,
+    bias: Optional[np.ndarray],
+    act: int,
+    residual: Optional[torch.Tensor] = None,
+    norm: Optional[tuple] = None,
+) -> torch.Tensor:
+    """The ops' computation on a float32 CPU tensor ``x [..., K]`` with no grad to keep: the kernel
     straight on the tensors' memory, without :func:`sparsecpu.linear`'s conversions of arbitrary
     inputs (a decode step calls it about 50 times per token, so microseconds count). ``bias`` is a
-    float32 ``[N]`` array or None, ``act`` an activation code (:data:`ACTIVATION_CODES`)."""
-    xn = x.numpy()
-    if not xn.flags.c_contiguous:
-        xn = np.ascontiguousarray(xn)
+    float32 ``[N]`` array or None, ``act`` an activation code (:data:`ACTIVATION_CODES`).
+    ``residual``, a float32 CPU tensor of the output's shape, is added after the activation, and
+    ``norm = (weight [N] array or None, bias [N] array or None, eps)`` then normalizes each row."""
+    xn = _contiguous(x)
     out, out_t = ops._output((*xn.shape[:-1], weight.shape[0]), torch)
-    _C.linear(xn, weight.buffer, bias, act, out, False)
+    if residual is None and norm is None:
+        _C.linear(xn, weight.buffer, bias, act, out, False)
+    else:
+        nw, nb, eps = norm if norm is not None else (None, None, 0.0)
+        _C.linear(xn, weight.buffer, bias, act, out, False, None if residual is None else _contiguous(residual),
+                  norm is not None, nw, nb, eps)
     return out_t
 
 
@@ -132,4 +155,51 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], 
 def _(x, packed, bias, out_features, activation):
     torch._check(x.dtype == torch.float32, lambda: f"x must be float32, got {x.dtype}")
     torch._check(packed.dtype == torch.uint8 and packed.dim() == 1, lambda: "packed must be a 1-D uint8 tensor")
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.custom_op("sparsecpu::linear_residual_norm", mutates_args=())
+def linear_residual_norm(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    activation: str,
+    residual: torch.Tensor,
+    norm_weight: Optional[torch.Tensor],
+    norm_bias: Optional[torch.Tensor],
+    eps: float,
+) -> torch.Tensor:
+    """``layer_norm(activation(x @ W.T + bias) + residual)`` over the last dim, with ``W`` the
+    packed weight held in ``packed``: :func:`linear`, then the residual add and the LayerNorm
+    (``norm_weight`` / ``norm_bias`` ``[out_features]`` or None, ``eps`` as ``nn.LayerNorm``'s) in
+    the same call, on rows still in the cache. ``residual`` is float32 ``[..., out_features]``,
+    the shape of the result."""
+    weight = packed_weight(packed)
+    if weight.shape[0] != out_features:
+        raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    tensors = (x, residual, bias, norm_weight, norm_bias)
+    if not all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided) for t in tensors):
+        raise TypeError("x, residual, bias, norm_weight and norm_bias must be float32 CPU tensors")
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")
+    out_shape = (*x.shape[:-1], out_features)
+    if tuple(residual.shape) != out_shape:
+        raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")
+    for name, t in (("bias", bias), ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
+        if t is not None and tuple(t.shape) != (out_features,):
+            raise ValueError(f"{name} must have shape ({out_features},), got {tuple(t.shape)}")
+    if not (eps >= 0.0 and np.isfinite(eps)):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    norm = (_vector(norm_weight), _vector(norm_bias), eps)
+    return run(x.detach(), weight, _vector(bias), ACTIVATION_CODES[activation], residual.detach(), norm)
+
+
+@linear_residual_norm.register_fake
+def _(x, packed, bias, out_features, activation, residual, norm_weight, norm_bias, eps):
+    torch._check(x.dtype == torch.float32, lambda: f"x must be float32, got {x.dtype}")
+    torch._check(packed.dtype == torch.uint8 and packed.dim() == 1, lambda: "packed must be a 1-D uint8 tensor")
+    torch._check(residual.shape == (*x.shape[:-1], out_features), lambda: "residual must have the output's shape")
     return x.new_empty((*x.shape[:-1], out_features))

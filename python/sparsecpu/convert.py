@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .formats import AUTO_DENSE_DENSITY, pack
-from .nn import SparseLinear
+from .nn import SparseLinear, SparseResidualLayerNorm
 
 __all__ = ["sparsify", "SparsifyReport", "LayerReport", "DEFAULT_MIN_SPARSITY"]
 
@@ -140,6 +140,44 @@ def _activation_after(model: nn.Module, name: str) -> Optional[Tuple[nn.Module, 
     return None
 
 
+def _output_block_forward(self, hidden_states, input_tensor):
+    hidden_states = self.dense(hidden_states)
+    hidden_states = self.dropout(hidden_states)
+    hidden_states = self.LayerNorm(hidden_states + input_tensor)
+    return hidden_states
+
+
+def _code_key(fn) -> Optional[tuple]:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    return code.co_code, code.co_names, code.co_varnames, code.co_consts, code.co_argcount, code.co_kwonlyargcount
+
+
+_OUTPUT_BLOCK_CODE = _code_key(_output_block_forward)
+
+
+def _residual_norm_block(model: nn.Module, name: str, out_features: int) -> Optional[nn.Module]:
+    """The parent of the linear layer ``name`` when it is a BERT-style output block: its forward is
+    ``LayerNorm(dropout(dense(h)) + input_tensor)`` (the same bytecode as ``_output_block_forward``:
+    Hugging Face's ``BertSelfOutput`` / ``BertOutput`` and their copies in other models), the layer
+    is its ``dense`` and ``LayerNorm`` an ``nn.LayerNorm`` over the layer's outputs."""
+    parent_name, _, attr = name.rpartition(".")
+    if not parent_name:
+        return None  # the model itself: nothing to replace it in
+    parent = model.get_submodule(parent_name)
+    norm = getattr(parent, "LayerNorm", None)
+    return (
+        parent
+        if attr == "dense"
+        and _code_key(getattr(type(parent), "forward", None)) == _OUTPUT_BLOCK_CODE
+        and isinstance(getattr(parent, "dropout", None), nn.Module)
+        and isinstance(norm, nn.LayerNorm)
+        and tuple(norm.normalized_shape) == (out_features,)
+        else None
+    )
+
+
 def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
     """``(sparsity, block sparsity)`` of an ``out x in`` weight; blocks are 4x1 (4 output channels x 1 input),
     the last group of channels padded with zeros."""
@@ -170,6 +208,7 @@ def sparsify(
     format: str = "auto",
     skip: Sequence[str] = ("lm_head",),
     outlier_threshold: Optional[float] = None,
+    fuse_norm: bool = True,
 ) -> SparsifyReport:
     """Replaces, in place, the pruned ``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``model``
     by :class:`sparsecpu.nn.SparseLinear`, and returns a :class:`SparsifyReport` (``print`` it).
@@ -180,7 +219,11 @@ def sparsify(
     torch layer.
     The GELU after a converted BERT intermediate or GPT-2 MLP input layer (``dense`` +
     ``intermediate_act_fn``, ``c_fc`` + ``act``) is fused into the kernel (the activation module
-    becomes ``nn.Identity``).
+    becomes ``nn.Identity``). With ``fuse_norm``, a converted layer that is the ``dense`` of a
+    BERT-style output block (``LayerNorm(dropout(dense(h)) + input_tensor)``: Hugging Face's
+    ``BertSelfOutput``, ``BertOutput`` and their copies, recognized by their code) takes the residual
+    add and the LayerNorm into its call: the block becomes a
+    :class:`sparsecpu.nn.SparseResidualLayerNorm` (same children, same ``state_dict`` keys).
     Prune first (:func:`sparsecpu.prune`); the result is for inference (``torch.no_grad()``).
 
     Args:
@@ -194,6 +237,7 @@ def sparsify(
         skip: module names (qualified, last part, or glob) left untouched; by default the output
             projection ``lm_head``, whose weight GPT-2 shares with the token embedding.
         outlier_threshold: passed to :func:`sparsecpu.pack` when given.
+        fuse_norm: fuse the residual add + LayerNorm of BERT-style output blocks (default True).
 
     Example:
         >>> sparsecpu.prune(model, sparsity=0.9)
@@ -224,13 +268,20 @@ def sparsify(
             fused = _activation_after(model, name)
             if fused is not None:
                 reason += f"; {fused[2]} fused"
+            block = _residual_norm_block(model, name, weight.shape[0]) if fuse_norm else None
+            if block is not None:
+                reason += "; residual add + LayerNorm fused"
             fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
             packed = pack(weight, dtype=dtype, format=fmt, outlier_threshold=outlier_threshold)
-            replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused))
+            replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused, block))
         rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
-    for name, new, fused in replace:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, new)
+    for name, new, fused, block in replace:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, new)
         if fused is not None:
             setattr(fused[0], fused[1], nn.Identity())
+        if block is not None:
+            grand, _, block_attr = parent_name.rpartition(".")
+            fused_block = SparseResidualLayerNorm(new, block.LayerNorm, block.dropout).train(block.training)
+            setattr(model.get_submodule(grand), block_attr, fused_block)
     return SparsifyReport(rows)

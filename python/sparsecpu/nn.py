@@ -1,5 +1,6 @@
 """torch modules: :class:`SparseLinear`, a drop-in replacement for ``nn.Linear`` (and for the
-``Conv1D`` layers of Hugging Face GPT-2) that runs sparsecpu's kernels.
+``Conv1D`` layers of Hugging Face GPT-2) that runs sparsecpu's kernels, and
+:class:`SparseResidualLayerNorm`, a BERT output block (``LayerNorm(dense(h) + residual)``) in one call.
 
 >>> layer = sparsecpu.nn.SparseLinear.from_linear(linear, dtype="int8")
 >>> y = layer(x)          # like linear(x), inference only
@@ -15,7 +16,7 @@ from torch import nn
 from . import _library
 from .formats import PackedWeight, pack
 
-__all__ = ["SparseLinear"]
+__all__ = ["SparseLinear", "SparseResidualLayerNorm"]
 
 _ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
 
@@ -130,6 +131,13 @@ class SparseLinear(nn.Module):
             # Eager, plain tensor: the op's computation without a trip through the dispatcher (which
             # costs tens of microseconds per call in Python, as much as a decode step's kernel).
             return _library.run(x, *self._eager_args())
+        self._check_input(x)
+        if type(x) is torch.Tensor and not torch.compiler.is_compiling():
+            return _library.run(x.detach(), *self._eager_args())
+        return torch.ops.sparsecpu.linear(x, self.packed, self.bias, self.out_features, self.activation or "none")
+
+    def _check_input(self, x) -> None:
+        """Raises the error that fits an input the forward pass cannot take."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self._name()}: input must be a torch.Tensor, got {type(x).__name__}")
         if x.requires_grad and torch.is_grad_enabled():
@@ -141,9 +149,6 @@ class SparseLinear(nn.Module):
             raise TypeError(f"{self._name()}: input must be a float32 CPU tensor, got {x.dtype} on {x.device}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._name()}: input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
-        if type(x) is torch.Tensor and not torch.compiler.is_compiling():
-            return _library.run(x.detach(), *self._eager_args())
-        return torch.ops.sparsecpu.linear(x, self.packed, self.bias, self.out_features, self.activation or "none")
 
     def _eager_args(self):
         """``(PackedWeight, bias array or None, activation code)`` for :func:`_library.run`, kept
@@ -218,3 +223,85 @@ class SparseLinear(nn.Module):
         buf = self._buffers.get("packed")
         if buf is not None and buf.device.type == "cpu":
             _library.packed_weight(buf)
+
+
+def _plain_input(t) -> bool:
+    """A plain float32 CPU tensor that needs no grad, outside compilation: what the eager path takes."""
+    return (
+        type(t) is torch.Tensor
+        and t.dtype is torch.float32
+        and t.is_cpu
+        and not (t.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+    )
+
+
+class SparseResidualLayerNorm(nn.Module):
+    """``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``, the output block of BERT-style
+    Hugging Face models (``BertSelfOutput``, ``BertOutput`` and their copies), in one sparsecpu call:
+    each thread adds the residual and normalizes the rows it has just computed, while they are in
+    its cache, instead of two more passes of torch ops over the whole output.
+
+    :func:`sparsecpu.sparsify` puts one in place of every module whose ``forward`` is exactly that
+    computation (it compares the code), so you rarely build one yourself. Call it as the block it
+    replaces: ``block(hidden_states, input_tensor)``. The children keep the replaced block's names
+    (``dense``, ``dropout``, ``LayerNorm``), so its ``state_dict`` keys do not change.
+
+    In training mode with an active dropout, and for inputs the fused op does not take (another
+    dtype, a residual that only broadcasts to the output, tensor subclasses), it runs the three
+    steps one by one, with the same result. Inference only, like :class:`SparseLinear`.
+
+    Args:
+        dense: the block's linear layer, converted.
+        layer_norm: ``nn.LayerNorm`` over the last dim (``normalized_shape == (dense.out_features,)``).
+        dropout: the block's dropout (identity at inference), or None.
+    """
+
+    def __init__(self, dense: SparseLinear, layer_norm: nn.LayerNorm, dropout: Optional[nn.Module] = None):
+        super().__init__()
+        if not isinstance(dense, SparseLinear):
+            raise TypeError(f"dense must be a SparseLinear, got {type(dense).__name__}")
+        if not isinstance(layer_norm, nn.LayerNorm) or tuple(layer_norm.normalized_shape) != (dense.out_features,):
+            raise TypeError(f"layer_norm must be an nn.LayerNorm over ({dense.out_features},), got {layer_norm!r}")
+        self.dense = dense
+        self.dropout = dropout if dropout is not None else nn.Identity()
+        self.LayerNorm = layer_norm
+
+    def _fusable(self, hidden_states, input_tensor) -> bool:
+        dropout = self.dropout
+        if self.training and not (isinstance(dropout, nn.Identity) or (isinstance(dropout, nn.Dropout) and dropout.p == 0)):
+            return False
+        norm = self.LayerNorm
+        params = [p for p in (norm.weight, norm.bias) if p is not None]
+        return (
+            isinstance(hidden_states, torch.Tensor)
+            and isinstance(input_tensor, torch.Tensor)
+            and input_tensor.dtype is torch.float32
+            and input_tensor.is_cpu
+            and tuple(input_tensor.shape) == (*hidden_states.shape[:-1], self.dense.out_features)
+            and all(p.dtype is torch.float32 and p.is_cpu for p in params)
+        )
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        if not self._fusable(hidden_states, input_tensor):
+            return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+        dense, norm = self.dense, self.LayerNorm
+        if (
+            _plain_input(hidden_states)
+            and _plain_input(input_tensor)
+            and hidden_states.dim() > 0
+            and hidden_states.shape[-1] == dense.in_features
+        ):
+            weight, bias, act = dense._eager_args()
+            params = tuple(None if p is None else p.detach().numpy() for p in (norm.weight, norm.bias))
+            return _library.run(hidden_states.detach(), weight, bias, act, input_tensor.detach(), (*params, norm.eps))
+        dense._check_input(hidden_states)
+        if input_tensor.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{dense._name()} is inference only: the residual requires grad; run the model under "
+                "torch.no_grad() or torch.inference_mode()"
+            )
+        return torch.ops.sparsecpu.linear_residual_norm(
+            hidden_states, dense.packed, dense.bias, dense.out_features, dense.activation or "none", input_tensor,
+            norm.weight, norm.bias, float(norm.eps),
+        )

@@ -1,5 +1,5 @@
-// Activation passes (u8 quantize K-major or row-major, fp32 transpose) and the outlier path's
-// y = act(y + c) pass, with AVX2.
+// Activation passes (u8 quantize K-major or row-major, fp32 transpose), the outlier path's
+// y = act(y + c) pass and the residual add + LayerNorm pass, with AVX2.
 #include "kernels/avx2/vec256.h"
 #include "kernels/epilogue.h"
 #include "kernels/spmm_4x1.h"
@@ -22,5 +22,10 @@ bool quant_u8_rows__avx2(const float* x, int64_t M, int64_t K, int64_t m0, int64
 }
 
 void add_act_f32__avx2(const float* c, float* y, int64_t n, Activation act) { add_act_f32<Vec256>(c, y, n, act); }
+
+void add_norm_f32__avx2(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta,
+                        float eps) {
+  add_norm_f32<Vec256>(y, r, rows, n, gamma, beta, eps);
+}
 
 }  // namespace sparsecpu

@@ -89,6 +89,12 @@ struct Vec256 {
     v = _mm_max_ss(v, _mm_shuffle_ps(v, v, 1));
     return _mm_cvtss_f32(v);
   }
+  static float hsum(F a) {
+    __m128 v = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
+    return _mm_cvtss_f32(v);
+  }
   static bool all_zero(F a) {
     return _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_NEQ_UQ)) == 0;
   }

@@ -65,6 +65,7 @@ struct Vec512 {
   static F unpackhi64(F a, F b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); }
   static float hmin(F a) { return _mm512_reduce_min_ps(a); }
   static float hmax(F a) { return _mm512_reduce_max_ps(a); }
+  static float hsum(F a) { return _mm512_reduce_add_ps(a); }
   static bool all_zero(F a) { return _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0; }
 
   // The 128-bit lane j of v.
