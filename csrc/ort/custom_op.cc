@@ -1,11 +1,12 @@
 // ONNX Runtime front door: the custom-op library libsparsecpu_ort.so, written against the ORT C API.
 // One op, com.sparsecpu:SparseLinear (inputs X [..., K] fp32, W uint8 = a packed weight buffer,
-// optional bias [N] fp32; output Y [..., N] fp32), computed by the same ops/linear as the Python
-// binding. The packed weight comes from a model file, which is untrusted: it is validated in full
+// optional bias [N] fp32, optional residual R of Y's shape and LayerNorm Scale / B [N] fp32; output
+// Y [..., N] fp32), computed by the same ops/linear as the Python binding. The packed weight comes from a model file, which is untrusted: it is validated in full
 // when the kernel is created, so a bad model fails session creation with an error naming the node.
 #include <onnxruntime_c_api.h>
 
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -67,11 +68,22 @@ std::string node_name(const OrtKernelInfo* info) {
   return name;
 }
 
-int64_t attr_int(const OrtKernelInfo* info, const char* name) {
+// An integer attribute; without fallback a missing one is an error.
+int64_t attr_int(const OrtKernelInfo* info, const char* name, const int64_t* fallback = nullptr) {
   int64_t v = 0;
   if (OrtStatus* s = g_api->KernelInfoGetAttribute_int64(info, name, &v)) {
     g_api->ReleaseStatus(s);
+    if (fallback) return *fallback;
     throw std::invalid_argument(std::string("missing or non-integer attribute '") + name + "'");
+  }
+  return v;
+}
+
+float attr_float(const OrtKernelInfo* info, const char* name, float fallback) {
+  float v = 0.0f;
+  if (OrtStatus* s = g_api->KernelInfoGetAttribute_float(info, name, &v)) {
+    g_api->ReleaseStatus(s);
+    return fallback;
   }
   return v;
 }
@@ -132,15 +144,21 @@ struct Kernel {
   std::unique_ptr<uint8_t, FreeAligned> buf;  // owned, 64-byte aligned copy of the packed weight
   PackedView w{};
   Activation act = Activation::none;
+  bool norm = false;  // LayerNorm after the residual add (attribute norm = 1)
+  float epsilon = 1e-5f;
   int threads = 1;  // tasks ORT's intra-op pool runs at once (its default size: one per core)
 
-  // Checks the bias tensor (constant or not) against N.
-  void check_bias(const TensorShape& b) const {
+  // Checks a per-channel tensor (bias, Scale, B; constant or not) against N.
+  void check_channels(const TensorShape& b, const char* what) const {
     if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || b.dims.size() != 1 || static_cast<uint64_t>(b.dims[0]) != w.n)
-      throw std::invalid_argument("bias must be a float tensor of shape [" + std::to_string(w.n) + "], got " +
-                                  dims_str(b.dims));
+      throw std::invalid_argument(std::string(what) + " must be a float tensor of shape [" + std::to_string(w.n) +
+                                  "], got " + dims_str(b.dims));
   }
 };
+
+// Optional inputs after W: bias (2), residual R (3), LayerNorm Scale (4) and B (5).
+constexpr size_t kInputs = 6;
+const char* const kChannelInputs[kInputs] = {nullptr, nullptr, "bias", nullptr, "Scale", "B"};
 
 Kernel* create(const OrtKernelInfo* info) {
   auto k = std::make_unique<Kernel>();
@@ -148,6 +166,13 @@ Kernel* create(const OrtKernelInfo* info) {
   const std::string dtype = attr_string(info, "dtype", nullptr);
   const std::string format = attr_string(info, "format", "bsr");
   k->act = parse_activation(attr_string(info, "activation", "none"));
+  const int64_t no_norm = 0;
+  const int64_t norm = attr_int(info, "norm", &no_norm);
+  if (norm != 0 && norm != 1) throw std::invalid_argument("attribute 'norm' must be 0 or 1, got " + std::to_string(norm));
+  k->norm = norm == 1;
+  k->epsilon = attr_float(info, "epsilon", 1e-5f);
+  if (!(k->epsilon >= 0.0f) || !std::isfinite(k->epsilon))
+    throw std::invalid_argument("attribute 'epsilon' must be finite and >= 0, got " + std::to_string(k->epsilon));
   if (dtype != "int8" && dtype != "fp32")
     throw std::invalid_argument("attribute 'dtype' must be int8 or fp32, got '" + dtype + "'");
   if (format != "bsr" && format != "dense")
@@ -180,10 +205,12 @@ Kernel* create(const OrtKernelInfo* info) {
                                 sparsecpu::dtype_name(k->w.dtype) + ")");
   size_t inputs = 0;
   check(g_api->KernelInfo_GetInputCount(info, &inputs));
-  if (inputs > 2) {
-    const OrtValue* bv = nullptr;
-    check(g_api->KernelInfoGetConstantInput_tensor(info, 2, &is_constant, &bv));
-    if (is_constant && bv) k->check_bias(shape_of(bv));
+  if (inputs > kInputs) throw std::invalid_argument("at most 6 inputs (X, W, bias, R, Scale, B), got " + std::to_string(inputs));
+  for (size_t i = 2; i < inputs; ++i) {
+    if (!kChannelInputs[i]) continue;
+    const OrtValue* v = nullptr;
+    check(g_api->KernelInfoGetConstantInput_tensor(info, i, &is_constant, &v));
+    if (is_constant && v) k->check_channels(shape_of(v), kChannelInputs[i]);
   }
   k->threads = sparsecpu::default_num_threads();
   return k.release();
@@ -208,15 +235,23 @@ void compute(const Kernel& k, OrtKernelContext* ctx) {
   a.w = k.w;
   a.M = M;
   a.act = k.act;
+  a.norm = k.norm;
+  a.norm_eps = k.epsilon;
   size_t inputs = 0;
   check(g_api->KernelContext_GetInputCount(ctx, &inputs));
-  if (inputs > 2) {
-    const OrtValue* bv = nullptr;
-    check(g_api->KernelContext_GetInput(ctx, 2, &bv));
-    if (bv) {
-      k.check_bias(shape_of(bv));
-      check(g_api->GetTensorMutableData(const_cast<OrtValue*>(bv), reinterpret_cast<void**>(const_cast<float**>(&a.bias))));
+  const float** targets[kInputs] = {nullptr, nullptr, &a.bias, &a.residual, &a.norm_weight, &a.norm_bias};
+  for (size_t i = 2; i < inputs && i < kInputs; ++i) {
+    const OrtValue* v = nullptr;
+    check(g_api->KernelContext_GetInput(ctx, i, &v));
+    if (!v) continue;
+    const TensorShape s = shape_of(v);
+    if (kChannelInputs[i]) {
+      k.check_channels(s, kChannelInputs[i]);
+      if (i >= 4 && !k.norm) throw std::invalid_argument(std::string(kChannelInputs[i]) + " is given but attribute norm is 0");
+    } else if (s.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || s.dims != ydims) {
+      throw std::invalid_argument("R must be a float tensor of Y's shape " + dims_str(ydims) + ", got " + dims_str(s.dims));
     }
+    check(g_api->GetTensorMutableData(const_cast<OrtValue*>(v), reinterpret_cast<void**>(const_cast<float**>(targets[i]))));
   }
   OrtValue* yv = nullptr;
   check(g_api->KernelContext_GetOutput(ctx, 0, ydims.data(), ydims.size(), &yv));
@@ -286,12 +321,12 @@ OrtCustomOp make_op(uint32_t version) {
   op.version = version;
   op.GetName = [](const OrtCustomOp*) { return kOpName; };
   op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };  // CPU
-  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 3; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kInputs; };
   op.GetInputType = [](const OrtCustomOp*, size_t i) {
     return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   };
   op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
-    return i == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return i >= 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   };
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
   op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };

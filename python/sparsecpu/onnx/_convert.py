@@ -2,8 +2,9 @@
 
 Finds MatMul and Gemm nodes whose weight is a constant 2-D float initializer, together with the
 bias Add and the activation (Relu, Gelu, or the Erf or Tanh form of GELU that exporters write out)
-that follow, and replaces each chain with one ``com.sparsecpu:SparseLinear`` node whose packed weight is
-a uint8 initializer. Everything else in the graph is left as it was.
+that follow, and a residual Add + LayerNormalization after those (BERT's output blocks), and replaces
+each chain with one ``com.sparsecpu:SparseLinear`` node whose packed weight is a uint8 initializer.
+Everything else in the graph is left as it was.
 """
 
 from __future__ import annotations
@@ -84,12 +85,31 @@ def _block_density(w: np.ndarray) -> float:
     return float(nz.reshape(g, 4, k).any(axis=1).mean())
 
 
-class _Graph:
-    """Indexes of one graph: producers, consumers, constants."""
+def _dims(value_info) -> Optional[tuple]:
+    """A value's dims (ints, or names for symbolic ones), or None if its rank or a dim is unknown."""
+    t = value_info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in t.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            return None
+    return tuple(dims)
 
-    def __init__(self, onnx, graph):
+
+class _Graph:
+    """Indexes of one graph: producers, consumers, constants, known shapes."""
+
+    def __init__(self, onnx, graph, model=None):
         self.onnx = onnx
         self.graph = graph
+        self.model = model
+        self._shapes = None
+        self._inferred = False
         # One list of node objects for every index below and for the rewrite, so that nodes can be
         # told apart by identity.
         self.nodes = list(graph.node)
@@ -137,6 +157,25 @@ class _Graph:
         if len(c) != 1 or name in self.outputs or name in self.subgraph_refs:
             return None
         return c[0]
+
+    def shape(self, name: str) -> Optional[tuple]:
+        """The dims of ``name`` as the model states them (graph inputs, outputs, value_info) or, for
+        a value it says nothing about, as ONNX shape inference finds them; None when unknown."""
+        if self._shapes is None:
+            self._shapes = {}
+            self._add_shapes([*self.graph.input, *self.graph.output, *self.graph.value_info])
+        if self._shapes.get(name) is None and not self._inferred and self.model is not None:
+            self._inferred = True
+            try:
+                self._add_shapes(self.onnx.shape_inference.infer_shapes(self.model).graph.value_info)
+            except Exception:  # a help, not a requirement (a model over 2 GB cannot be inferred in memory)
+                pass
+        return self._shapes.get(name)
+
+    def _add_shapes(self, infos) -> None:
+        for v in infos:
+            if self._shapes.get(v.name) is None:
+                self._shapes[v.name] = _dims(v)
 
     def scalar(self, name: str) -> Optional[float]:
         v = self.const(name)
@@ -339,6 +378,35 @@ def _match_bias(g: _Graph, y: str, n: int, rank2: bool):
     return None
 
 
+def _match_residual_norm(g: _Graph, y: str, n: int):
+    """(residual, Scale, B or "", epsilon, [Add, LayerNormalization], output) for
+    ``LayerNormalization(Add(y, R))`` over the last axis, where R is known to have y's shape (no
+    broadcast) and nothing else reads the Add or uses the norm's Mean / InvStdDev; else None."""
+    add = g.only_consumer(y)
+    if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+        return None
+    r = _other(add, y)
+    shape = g.shape(y)
+    if not r or r == y or shape is None or not shape or g.shape(r) != shape or shape[-1] != n:
+        return None
+    ln = g.only_consumer(add.output[0])
+    if ln is None or ln.op_type != "LayerNormalization" or ln.domain not in ("", "ai.onnx") or ln.input[0] != add.output[0]:
+        return None
+    attrs = {a.name: a for a in ln.attribute}
+    axis = attrs["axis"].i if "axis" in attrs else -1
+    if axis not in (-1, len(shape) - 1) or ("stash_type" in attrs and attrs["stash_type"].i != 1):
+        return None
+    if any(o and (g.consumers.get(o) or o in g.outputs or o in g.subgraph_refs) for o in ln.output[1:]):
+        return None
+    params = [ln.input[i] if len(ln.input) > i else "" for i in (1, 2)]
+    for p in params:
+        c = g.const(p) if p else None
+        if c is not None and (c.dtype != np.float32 or c.shape != (n,)):
+            return None
+    epsilon = attrs["epsilon"].f if "epsilon" in attrs else 1e-5
+    return r, params[0], params[1], epsilon, [add, ln], ln.output[0]
+
+
 def convert(
     src,
     dst,
@@ -346,6 +414,7 @@ def convert(
     min_sparsity: float = 0.5,
     format: str = "auto",
     *,
+    fuse_norm: bool = True,
     external_data: Optional[bool] = None,
     verbose: bool = False,
 ) -> ConvertReport:
@@ -356,6 +425,10 @@ def convert(
     constant ``[N]`` vector and the activation (Relu, Gelu, or the Erf or Tanh form of GELU) that read
     only its output. The packed weight is stored as a uint8 initializer; initializers nothing reads
     any more are dropped; every other node is kept untouched.
+
+    With ``fuse_norm``, a residual ``Add`` of a tensor of the same shape followed by a
+    ``LayerNormalization`` over the last axis (a BERT output block) joins the chain too: the node adds
+    the residual and normalizes each row in the same call, on rows still in its core's cache.
 
     Args:
         src: the model (path). Tensors stored as external data are read from beside it.
@@ -368,6 +441,7 @@ def convert(
             weights at least ``sparsecpu.formats.AUTO_DENSE_DENSITY`` dense, which only a lowered
             ``min_sparsity`` lets through, run the dense int8 GEMM; the others are block-sparse),
             ``"bsr"`` (4x1 block-sparse) or ``"dense"`` (dense int8; int8 only).
+        fuse_norm: fold the residual Add + LayerNormalization described above (default True).
         external_data: write tensors to ``<dst>.data`` beside ``dst``; default: when ``src`` had
             external data or the model would exceed protobuf's 2 GB limit.
         verbose: print the report.
@@ -391,7 +465,7 @@ def convert(
         raise ValueError("dst must differ from src (external data files would be overwritten while read)")
     had_external = _has_external_data(onnx, src)
     model = onnx.load(src, load_external_data=True)
-    g = _Graph(onnx, model.graph)
+    g = _Graph(onnx, model.graph, model)
     reports: List[NodeReport] = []
     remove = set()  # ids of nodes folded into SparseLinear nodes
     new_nodes = {}  # id of the first node of a chain -> its SparseLinear node
@@ -441,6 +515,10 @@ def convert(
         if m is not None:
             act, nodes, y = m
             chain += nodes
+        norm = _match_residual_norm(g, y, n) if fuse_norm else None
+        if norm is not None:
+            residual, scale, beta, epsilon, nodes, y = norm
+            chain += nodes
 
         # MatMuls sharing a weight share its packed copy (a Gemm's alpha and transB make its own).
         shared = packed_by_weight.get(node.input[1]) if node.op_type == "MatMul" else None
@@ -456,9 +534,16 @@ def convert(
             bias_name = fresh(f"{name}.sparsecpu_bias")
             new_inits.append(onnx.numpy_helper.from_array(np.ascontiguousarray(bias, np.float32), bias_name))
             inputs.append(bias_name)
-        new_nodes[id(node)] = onnx.helper.make_node(
+        attrs = {}
+        if norm is not None:
+            inputs += [""] * (3 - len(inputs)) + [residual, scale, beta]  # X, W, bias or "", R, Scale, B
+            while not inputs[-1]:
+                inputs.pop()
+            attrs = {"norm": 1, "epsilon": float(epsilon)}
+        # In the place of the chain's last node: every input (the residual too) is computed by then.
+        new_nodes[id(chain[-1])] = onnx.helper.make_node(
             OP_TYPE, inputs, [y], name=node.name or fresh(name), domain=DOMAIN,
-            N=n, K=k, dtype=dtype, format=packed_format, activation=act,
+            N=n, K=k, dtype=dtype, format=packed_format, activation=act, **attrs,
         )
         for c in chain:
             remove.add(id(c))
@@ -466,6 +551,7 @@ def convert(
         rep.converted = True
         rep.fused = [c.name for c in chain[1:]]
         extras = (["bias"] if bias is not None else []) + ([act] if act != "none" else [])
+        extras += ["residual add + LayerNorm"] if norm is not None else []
         rep.reason = f"{packed_format} {dtype}" + (" + " + " + ".join(extras) if extras else "")
 
     nodes = []
