@@ -18,7 +18,7 @@ from sparsecpu import testing
 LEVELS = testing.supported_isas()
 ALL_LEVELS = ["reference", "avx2", "avx512", "avx512_vnni"]
 OPS = ["spmm_s8", "spmm_f32", "quant_u8", "transpose_f32", "gemm_s8", "spmm_s8_skinny", "quant_u8_rows", "add_act_f32",
-       "spmm_f32_skinny", "add_norm_f32"]
+       "spmm_f32_skinny", "add_norm_f32", "attention_f32"]
 
 
 def test_exports():

@@ -13,6 +13,7 @@
 #include "core/cpu.h"
 #include "core/format.h"
 #include "core/threadpool.h"
+#include "ops/attention.h"
 #include "ops/linear.h"
 
 namespace py = pybind11;
@@ -117,6 +118,74 @@ void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, in
   linear(a);
 }
 
+// Element strides of a float32 / uint8 array whose last dim is contiguous (numpy strides are bytes).
+template <class T>
+std::vector<int64_t> element_strides(const py::array& a, const char* what) {
+  std::vector<int64_t> s(a.ndim());
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (a.strides(i) % static_cast<py::ssize_t>(sizeof(T)) != 0)
+      throw std::invalid_argument(std::string(what) + " has a stride that is not a whole number of elements");
+    s[i] = a.strides(i) / static_cast<py::ssize_t>(sizeof(T));
+  }
+  if (a.ndim() > 0 && a.shape(a.ndim() - 1) > 1 && s.back() != 1)
+    throw std::invalid_argument(std::string(what) + " must be contiguous in its last dim");
+  return s;
+}
+
+// q [B, H, Sq, D], k and v [B, H, Skv, D], out [B, H, Sq, D] (float32, any strides with the last dim
+// contiguous); mask: None, or float32 (added) / bool (True = attend) of 4 dims each equal to the
+// scores' [B, H, Sq, Skv] or 1 (broadcast).
+void attention_py(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& mask,
+                  float scale) {
+  const py::array* arrays[] = {&q, &k, &v, &out};
+  const char* names[] = {"q", "k", "v", "out"};
+  for (int i = 0; i < 4; ++i) {
+    if (arrays[i]->ndim() != 4 || !py::isinstance<py::array_t<float>>(*arrays[i]) ||
+        !arrays[i]->dtype().is(py::dtype::of<float>()))
+      throw std::invalid_argument(std::string(names[i]) + " must be a 4-D float32 array [B, H, S, D]");
+  }
+  const int64_t B = q.shape(0), H = q.shape(1), Sq = q.shape(2), D = q.shape(3), Skv = k.shape(2);
+  for (const py::array* kv : {&k, &v}) {
+    if (kv->shape(0) != B || kv->shape(1) != H || kv->shape(2) != Skv || kv->shape(3) != D)
+      throw std::invalid_argument("k and v must have shape [B, H, Skv, D] matching q");
+  }
+  if (out.shape(0) != B || out.shape(1) != H || out.shape(2) != Sq || out.shape(3) != D)
+    throw std::invalid_argument("out must have q's shape");
+  if (!out.writeable()) throw std::invalid_argument("out must be writeable");
+  if (!std::isfinite(scale)) throw std::invalid_argument("scale must be finite");
+  AttnParams p{};
+  p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
+  p.scale = scale;
+  const auto qs = element_strides<float>(q, "q"), ks = element_strides<float>(k, "k");
+  const auto vs = element_strides<float>(v, "v"), os = element_strides<float>(out, "out");
+  p.q = static_cast<const float*>(q.data()), p.q_sb = qs[0], p.q_sh = qs[1], p.q_ss = qs[2];
+  p.k = static_cast<const float*>(k.data()), p.k_sb = ks[0], p.k_sh = ks[1], p.k_ss = ks[2];
+  p.v = static_cast<const float*>(v.data()), p.v_sb = vs[0], p.v_sh = vs[1], p.v_ss = vs[2];
+  p.o = static_cast<float*>(out.mutable_data()), p.o_sb = os[0], p.o_sh = os[1], p.o_ss = os[2];
+  py::array m;
+  if (!mask.is_none()) {
+    m = mask.cast<py::array>();
+    const bool is_bool = m.dtype().is(py::dtype::of<bool>());
+    if (m.ndim() != 4 || !(is_bool || m.dtype().is(py::dtype::of<float>())))
+      throw std::invalid_argument("mask must be a 4-D float32 or bool array");
+    const int64_t want[4] = {B, H, Sq, Skv};
+    std::vector<int64_t> ms(4);
+    for (int i = 0; i < 4; ++i) {
+      if (m.shape(i) != want[i] && m.shape(i) != 1)
+        throw std::invalid_argument("mask dim " + std::to_string(i) + " is " + std::to_string(m.shape(i)) +
+                                    ": it must be " + std::to_string(want[i]) + " or 1");
+      const py::ssize_t item = is_bool ? 1 : 4;
+      if (m.strides(i) % item != 0) throw std::invalid_argument("mask has a misaligned stride");
+      ms[i] = m.shape(i) == 1 ? 0 : m.strides(i) / item;
+    }
+    p.m_sb = ms[0], p.m_sh = ms[1], p.m_sq = ms[2], p.m_sk = ms[3];
+    if (is_bool) p.keep = static_cast<const uint8_t*>(m.data());
+    else p.bias = static_cast<const float*>(m.data());
+  }
+  py::gil_scoped_release release;
+  attention(p);
+}
+
 py::dict info() {
   const CpuInfo& c = cpu_info();
   py::dict d;
@@ -179,6 +248,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear", &linear_py, py::arg("x"), py::arg("buf"), py::arg("bias"), py::arg("act"), py::arg("out"),
         py::arg("raw_s32") = false, py::arg("residual") = py::none(), py::arg("norm") = false,
         py::arg("norm_weight") = py::none(), py::arg("norm_bias") = py::none(), py::arg("norm_eps") = 1e-5f);
+  m.def("attention", &attention_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"),
+        py::arg("scale"));
   m.def("info", &info);
   m.def("kernel_registry", &registry);
   m.def("supported_isas", &supported_isas);

@@ -76,6 +76,34 @@ using AddNormFn = void (*)(float* y, const float* r, int64_t rows, int64_t n, co
 using TransposeFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
                              int64_t ldt);
 
+// Scaled dot-product attention of one (batch, head) pair: O = softmax(scale Q K^T + mask) V over
+// the Skv keys, per query row. Q, K, V, O are fp32 with the last dim (D) contiguous and any other
+// strides (in elements). The mask is optional and broadcast by zero strides: additive (bias) or
+// boolean (keep: nonzero = attend). A query row with no key to attend to gets zeros.
+struct AttnParams {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* o;
+  int64_t B, H, Sq, Skv, D;
+  int64_t q_sb, q_sh, q_ss;
+  int64_t k_sb, k_sh, k_ss;
+  int64_t v_sb, v_sh, v_ss;
+  int64_t o_sb, o_sh, o_ss;
+  float scale;
+  const float* bias;      // [B][H][Sq][Skv] by the m_ strides, or null
+  const uint8_t* keep;    // same indexing, or null (at most one of bias / keep)
+  int64_t m_sb, m_sh, m_sq, m_sk;
+};
+
+// Floats of scratch an attention kernel needs per call (one (batch, head) pair at a time).
+inline int64_t attn_scratch_floats(int64_t Skv, int64_t D) {
+  const int64_t skv = (Skv + 15) / 16 * 16;
+  return (D + 8) * skv + 16;
+}
+// Computes pair bh = b * H + h; scratch holds attn_scratch_floats(Skv, D) floats, 64-byte aligned.
+using AttnFn = void (*)(const AttnParams& p, int64_t bh, float* scratch);
+
 // Position of row m (0 <= m < mr) of an mr-row tile in slab order, for a kernel with `lanes`-lane vectors.
 inline int64_t slab_order_index(int64_t m, int mr, int lanes) {
   const int64_t span = 4 * (mr / lanes);  // rows covered by one 128-bit lane across the slabs
@@ -94,16 +122,17 @@ enum class Op : int {
   add_act_f32 = 7,
   spmm_f32_skinny = 8,
   add_norm_f32 = 9,
+  attention_f32 = 10,
 };
 constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      Op::transpose_f32,
                           Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32,
-                          Op::spmm_f32_skinny, Op::add_norm_f32};
+                          Op::spmm_f32_skinny, Op::add_norm_f32, Op::attention_f32};
 
 struct KernelEntry {
   Op op;
   Isa isa;          // lowest level the kernel needs
   const char* name;
-  void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn / AddNormFn by op
+  void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn / AddNormFn / AttnFn by op
   int mr;           // rows per tile (spmm, gemm), most rows per call (skinny) or 0
   int lanes;        // 32-bit lanes per vector (spmm), channels per tile (gemm, skinny) or 0
 };
@@ -128,7 +157,9 @@ const char* op_name(Op op);
 #define SPARSECPU_ADD_ACT(op, isa, name) void name(const float* c, float* y, int64_t n, Activation act);
 #define SPARSECPU_ADD_NORM(op, isa, name)                                                                  \
   void name(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta, float eps);
+#define SPARSECPU_ATTN(op, isa, name) void name(const AttnParams& p, int64_t bh, float* scratch);
 #include "kernels/kernels.inc"
+#undef SPARSECPU_ATTN
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT
 #undef SPARSECPU_TRANSPOSE

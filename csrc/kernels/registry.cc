@@ -13,6 +13,7 @@ const KernelEntry kRegistry[] = {
 #define SPARSECPU_ROWS(op, isa, name, mr, nr) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), mr, nr},
 #define SPARSECPU_ADD_ACT(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
 #define SPARSECPU_ADD_NORM(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
+#define SPARSECPU_ATTN(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
 #include "kernels/kernels.inc"
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT
@@ -20,6 +21,7 @@ const KernelEntry kRegistry[] = {
 #undef SPARSECPU_ROWS
 #undef SPARSECPU_ADD_ACT
 #undef SPARSECPU_ADD_NORM
+#undef SPARSECPU_ATTN
 };
 }  // namespace
 
@@ -47,6 +49,7 @@ const char* op_name(Op op) {
     case Op::add_act_f32: return "add_act_f32";
     case Op::spmm_f32_skinny: return "spmm_f32_skinny";
     case Op::add_norm_f32: return "add_norm_f32";
+    case Op::attention_f32: return "attention_f32";
   }
   return "unknown";
 }

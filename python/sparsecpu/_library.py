@@ -1,6 +1,7 @@
 """The torch.library custom ops behind :mod:`sparsecpu.nn`: ``sparsecpu::linear``
-(:class:`~sparsecpu.nn.SparseLinear`) and ``sparsecpu::linear_residual_norm``
-(:class:`~sparsecpu.nn.SparseResidualLayerNorm`).
+(:class:`~sparsecpu.nn.SparseLinear`), ``sparsecpu::linear_residual_norm``
+(:class:`~sparsecpu.nn.SparseResidualLayerNorm`) and ``sparsecpu::attention`` (the attention
+:func:`sparsecpu.sparsify` gives Hugging Face models).
 
 Registered as one opaque op with a fake (meta) implementation, so ``torch.compile`` and
 ``torch.export`` keep a converted layer in the graph as a single node instead of breaking the graph.
@@ -24,7 +25,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import _C, ops
 from .formats import PackedWeight
 
-__all__ = ["linear", "linear_residual_norm", "packed_weight", "remember", "run"]
+__all__ = ["attention", "linear", "linear_residual_norm", "packed_weight", "remember", "run", "run_attention"]
 
 _ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
 
@@ -203,3 +204,48 @@ def _(x, packed, bias, out_features, activation, residual, norm_weight, norm_bia
     torch._check(packed.dtype == torch.uint8 and packed.dim() == 1, lambda: "packed must be a 1-D uint8 tensor")
     torch._check(residual.shape == (*x.shape[:-1], out_features), lambda: "residual must have the output's shape")
     return x.new_empty((*x.shape[:-1], out_features))
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """:func:`attention`'s computation on plain float32 CPU tensors without grad (the last dims of
+    q, k, v contiguous; any other strides): returns ``[B, Sq, H, D]``."""
+    b, h, sq, d = q.shape
+    out = torch.empty((b, sq, h, d), dtype=torch.float32)
+    _C.attention(q.numpy(), k.numpy(), v.numpy(), out.transpose(1, 2).numpy(), None if mask is None else mask.numpy(), scale)
+    return out
+
+
+@torch.library.custom_op("sparsecpu::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """``softmax(scale * q @ k^T + mask) @ v`` per (batch, head), returned as ``[B, Sq, H, D]`` (the
+    layout the heads are merged from).
+
+    ``q`` is float32 ``[B, H, Sq, D]``, ``k`` and ``v`` ``[B, H, Skv, D]``; ``mask`` is None, a bool
+    tensor (True = attend) or a float32 one (added to the scores), 4-D and broadcastable to
+    ``[B, H, Sq, Skv]``. A query row that may attend to no key gets zeros.
+    """
+    tensors = [q, k, v] + ([mask] if mask is not None else [])
+    if not all(t.device.type == "cpu" and t.layout == torch.strided for t in tensors):
+        raise TypeError("q, k, v and mask must be strided CPU tensors")
+    if not all(t.dtype == torch.float32 for t in (q, k, v)):
+        raise TypeError(f"q, k and v must be float32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.dim() == k.dim() == v.dim() == 4:
+        raise ValueError(f"q, k and v must be 4-D float32 tensors [B, H, S, D], got {q.dim()}-D, {k.dim()}-D, {v.dim()}-D")
+    if mask is not None and mask.dtype not in (torch.bool, torch.float32):
+        raise TypeError(f"mask must be bool or float32, got {mask.dtype}")
+    if not np.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    return run_attention(q, k, v, None if mask is None else mask.detach(), float(scale))
+
+
+@attention.register_fake
+def _(q, k, v, mask, scale):
+    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "q, k and v must be 4-D [B, H, S, D]")
+    b, h, sq, d = q.shape
+    return q.new_empty((b, sq, h, d))

@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from . import _attention
 from .formats import AUTO_DENSE_DENSITY, pack
 from .nn import SparseLinear, SparseResidualLayerNorm
 
@@ -55,11 +56,13 @@ class SparsifyReport:
     """What :func:`sparsify` did: one :class:`LayerReport` per linear layer, in module order.
 
     Iterable and indexable; ``print(report)`` shows a table; ``report.converted`` lists the rows
-    whose layer was replaced.
+    whose layer was replaced; ``report.attention`` says whether the model's attention now runs
+    sparsecpu's kernel.
     """
 
-    def __init__(self, rows: Sequence[LayerReport]):
+    def __init__(self, rows: Sequence[LayerReport], attention: bool = False):
         self.rows: List[LayerReport] = list(rows)
+        self.attention = attention
 
     def __iter__(self) -> Iterator[LayerReport]:
         return iter(self.rows)
@@ -87,6 +90,8 @@ class SparsifyReport:
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
         lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(head[-1]))
         lines.append(f"{len(self.converted)} of {len(self.rows)} linear layers converted")
+        if self.attention:
+            lines.append("attention: sparsecpu's kernel (attn_implementation 'sparsecpu', was 'sdpa')")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -209,6 +214,7 @@ def sparsify(
     skip: Sequence[str] = ("lm_head",),
     outlier_threshold: Optional[float] = None,
     fuse_norm: bool = True,
+    attention: bool = True,
 ) -> SparsifyReport:
     """Replaces, in place, the pruned ``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``model``
     by :class:`sparsecpu.nn.SparseLinear`, and returns a :class:`SparsifyReport` (``print`` it).
@@ -238,6 +244,10 @@ def sparsify(
             projection ``lm_head``, whose weight GPT-2 shares with the token embedding.
         outlier_threshold: passed to :func:`sparsecpu.pack` when given.
         fuse_norm: fuse the residual add + LayerNorm of BERT-style output blocks (default True).
+        attention: switch a Hugging Face model that uses transformers' SDPA attention (the default)
+            to sparsecpu's attention kernel (``model.set_attn_implementation("sparsecpu")``); the
+            cases the kernel does not cover (causal prefill, dropout, grouped key/value heads, other
+            dtypes) still run transformers' SDPA function (default True).
 
     Example:
         >>> sparsecpu.prune(model, sparsity=0.9)
@@ -275,6 +285,7 @@ def sparsify(
             packed = pack(weight, dtype=dtype, format=fmt, outlier_threshold=outlier_threshold)
             replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused, block))
         rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
+    switched = attention and _attention.use_sparsecpu_attention(model)
     for name, new, fused, block in replace:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, new)
@@ -284,4 +295,4 @@ def sparsify(
             grand, _, block_attr = parent_name.rpartition(".")
             fused_block = SparseResidualLayerNorm(new, block.LayerNorm, block.dropout).train(block.training)
             setattr(model.get_submodule(grand), block_attr, fused_block)
-    return SparsifyReport(rows)
+    return SparsifyReport(rows, attention=switched)

@@ -28,6 +28,17 @@ def _bytes_tensor(weight: PackedWeight) -> torch.Tensor:
         return torch.from_numpy(weight.buffer.copy())
 
 
+def _plain_input(t) -> bool:
+    """A plain float32 CPU tensor without grad, outside compilation: what the eager paths take."""
+    return (
+        type(t) is torch.Tensor
+        and t.dtype is torch.float32
+        and t.is_cpu
+        and not t.requires_grad
+        and not torch.compiler.is_compiling()
+    )
+
+
 class SparseLinear(nn.Module):
     """``y = x @ W.T + bias`` (optionally followed by an activation) with ``W`` packed by sparsecpu.
 
@@ -119,15 +130,7 @@ class SparseLinear(nn.Module):
         return _library.packed_weight(self.packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            type(x) is torch.Tensor
-            and x.dtype is torch.float32
-            and x.is_cpu
-            and not x.requires_grad
-            and x.dim() > 0
-            and x.shape[-1] == self.in_features
-            and not torch.compiler.is_compiling()
-        ):
+        if _plain_input(x) and x.dim() > 0 and x.shape[-1] == self.in_features:
             # Eager, plain tensor: the op's computation without a trip through the dispatcher (which
             # costs tens of microseconds per call in Python, as much as a decode step's kernel).
             return _library.run(x, *self._eager_args())
@@ -225,17 +228,6 @@ class SparseLinear(nn.Module):
             _library.packed_weight(buf)
 
 
-def _plain_input(t) -> bool:
-    """A plain float32 CPU tensor that needs no grad, outside compilation: what the eager path takes."""
-    return (
-        type(t) is torch.Tensor
-        and t.dtype is torch.float32
-        and t.is_cpu
-        and not (t.requires_grad and torch.is_grad_enabled())
-        and not torch.compiler.is_compiling()
-    )
-
-
 class SparseResidualLayerNorm(nn.Module):
     """``LayerNorm(dropout(dense(hidden_states)) + input_tensor)``, the output block of BERT-style
     Hugging Face models (``BertSelfOutput``, ``BertOutput`` and their copies), in one sparsecpu call:
@@ -294,7 +286,7 @@ class SparseResidualLayerNorm(nn.Module):
         ):
             weight, bias, act = dense._eager_args()
             params = tuple(None if p is None else p.detach().numpy() for p in (norm.weight, norm.bias))
-            return _library.run(hidden_states.detach(), weight, bias, act, input_tensor.detach(), (*params, norm.eps))
+            return _library.run(hidden_states, weight, bias, act, input_tensor, (*params, norm.eps))
         dense._check_input(hidden_states)
         if input_tensor.requires_grad and torch.is_grad_enabled():
             raise ValueError(

@@ -1,0 +1,14 @@
+// Scaled dot-product attention over every (batch, head) pair, split over sparsecpu's pool: the op
+// behind sparsecpu's attention for Hugging Face models. Shapes and strides come checked by the
+// front door; see AttnParams in kernels/kernels.h for the contract.
+#pragma once
+#include "kernels/kernels.h"
+
+namespace sparsecpu {
+
+void attention(const AttnParams& p);
+
+// The kernel attention() runs at the active level.
+const char* attention_kernel_name();
+
+}  // namespace sparsecpu

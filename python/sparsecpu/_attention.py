@@ -1,0 +1,75 @@
+"""sparsecpu's attention kernel as a Hugging Face attention implementation (``"sparsecpu"``).
+
+transformers looks attention functions up by the name in ``config._attn_implementation``; this
+module registers one under ``"sparsecpu"`` (with SDPA's boolean masks) and switches a model to it.
+The function runs the cases the kernel covers (no causal flag, no dropout, one key/value head per
+query head, float32 CPU tensors without grad) and hands everything else to transformers' own SDPA
+function, so a switched model computes what it computed before.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _library
+
+NAME = "sparsecpu"
+
+
+def _plain(t) -> bool:
+    return (
+        type(t) is torch.Tensor
+        and t.is_cpu
+        and t.layout is torch.strided
+        and not t.requires_grad
+        and (t.shape[-1] <= 1 or t.stride(-1) == 1)
+    )
+
+
+def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: Optional[float] = None,
+                      is_causal: Optional[bool] = None, **kwargs):
+    """The ``"sparsecpu"`` attention function: transformers' SDPA signature and results."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    mask = attention_mask
+    covered = (
+        not (query.shape[2] > 1 and mask is None and causal)
+        and (dropout == 0.0 or not module.training)
+        and getattr(module, "num_key_value_groups", 1) == 1
+        and query.dim() == 4
+        and key.shape[1] == query.shape[1]
+        and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "cache"))
+        and not kwargs.get("output_attentions", False)
+        and all(_plain(t) and t.dtype is torch.float32 for t in (query, key, value))
+        and (mask is None or (_plain(mask) and mask.dim() == 4 and mask.dtype in (torch.bool, torch.float32)))
+    )
+    if not covered:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    if torch.compiler.is_compiling():
+        return torch.ops.sparsecpu.attention(query, key, value, mask, scale), None
+    return _library.run_attention(query, key, value, mask, scale), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def use_sparsecpu_attention(model) -> bool:
+    """Switches a Hugging Face model from transformers' ``"sdpa"`` attention (its default) to
+    ``"sparsecpu"``; False, and nothing changed, for any other model or implementation (an
+    explicitly chosen ``"eager"`` is left alone: it is how one gets attention weights back)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return False
+    _register()
+    model.set_attn_implementation(NAME)
+    return True

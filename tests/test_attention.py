@@ -1,0 +1,222 @@
+"""sparsecpu's attention: the kernel at every ISA level against float64 numpy (shapes around the
+6-row and 16-column tiles, masks, strided layouts, threads), the sparsecpu::attention op, and the
+"sparsecpu" attention implementation sparsify() gives Hugging Face models."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import _util
+import sparsecpu
+import sparsecpu.nn  # registers the torch ops
+from sparsecpu import _C, testing
+
+LEVELS = testing.supported_isas()
+
+PARAMS = {
+    "b": [1, 2],
+    "h": [1, 3, 12],
+    "sq": [1, 5, 6, 7, 13, 128],
+    "skv": [1, 7, 16, 17, 130],
+    "d": [1, 8, 16, 24, 64, 72],
+    # none; bool per (batch, query, key); bool per key only (padding); float per (head, query, key);
+    # bool with the last query row masked everywhere
+    "mask": ["none", "bool", "bool_keys", "float", "bool_empty_row"],
+    # q/k/v as [B, S, H, D] memory viewed [B, H, S, D] (what BERT hands over) or contiguous [B, H, S, D]
+    "layout": ["heads_interleaved", "contiguous"],
+    "threads": [1, 2],
+}
+
+
+def _cases():
+    return _util.pairwise(PARAMS, seed=21)
+
+
+def _qkv(rng, b, h, sq, skv, d, layout):
+    def one(s):
+        if layout == "contiguous":
+            return torch.from_numpy(rng.standard_normal((b, h, s, d)).astype(np.float32))
+        return torch.from_numpy(rng.standard_normal((b, s, h, d)).astype(np.float32)).transpose(1, 2)
+
+    return one(sq), one(skv), one(skv)
+
+
+def _mask(rng, kind, b, h, sq, skv):
+    if kind == "none":
+        return None
+    if kind == "float":
+        return torch.from_numpy(rng.standard_normal((1, h, sq, skv)).astype(np.float32))
+    if kind == "bool_keys":
+        m = torch.ones(b, 1, 1, skv, dtype=torch.bool)
+        m[..., skv // 2:] = torch.from_numpy(rng.random((b, 1, 1, skv - skv // 2)) < 0.5)
+        m[..., 0] = True
+        return m
+    m = torch.from_numpy(rng.random((b, 1, sq, skv)) < 0.6)
+    m[..., 0] = True
+    if kind == "bool_empty_row":
+        m[:, :, -1, :] = False
+    return m
+
+
+def _expected(q, k, v, mask, scale):
+    """float64 numpy: [B, Sq, H, D]; rows with no key to attend to are 0."""
+    q, k, v = (t.double().numpy() for t in (q, k, v))
+    s = np.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    if mask is not None:
+        m = mask.numpy()
+        s = np.where(m, s, -np.inf) if m.dtype == bool else s + m.astype(np.float64)
+    mx = s.max(-1, keepdims=True)
+    e = np.where(np.isfinite(mx), np.exp(s - np.where(np.isfinite(mx), mx, 0)), 0.0)
+    total = e.sum(-1, keepdims=True)
+    p = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    return np.einsum("bhqk,bhkd->bqhd", p, v)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_attention_every_level(case, level):
+    rng = np.random.default_rng(case["sq"] * 1000 + case["skv"] * 10 + case["d"])
+    b, h, sq, skv, d = case["b"], case["h"], case["sq"], case["skv"], case["d"]
+    q, k, v = _qkv(rng, b, h, sq, skv, d, case["layout"])
+    mask = _mask(rng, case["mask"], b, h, sq, skv)
+    scale = 0.7 / np.sqrt(d)
+    sparsecpu.set_num_threads(case["threads"])
+    try:
+        with testing.isa(level):
+            got = torch.ops.sparsecpu.attention(q, k, v, mask, scale)
+    finally:
+        sparsecpu.set_num_threads(2)
+    want = _expected(q, k, v, mask, scale)
+    assert got.shape == (b, sq, h, d)
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=2e-6 * max(1.0, np.abs(want).max()))
+    if case["mask"] == "bool_empty_row":
+        assert (got[:, -1] == 0).all()
+    elif sq * d >= 8:
+        assert (np.abs(want) > 1e-3).mean() > 0.5, "expected output mostly zeros: the case proves nothing"
+
+
+def test_pairwise_cases_cover_every_pair():
+    assert _util.uncovered_pairs(PARAMS, _cases()) == []
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_matches_torch_sdpa_at_bert_shape(level):
+    torch.manual_seed(0)
+    x = torch.randn(2, 128, 3, 12, 64)
+    q, k, v = (x[:, :, i].transpose(1, 2) for i in range(3))
+    mask = torch.ones(2, 1, 128, 128, dtype=torch.bool)
+    mask[1, ..., 100:] = False
+    with testing.isa(level):
+        got = torch.ops.sparsecpu.attention(q, k, v, mask, 0.125)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input():
+    q = torch.randn(1, 2, 5, 8)
+    op = torch.ops.sparsecpu.attention
+    with pytest.raises(TypeError, match="must be float32"):
+        op(q.double(), q.double(), q.double(), None, 1.0)
+    with pytest.raises(TypeError, match="mask must be bool or float32"):
+        op(q, q, q, torch.ones(1, 1, 5, 5, dtype=torch.int64), 1.0)
+    with pytest.raises(ValueError, match="mask dim 3 is 4: it must be 5 or 1"):
+        op(q, q, q, torch.ones(1, 1, 5, 4, dtype=torch.bool), 1.0)
+    with pytest.raises(ValueError, match="mask must be a 4-D"):
+        op(q, q, q, torch.ones(5, 5, dtype=torch.bool), 1.0)
+    with pytest.raises(ValueError, match=r"k and v must have shape \[B, H, Skv, D\]"):
+        op(q, torch.randn(1, 2, 5, 7), q, None, 1.0)
+    with pytest.raises(ValueError, match="4-D float32"):
+        op(q[0], q[0], q[0], None, 1.0)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        op(q, q, q, None, float("inf"))
+    out = np.empty((1, 5, 2, 8), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        _C.attention(q.numpy(), q.numpy(), q.numpy(), out.transpose(0, 2, 1, 3), None, 1.0)
+
+
+def test_opcheck():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 3, 7, 16), torch.randn(2, 3, 9, 16), torch.randn(2, 3, 9, 16)
+    for mask in (None, torch.rand(2, 1, 7, 9) > 0.3, torch.randn(1, 3, 7, 9)):
+        torch.library.opcheck(torch.ops.sparsecpu.attention.default, (q, k, v, mask, 0.25))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face models
+
+transformers = pytest.importorskip("transformers")
+
+
+def _bert():
+    torch.manual_seed(2)
+    cfg = transformers.BertConfig(vocab_size=300, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=192, max_position_embeddings=64)
+    model = transformers.BertModel(cfg).eval()
+    sparsecpu.prune(model, sparsity=0.5)
+    return model
+
+
+def test_sparsify_switches_bert_attention_and_keeps_its_results():
+    model = _bert()
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    report = sparsecpu.sparsify(ours, dtype="fp32", min_sparsity=0.0)
+    assert report.attention and "attention: sparsecpu's kernel" in str(report)
+    assert ours.config._attn_implementation == "sparsecpu"
+    assert not sparsecpu.sparsify(theirs, dtype="fp32", min_sparsity=0.0, attention=False).attention
+    assert theirs.config._attn_implementation == "sdpa"
+    ids = torch.randint(2, 300, (2, 40), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    calls = []
+    run = sparsecpu._library.run_attention
+    sparsecpu._library.run_attention = lambda *a: calls.append(a[3]) or run(*a)
+    try:
+        with torch.inference_mode():
+            for m in (None, mask):
+                torch.testing.assert_close(ours(input_ids=ids, attention_mask=m).last_hidden_state,
+                                           theirs(input_ids=ids, attention_mask=m).last_hidden_state, rtol=1e-5, atol=1e-5)
+    finally:
+        sparsecpu._library.run_attention = run
+    # Both calls ran the kernel: without a mask, and with SDPA's boolean padding mask.
+    assert len(calls) == 4 and calls[0] is None and calls[2].dtype == torch.bool and calls[2].shape == (2, 1, 40, 40)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_bert_runs_the_op():
+    model = _bert()
+    sparsecpu.sparsify(model, dtype="fp32", min_sparsity=0.0)
+    ids = torch.randint(2, 300, (1, 24), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        want = model(input_ids=ids).last_hidden_state
+        got = torch.compile(model)(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_eager_attention_left_alone_and_gpt2_generate_unchanged():
+    torch.manual_seed(5)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, attn_implementation="eager")
+    eager = transformers.BertModel(cfg).eval()
+    assert not sparsecpu.sparsify(eager, min_sparsity=0.0).attention
+    assert eager.config._attn_implementation == "eager"
+    # GPT-2: causal prefill falls back to SDPA, decode steps (one query row) run the kernel.
+    gcfg = transformers.GPT2Config(vocab_size=200, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
+                                   eos_token_id=1, initializer_range=0.3)
+    gpt = transformers.GPT2LMHeadModel(gcfg).eval()
+    sparsecpu.prune(gpt, sparsity=0.5, scope="layer")
+    ours, theirs = copy.deepcopy(gpt), copy.deepcopy(gpt)
+    assert sparsecpu.sparsify(ours, dtype="fp32", min_sparsity=0.0).attention
+    sparsecpu.sparsify(theirs, dtype="fp32", min_sparsity=0.0, attention=False)
+    prompt = torch.randint(2, 200, (2, 9), generator=torch.Generator().manual_seed(6))
+    attn = torch.ones_like(prompt)
+    attn[0, :3] = 0  # left padding: a mask in prefill and in every decode step
+    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=1, attention_mask=attn)
+    with torch.inference_mode():
+        a, b = ours.generate(prompt, **kw), theirs.generate(prompt, **kw)
+    assert torch.equal(a, b) and len(set(a[1, 9:].tolist())) > 3
