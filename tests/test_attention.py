@@ -27,8 +27,9 @@ PARAMS = {
     # none; bool per (batch, query, key); bool per key only (padding); float per (head, query, key);
     # bool with the last query row masked everywhere
     "mask": ["none", "bool", "bool_keys", "float", "bool_empty_row"],
-    # q/k/v as [B, S, H, D] memory viewed [B, H, S, D] (what BERT hands over) or contiguous [B, H, S, D]
-    "layout": ["heads_interleaved", "contiguous"],
+    # q/k/v as [B, S, H, D] memory viewed [B, H, S, D] (what BERT hands over), contiguous [B, H, S, D],
+    # or k given as a contiguous K^T [B, H, D, Skv] (what an exported ONNX graph hands over)
+    "layout": ["heads_interleaved", "contiguous", "k_transposed"],
     "threads": [1, 2],
 }
 
@@ -39,11 +40,14 @@ def _cases():
 
 def _qkv(rng, b, h, sq, skv, d, layout):
     def one(s):
-        if layout == "contiguous":
-            return torch.from_numpy(rng.standard_normal((b, h, s, d)).astype(np.float32))
-        return torch.from_numpy(rng.standard_normal((b, s, h, d)).astype(np.float32)).transpose(1, 2)
+        if layout == "heads_interleaved":
+            return torch.from_numpy(rng.standard_normal((b, s, h, d)).astype(np.float32)).transpose(1, 2)
+        return torch.from_numpy(rng.standard_normal((b, h, s, d)).astype(np.float32))
 
-    return one(sq), one(skv), one(skv)
+    k = one(skv)
+    if layout == "k_transposed":
+        k = k.transpose(2, 3).contiguous().transpose(2, 3)
+    return one(sq), k, one(skv)
 
 
 def _mask(rng, kind, b, h, sq, skv):
@@ -88,7 +92,10 @@ def test_attention_every_level(case, level):
     sparsecpu.set_num_threads(case["threads"])
     try:
         with testing.isa(level):
-            got = torch.ops.sparsecpu.attention(q, k, v, mask, scale)
+            # The binding itself: the op would make a K^T layout contiguous first.
+            got = torch.empty(b, sq, h, d)
+            _C.attention(q.numpy(), k.numpy(), v.numpy(), got.transpose(1, 2).numpy(),
+                         None if mask is None else mask.numpy(), scale)
     finally:
         sparsecpu.set_num_threads(2)
     want = _expected(q, k, v, mask, scale)

@@ -120,20 +120,20 @@ void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, in
 
 // Element strides of a float32 / uint8 array whose last dim is contiguous (numpy strides are bytes).
 template <class T>
-std::vector<int64_t> element_strides(const py::array& a, const char* what) {
+std::vector<int64_t> element_strides(const py::array& a, const char* what, bool last_contiguous = true) {
   std::vector<int64_t> s(a.ndim());
   for (py::ssize_t i = 0; i < a.ndim(); ++i) {
     if (a.strides(i) % static_cast<py::ssize_t>(sizeof(T)) != 0)
       throw std::invalid_argument(std::string(what) + " has a stride that is not a whole number of elements");
     s[i] = a.strides(i) / static_cast<py::ssize_t>(sizeof(T));
   }
-  if (a.ndim() > 0 && a.shape(a.ndim() - 1) > 1 && s.back() != 1)
+  if (last_contiguous && a.ndim() > 0 && a.shape(a.ndim() - 1) > 1 && s.back() != 1)
     throw std::invalid_argument(std::string(what) + " must be contiguous in its last dim");
   return s;
 }
 
-// q [B, H, Sq, D], k and v [B, H, Skv, D], out [B, H, Sq, D] (float32, any strides with the last dim
-// contiguous); mask: None, or float32 (added) / bool (True = attend) of 4 dims each equal to the
+// q [B, H, Sq, D], k and v [B, H, Skv, D], out [B, H, Sq, D] (float32, any strides; the last dim
+// contiguous except in k); mask: None, or float32 (added) / bool (True = attend) of 4 dims each equal to the
 // scores' [B, H, Sq, Skv] or 1 (broadcast).
 void attention_py(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& mask,
                   float scale) {
@@ -156,10 +156,10 @@ void attention_py(const py::array& q, const py::array& k, const py::array& v, py
   AttnParams p{};
   p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
   p.scale = scale;
-  const auto qs = element_strides<float>(q, "q"), ks = element_strides<float>(k, "k");
+  const auto qs = element_strides<float>(q, "q"), ks = element_strides<float>(k, "k", false);
   const auto vs = element_strides<float>(v, "v"), os = element_strides<float>(out, "out");
   p.q = static_cast<const float*>(q.data()), p.q_sb = qs[0], p.q_sh = qs[1], p.q_ss = qs[2];
-  p.k = static_cast<const float*>(k.data()), p.k_sb = ks[0], p.k_sh = ks[1], p.k_ss = ks[2];
+  p.k = static_cast<const float*>(k.data()), p.k_sb = ks[0], p.k_sh = ks[1], p.k_ss = ks[2], p.k_sd = ks[3];
   p.v = static_cast<const float*>(v.data()), p.v_sb = vs[0], p.v_sh = vs[1], p.v_ss = vs[2];
   p.o = static_cast<float*>(out.mutable_data()), p.o_sb = os[0], p.o_sh = os[1], p.o_ss = os[2];
   py::array m;

@@ -77,8 +77,8 @@ using TransposeFn = bool (*)(const float* x, int64_t M, int64_t K, int64_t m0, i
                              int64_t ldt);
 
 // Scaled dot-product attention of one (batch, head) pair: O = softmax(scale Q K^T + mask) V over
-// the Skv keys, per query row. Q, K, V, O are fp32 with the last dim (D) contiguous and any other
-// strides (in elements). The mask is optional and broadcast by zero strides: additive (bias) or
+// the Skv keys, per query row. Q, K, V, O are fp32 with any strides (in elements); the last dim (D)
+// is contiguous in Q, V and O, and K's D stride is k_sd (1, or Skv-contiguous keys: K given as K^T). The mask is optional and broadcast by zero strides: additive (bias) or
 // boolean (keep: nonzero = attend). A query row with no key to attend to gets zeros.
 struct AttnParams {
   const float* q;
@@ -87,7 +87,7 @@ struct AttnParams {
   float* o;
   int64_t B, H, Sq, Skv, D;
   int64_t q_sb, q_sh, q_ss;
-  int64_t k_sb, k_sh, k_ss;
+  int64_t k_sb, k_sh, k_ss, k_sd;
   int64_t v_sb, v_sh, v_ss;
   int64_t o_sb, o_sh, o_ss;
   float scale;

@@ -1,7 +1,7 @@
 // Scaled dot-product attention of one (batch, head) pair with AVX2 + FMA, for BERT-sized heads
 // (a few hundred keys, D = 64): everything of a head stays in L1/L2, so it is two small GEMMs
 // around a row softmax.
-//   K is transposed once into Kt [D][Skv padded to 16] (8x8 register transposes).
+//   K is transposed once into Kt [D][Skv padded to 16] (8x8 register transposes; K^T is copied).
 //   Per tile of up to 6 query rows: scores = scale Q Kt in 6 x 16 register tiles (12 accumulators,
 //   one broadcast of q per row and step of d), then mask, max, exp and sum per row, then
 //   O = P V in 6 x 16 tiles over D (one broadcast of p per row and key), scaled by 1 / sum on the
@@ -20,8 +20,15 @@ namespace {
 constexpr int kRows = 6;
 using V = Vec256;
 
-// Kt[d][j] = K[j][d] for j < Skv, 0 for Skv <= j < skv.
-void pack_kt(const float* k, int64_t k_ss, int64_t Skv, int64_t D, float* kt, int64_t skv) {
+// Kt[d][j] = K[j][d] for j < Skv, 0 for Skv <= j < skv. K's D stride is k_sd: 1 (rows of K:
+// transposed in 8x8 blocks) or not (K^T given: its rows are copied).
+void pack_kt(const float* k, int64_t k_ss, int64_t k_sd, int64_t Skv, int64_t D, float* kt, int64_t skv) {
+  if (k_sd != 1) {
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t j = 0; j < skv; ++j) kt[d * skv + j] = j < Skv ? k[j * k_ss + d * k_sd] : 0.0f;
+    }
+    return;
+  }
   int64_t j = 0;
   for (; j + 8 <= Skv; j += 8) {
     int64_t d = 0;
@@ -166,7 +173,7 @@ void attention_f32_6x16__avx2(const AttnParams& p, int64_t bh, float* scratch) {
   const int64_t skv = (p.Skv + 15) / 16 * 16;
   float* kt = scratch;
   float* s = scratch + p.D * skv;
-  pack_kt(p.k + b * p.k_sb + h * p.k_sh, p.k_ss, p.Skv, p.D, kt, skv);
+  pack_kt(p.k + b * p.k_sb + h * p.k_sh, p.k_ss, p.k_sd, p.Skv, p.D, kt, skv);
   int64_t i = 0;
   for (; i + kRows <= p.Sq; i += kRows) rows_tile<kRows>(p, m0, i, q, kt, v, o, s, skv);
   switch (p.Sq - i) {

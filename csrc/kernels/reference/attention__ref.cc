@@ -20,7 +20,7 @@ void attention_f32__ref(const AttnParams& p, int64_t bh, float* /*scratch*/) {
     double mx = -std::numeric_limits<double>::infinity();
     for (int64_t j = 0; j < p.Skv; ++j) {
       double d = 0.0;
-      for (int64_t c = 0; c < p.D; ++c) d += static_cast<double>(q[i * p.q_ss + c]) * k[j * p.k_ss + c];
+      for (int64_t c = 0; c < p.D; ++c) d += static_cast<double>(q[i * p.q_ss + c]) * k[j * p.k_ss + c * p.k_sd];
       d *= p.scale;
       const int64_t m = m0 + i * p.m_sq + j * p.m_sk;
       if (p.bias) d += p.bias[m];
