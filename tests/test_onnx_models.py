@@ -72,6 +72,7 @@ def gpt2():
 
 CASES = {
     # name: (model factory, dynamo exporter?, linear layers converted, of which with fused GELU)
+    # Every case's 2 attention subgraphs become com.sparsecpu:Attention nodes.
     "bert-torchscript": (bert, False, 12, 2),
     "bert-dynamo": (bert, True, 12, 2),
     "gpt2-dynamo": (gpt2, True, 8, 0),
@@ -105,6 +106,7 @@ def test_pruned_model_converted_and_compared(exported, dtype, tmp_path):
     assert all(r.density is not None and r.density <= 0.11 for r in converted)
     assert sum(r.reason.endswith("gelu") for r in converted) == n_gelu, str(report)
     assert op_types(dst).count("SparseLinear") == n_converted
+    assert len(report.attention) == op_types(dst).count("Attention") == 2 and "Softmax" not in op_types(dst)
     # The original dense weights are gone from the converted model.
     src_bytes = sum(t.ByteSize() for t in onnx.load(src).graph.initializer)
     dst_bytes = sum(t.ByteSize() for t in onnx.load(dst).graph.initializer)

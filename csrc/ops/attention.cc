@@ -1,5 +1,6 @@
 #include "ops/attention.h"
 
+#include <functional>
 #include <vector>
 
 #include "core/threadpool.h"
@@ -17,7 +18,7 @@ float* scratch_of_thread(int64_t floats) {
 
 }  // namespace
 
-void attention(const AttnParams& p) {
+void attention(const AttnParams& p, const ParallelFor* parallel) {
   const int64_t pairs = p.B * p.H;
   if (pairs == 0 || p.Sq == 0) return;
   const auto kernel = reinterpret_cast<AttnFn>(select_kernel(Op::attention_f32, active_isa()).fn);
@@ -28,7 +29,9 @@ void attention(const AttnParams& p) {
     for (int64_t bh = 0; bh < pairs; ++bh) kernel(p, bh, scratch_of_thread(floats));
     return;
   }
-  pool().run(static_cast<int>(pairs), [&](int bh) { kernel(p, bh, scratch_of_thread(floats)); });
+  const std::function<void(int)> task = [&](int bh) { kernel(p, bh, scratch_of_thread(floats)); };
+  if (parallel) parallel->run(static_cast<int>(pairs), task);
+  else pool().run(static_cast<int>(pairs), task);
 }
 
 const char* attention_kernel_name() { return select_kernel(Op::attention_f32, active_isa()).name; }

@@ -3,10 +3,12 @@
 // front door; see AttnParams in kernels/kernels.h for the contract.
 #pragma once
 #include "kernels/kernels.h"
+#include "ops/linear.h"
 
 namespace sparsecpu {
 
-void attention(const AttnParams& p);
+// parallel: another runtime's pool to split the pairs over (ONNX Runtime's); null: sparsecpu's own.
+void attention(const AttnParams& p, const ParallelFor* parallel = nullptr);
 
 // The kernel attention() runs at the active level.
 const char* attention_kernel_name();

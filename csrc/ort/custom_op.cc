@@ -1,5 +1,5 @@
 // ONNX Runtime front door: the custom-op library libsparsecpu_ort.so, written against the ORT C API.
-// One op, com.sparsecpu:SparseLinear (inputs X [..., K] fp32, W uint8 = a packed weight buffer,
+// Two ops: com.sparsecpu:Attention (below) and com.sparsecpu:SparseLinear (inputs X [..., K] fp32, W uint8 = a packed weight buffer,
 // optional bias [N] fp32, optional residual R of Y's shape and LayerNorm Scale / B [N] fp32; output
 // Y [..., N] fp32), computed by the same ops/linear as the Python binding. The packed weight comes from a model file, which is untrusted: it is validated in full
 // when the kernel is created, so a bad model fails session creation with an error naming the node.
@@ -13,6 +13,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -22,6 +23,7 @@
 
 #include "core/format.h"
 #include "core/threadpool.h"
+#include "ops/attention.h"
 #include "ops/linear.h"
 
 namespace {
@@ -31,7 +33,6 @@ using sparsecpu::DType;
 using sparsecpu::PackedView;
 
 constexpr const char* kDomain = "com.sparsecpu";
-constexpr const char* kOpName = "SparseLinear";
 // KernelContext_ParallelFor arrived in API 17 (onnxruntime 1.17); the V2 kernel callbacks in 16.
 constexpr uint32_t kMinApiVersion = 17;
 static_assert(ORT_API_VERSION >= kMinApiVersion, "the ONNX Runtime header is older than API 17");
@@ -139,7 +140,7 @@ struct FreeAligned {
   void operator()(uint8_t* p) const { std::free(p); }
 };
 
-struct Kernel {
+struct LinearKernel {
   std::string name;
   std::unique_ptr<uint8_t, FreeAligned> buf;  // owned, 64-byte aligned copy of the packed weight
   PackedView w{};
@@ -160,8 +161,8 @@ struct Kernel {
 constexpr size_t kInputs = 6;
 const char* const kChannelInputs[kInputs] = {nullptr, nullptr, "bias", nullptr, "Scale", "B"};
 
-Kernel* create(const OrtKernelInfo* info) {
-  auto k = std::make_unique<Kernel>();
+LinearKernel* create_linear(const OrtKernelInfo* info) {
+  auto k = std::make_unique<LinearKernel>();
   const int64_t n = attr_int(info, "N"), kk = attr_int(info, "K");
   const std::string dtype = attr_string(info, "dtype", nullptr);
   const std::string format = attr_string(info, "format", "bsr");
@@ -219,7 +220,18 @@ Kernel* create(const OrtKernelInfo* info) {
 // Tasks of ops/linear never throw, so none unwinds through ONNX Runtime's pool.
 void trampoline(void* fn, size_t t) { (*static_cast<const std::function<void(int)>*>(fn))(static_cast<int>(t)); }
 
-void compute(const Kernel& k, OrtKernelContext* ctx) {
+// ORT's intra-op pool as a ParallelFor: a second pool of our own would fight it for the cores.
+sparsecpu::ParallelFor ort_pool(OrtKernelContext* ctx, int threads) {
+  sparsecpu::ParallelFor par;
+  par.threads = threads;
+  par.run = [ctx](int n, const std::function<void(int)>& fn) {
+    check(g_api->KernelContext_ParallelFor(ctx, trampoline, static_cast<size_t>(n), 0,
+                                           const_cast<std::function<void(int)>*>(&fn)));
+  };
+  return par;
+}
+
+void compute_linear(const LinearKernel& k, OrtKernelContext* ctx) {
   const OrtValue* xv = nullptr;
   check(g_api->KernelContext_GetInput(ctx, 0, &xv));
   const TensorShape xs = shape_of(xv);
@@ -258,22 +270,18 @@ void compute(const Kernel& k, OrtKernelContext* ctx) {
   if (M == 0 || k.w.n == 0) return;
   check(g_api->GetTensorMutableData(const_cast<OrtValue*>(xv), reinterpret_cast<void**>(const_cast<float**>(&a.x))));
   check(g_api->GetTensorMutableData(yv, reinterpret_cast<void**>(&a.y)));
-  // Run on ONNX Runtime's intra-op pool: a second pool of our own would fight it for the cores.
-  sparsecpu::ParallelFor par;
-  par.threads = k.threads;
-  par.run = [ctx](int n, const std::function<void(int)>& fn) {
-    check(g_api->KernelContext_ParallelFor(ctx, trampoline, static_cast<size_t>(n), 0,
-                                           const_cast<std::function<void(int)>*>(&fn)));
-  };
+  const sparsecpu::ParallelFor par = ort_pool(ctx, k.threads);
   a.parallel = &par;
   sparsecpu::linear(a);
 }
+
+void set_float_output(OrtShapeInferContext* ctx, const std::vector<int64_t>& dims, std::vector<const char*>& names);
 
 // Output shape: X's with the last dimension replaced by N (symbolic dimensions kept), so that ORT
 // plans memory and checks downstream shapes as it would for MatMul. Inputs of unknown rank or with
 // unknown unnamed dimensions, or an unreadable N, leave the output shape unknown (kernel creation
 // reports a bad N).
-void infer_shape(OrtShapeInferContext* ctx) {
+void infer_linear_shape(OrtShapeInferContext* ctx) {
   OrtTensorTypeAndShapeInfo* x = nullptr;  // owned by the context, not released here
   check(g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &x));
   size_t rank = 0;
@@ -298,6 +306,11 @@ void infer_shape(OrtShapeInferContext* ctx) {
   }
   dims.back() = n;
   names.back() = "";
+  set_float_output(ctx, dims, names);
+}
+
+void set_float_output(OrtShapeInferContext* ctx, const std::vector<int64_t>& dims, std::vector<const char*>& names) {
+  const size_t rank = dims.size();
   OrtTensorTypeAndShapeInfo* y = nullptr;
   check(g_api->CreateTensorTypeAndShapeInfo(&y));
   std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> y_guard(
@@ -308,25 +321,158 @@ void infer_shape(OrtShapeInferContext* ctx) {
   check(g_api->ShapeInferContext_SetOutputTypeShape(ctx, 0, y));
 }
 
-OrtStatus* to_status(const Kernel* k, const std::string& node, const std::exception& e, OrtErrorCode code) {
-  const std::string where = std::string(kOpName) + " node '" + (k ? k->name : node) + "': ";
+// The SparseLinear op: the functions make_op wires into an OrtCustomOp.
+struct LinearOp {
+  using Kernel = LinearKernel;
+  static constexpr const char* kName = "SparseLinear";
+  static constexpr size_t kInputCount = kInputs;
+  static ONNXTensorElementDataType input_type(size_t i) {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  static bool optional(size_t i) { return i >= 2; }
+  static Kernel* create(const OrtKernelInfo* info) { return create_linear(info); }
+  static void compute(const Kernel& k, OrtKernelContext* ctx) { compute_linear(k, ctx); }
+  static void infer_shape(OrtShapeInferContext* ctx) { infer_linear_shape(ctx); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The Attention op: O = softmax(scale Q K^T + M) V per (batch, head), from an exported graph's
+// attention subgraph. Inputs Q [B, H, Sq, D], K [B, H, Skv, D] (or K^T [B, H, D, Skv] with
+// k_transposed = 1), V [B, H, Skv, D], optional additive float mask M (4-D, each dim that of the
+// scores [B, H, Sq, Skv] or 1); output O [B, H, Sq, D]. A query row with no key to attend to
+// (all of M's row -inf) gets zeros.
+
+struct AttnKernel {
+  std::string name;
+  float scale = 1.0f;
+  bool k_transposed = false;
+  int threads = 1;
+};
+
+AttnKernel* create_attention(const OrtKernelInfo* info) {
+  auto k = std::make_unique<AttnKernel>();
+  k->scale = attr_float(info, "scale", std::numeric_limits<float>::quiet_NaN());
+  if (!std::isfinite(k->scale)) throw std::invalid_argument("attribute 'scale' is missing or not finite");
+  const int64_t no = 0;
+  const int64_t kt = attr_int(info, "k_transposed", &no);
+  if (kt != 0 && kt != 1) throw std::invalid_argument("attribute 'k_transposed' must be 0 or 1, got " + std::to_string(kt));
+  k->k_transposed = kt == 1;
+  k->threads = sparsecpu::default_num_threads();
+  return k.release();
+}
+
+// Element strides of a row-major tensor.
+std::vector<int64_t> row_major_strides(const std::vector<int64_t>& dims) {
+  std::vector<int64_t> s(dims.size(), 1);
+  for (size_t i = dims.size(); i-- > 1;) s[i - 1] = s[i] * dims[i];
+  return s;
+}
+
+void compute_attention(const AttnKernel& k, OrtKernelContext* ctx) {
+  const OrtValue* v[4] = {nullptr, nullptr, nullptr, nullptr};
+  size_t inputs = 0;
+  check(g_api->KernelContext_GetInputCount(ctx, &inputs));
+  for (size_t i = 0; i < 4 && i < inputs; ++i) check(g_api->KernelContext_GetInput(ctx, i, &v[i]));
+  TensorShape s[4];
+  const char* names[4] = {"Q", "K", "V", "M"};
+  for (int i = 0; i < 4; ++i) {
+    if (!v[i]) continue;
+    s[i] = shape_of(v[i]);
+    if (s[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || s[i].dims.size() != 4)
+      throw std::invalid_argument(std::string(names[i]) + " must be a 4-D float tensor, got " + dims_str(s[i].dims));
+  }
+  const std::vector<int64_t>& q = s[0].dims;
+  const int64_t B = q[0], H = q[1], Sq = q[2], D = q[3];
+  const int64_t Skv = s[2].dims[2];
+  const std::vector<int64_t> kv = {B, H, Skv, D};
+  const std::vector<int64_t> kdims = k.k_transposed ? std::vector<int64_t>{B, H, D, Skv} : kv;
+  if (s[1].dims != kdims)
+    throw std::invalid_argument(std::string("K must have shape ") + dims_str(kdims) + (k.k_transposed ? " (K^T)" : "") +
+                                " to match Q " + dims_str(q) + " and V, got " + dims_str(s[1].dims));
+  if (s[2].dims != kv) throw std::invalid_argument("V must have shape [B, H, Skv, D] = " + dims_str(kv) + ", got " + dims_str(s[2].dims));
+  sparsecpu::AttnParams p{};
+  p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
+  p.scale = k.scale;
+  const auto qs = row_major_strides(q), ks = row_major_strides(s[1].dims), vs = row_major_strides(kv);
+  p.q_sb = qs[0], p.q_sh = qs[1], p.q_ss = qs[2];
+  p.k_sb = ks[0], p.k_sh = ks[1];
+  p.k_ss = k.k_transposed ? 1 : ks[2];
+  p.k_sd = k.k_transposed ? ks[2] : 1;
+  p.v_sb = vs[0], p.v_sh = vs[1], p.v_ss = vs[2];
+  p.o_sb = qs[0], p.o_sh = qs[1], p.o_ss = qs[2];
+  if (v[3]) {
+    const int64_t want[4] = {B, H, Sq, Skv};
+    const auto ms = row_major_strides(s[3].dims);
+    int64_t* mstride[4] = {&p.m_sb, &p.m_sh, &p.m_sq, &p.m_sk};
+    for (int i = 0; i < 4; ++i) {
+      if (s[3].dims[i] != want[i] && s[3].dims[i] != 1)
+        throw std::invalid_argument("M must broadcast to the scores " + dims_str({B, H, Sq, Skv}) + ", got " +
+                                    dims_str(s[3].dims));
+      *mstride[i] = s[3].dims[i] == 1 ? 0 : ms[i];
+    }
+  }
+  OrtValue* ov = nullptr;
+  check(g_api->KernelContext_GetOutput(ctx, 0, q.data(), q.size(), &ov));
+  if (B * H * Sq * D == 0) return;
+  float* data[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+  for (int i = 0; i < 4; ++i) {
+    if (v[i]) check(g_api->GetTensorMutableData(const_cast<OrtValue*>(v[i]), reinterpret_cast<void**>(&data[i])));
+  }
+  check(g_api->GetTensorMutableData(ov, reinterpret_cast<void**>(&data[4])));
+  p.q = data[0], p.k = data[1], p.v = data[2], p.bias = data[3], p.o = data[4];
+  const sparsecpu::ParallelFor par = ort_pool(ctx, k.threads);
+  sparsecpu::attention(p, &par);
+}
+
+// Output shape: Q's.
+void infer_attention_shape(OrtShapeInferContext* ctx) {
+  OrtTensorTypeAndShapeInfo* q = nullptr;  // owned by the context
+  check(g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &q));
+  size_t rank = 0;
+  check(g_api->GetDimensionsCount(q, &rank));
+  if (rank != 4) return;
+  std::vector<int64_t> dims(rank);
+  std::vector<const char*> names(rank, nullptr);
+  check(g_api->GetDimensions(q, dims.data(), rank));
+  check(g_api->GetSymbolicDimensions(q, names.data(), rank));
+  for (size_t i = 0; i < rank; ++i) {
+    if (dims[i] < 0 && (!names[i] || !*names[i])) return;
+  }
+  set_float_output(ctx, dims, names);
+}
+
+struct AttentionOp {
+  using Kernel = AttnKernel;
+  static constexpr const char* kName = "Attention";
+  static constexpr size_t kInputCount = 4;
+  static ONNXTensorElementDataType input_type(size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static bool optional(size_t i) { return i == 3; }
+  static Kernel* create(const OrtKernelInfo* info) { return create_attention(info); }
+  static void compute(const Kernel& k, OrtKernelContext* ctx) { compute_attention(k, ctx); }
+  static void infer_shape(OrtShapeInferContext* ctx) { infer_attention_shape(ctx); }
+};
+
+// ---------------------------------------------------------------------------------------------
+
+OrtStatus* to_status(const char* op, const std::string& node, const std::exception& e, OrtErrorCode code) {
+  const std::string where = std::string(op) + " node '" + node + "': ";
   return g_api->CreateStatus(code, (where + e.what()).c_str());
 }
 
 // ORT reads the fields of this struct up to `version`, so one built against a newer header loads
 // into an older runtime as long as `version` is what that runtime speaks.
+template <class Op>
 OrtCustomOp make_op(uint32_t version) {
+  using Kernel = typename Op::Kernel;
   OrtCustomOp op;
   std::memset(&op, 0, sizeof(op));
   op.version = version;
-  op.GetName = [](const OrtCustomOp*) { return kOpName; };
+  op.GetName = [](const OrtCustomOp*) { return Op::kName; };
   op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };  // CPU
-  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kInputs; };
-  op.GetInputType = [](const OrtCustomOp*, size_t i) {
-    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  };
+  op.GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return Op::kInputCount; };
+  op.GetInputType = [](const OrtCustomOp*, size_t i) { return Op::input_type(i); };
   op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
-    return i >= 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return Op::optional(i) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   };
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
   op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
@@ -342,40 +488,40 @@ OrtCustomOp make_op(uint32_t version) {
     *out = nullptr;
     const std::string node = node_name(info);
     try {
-      Kernel* k = create(info);
+      Kernel* k = Op::create(info);
       k->name = node;
       *out = k;
       return nullptr;
     } catch (const OrtError& e) {
-      return to_status(nullptr, node, e, e.code);
+      return to_status(Op::kName, node, e, e.code);
     } catch (const std::bad_alloc& e) {
-      return to_status(nullptr, node, e, ORT_FAIL);
+      return to_status(Op::kName, node, e, ORT_FAIL);
     } catch (const std::exception& e) {
-      return to_status(nullptr, node, e, ORT_INVALID_GRAPH);
+      return to_status(Op::kName, node, e, ORT_INVALID_GRAPH);
     }
   };
   op.KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) -> OrtStatus* {
     const Kernel* k = static_cast<const Kernel*>(kernel);
     try {
-      compute(*k, ctx);
+      Op::compute(*k, ctx);
       return nullptr;
     } catch (const OrtError& e) {
-      return to_status(k, "", e, e.code);
+      return to_status(Op::kName, k->name, e, e.code);
     } catch (const std::bad_alloc& e) {
-      return to_status(k, "", e, ORT_FAIL);
+      return to_status(Op::kName, k->name, e, ORT_FAIL);
     } catch (const std::exception& e) {
-      return to_status(k, "", e, ORT_INVALID_ARGUMENT);
+      return to_status(Op::kName, k->name, e, ORT_INVALID_ARGUMENT);
     }
   };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
   op.InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* ctx) -> OrtStatus* {
     try {
-      infer_shape(ctx);
+      Op::infer_shape(ctx);
       return nullptr;
     } catch (const OrtError& e) {
-      return g_api->CreateStatus(e.code, (std::string(kOpName) + " shape inference: " + e.what()).c_str());
+      return g_api->CreateStatus(e.code, (std::string(Op::kName) + " shape inference: " + e.what()).c_str());
     } catch (const std::exception& e) {
-      return g_api->CreateStatus(ORT_FAIL, (std::string(kOpName) + " shape inference: " + e.what()).c_str());
+      return g_api->CreateStatus(ORT_FAIL, (std::string(Op::kName) + " shape inference: " + e.what()).c_str());
     }
   };
   return op;
@@ -394,13 +540,14 @@ uint32_t runtime_api_version(const OrtApiBase* base) {
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static std::once_flag once;
-  static OrtCustomOp op;
+  static OrtCustomOp linear_op, attention_op;
   static uint32_t version = 0;
   std::call_once(once, [&] {
     version = runtime_api_version(api_base);
     if (version >= kMinApiVersion) {
       g_api = api_base->GetApi(version);
-      op = make_op(version);
+      linear_op = make_op<LinearOp>(version);
+      attention_op = make_op<AttentionOp>(version);
     }
   });
   if (!g_api) {
@@ -413,6 +560,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   // see; it is kept for the life of the process (one small object per registration).
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* s = g_api->CreateCustomOpDomain(kDomain, &domain)) return s;
-  if (OrtStatus* s = g_api->CustomOpDomain_Add(domain, &op)) return s;
+  if (OrtStatus* s = g_api->CustomOpDomain_Add(domain, &linear_op)) return s;
+  if (OrtStatus* s = g_api->CustomOpDomain_Add(domain, &attention_op)) return s;
   return g_api->AddCustomOpDomain(options, domain);
 }

@@ -123,7 +123,8 @@ def _cmd_onnx_convert(args: argparse.Namespace) -> int:
 
     try:
         report = sparsecpu.onnx.convert(args.src, args.dst, dtype=args.dtype, min_sparsity=args.min_sparsity,
-                                        format=args.format, fuse_norm=not args.no_fuse_norm)
+                                        format=args.format, fuse_norm=not args.no_fuse_norm,
+                                        fuse_attention=not args.no_fuse_attention)
     except (ImportError, ValueError, FileNotFoundError) as e:
         print(f"sparsecpu onnx convert: {e}", file=sys.stderr)
         return 1
@@ -340,7 +341,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         description="Rewrites SRC into DST: every MatMul/Gemm whose weight is a constant 2-D initializer with "
         "at least --min-sparsity zero 4x1 blocks becomes one com.sparsecpu:SparseLinear node, together with "
         "the bias Add and the GELU/Relu that follow it, and a residual Add + LayerNormalization after those "
-        "(BERT's output blocks). Prints a per-node table. DST runs in ONNX Runtime "
+        "(BERT's output blocks); each attention subgraph becomes one com.sparsecpu:Attention node. Prints a per-node table. DST runs in ONNX Runtime "
         "with the library sparsecpu.onnx.library_path() registered (sparsecpu.onnx.session does that).",
     )
     p.add_argument("src", help="input .onnx model (external data is read from beside it)")
@@ -352,6 +353,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="weight format (default: auto: dense int8 below the block-sparse crossover)")
     p.add_argument("--no-fuse-norm", action="store_true",
                    help="leave the residual Add + LayerNormalization after a converted layer as they are")
+    p.add_argument("--no-fuse-attention", action="store_true",
+                   help="leave the attention subgraphs (MatMul, Softmax, MatMul) as they are")
     p.add_argument("--verify", action="store_true",
                    help="run ONNX Runtime on both models with random inputs; print max |diff| and cosine per output")
     p.add_argument("--dim", type=_dim, action="append", metavar="NAME=SIZE",

@@ -21,6 +21,7 @@ from ..formats import pack
 
 DOMAIN = "com.sparsecpu"
 OP_TYPE = "SparseLinear"
+ATTENTION_OP_TYPE = "Attention"
 _PROTOBUF_LIMIT = 2**31 - 2**26  # stay clear of protobuf's 2 GiB message limit
 
 
@@ -52,6 +53,8 @@ class ConvertReport:
     nodes: List[NodeReport]
     dtype: str
     dst: str
+    attention: List[str] = field(default_factory=list)
+    """Names of the ``com.sparsecpu:Attention`` nodes that replaced attention subgraphs."""
 
     @property
     def converted(self) -> List[NodeReport]:
@@ -71,6 +74,8 @@ class ConvertReport:
         w = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r[:4])) + "  " + r[4] for r in rows]
         lines.append(f"{len(self.converted)} of {len(self.nodes)} MatMul/Gemm nodes converted ({self.dtype}) -> {self.dst}")
+        if self.attention:
+            lines.append(f"{len(self.attention)} attention subgraphs -> {DOMAIN}:{ATTENTION_OP_TYPE}")
         return "\n".join(lines)
 
 
@@ -407,6 +412,109 @@ def _match_residual_norm(g: _Graph, y: str, n: int):
     return r, params[0], params[1], epsilon, [add, ln], ln.output[0]
 
 
+def _scalar_factor(g: _Graph, node, x: str) -> Optional[Tuple[float, str]]:
+    """(factor, other input) when ``node`` is ``x * c``, ``c * x`` or ``x / c`` with c a scalar
+    constant: the factor x is scaled by, and the tensor scaled."""
+    if node is None or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return None
+    if node.op_type == "Mul":
+        for a, b in ((0, 1), (1, 0)):
+            c = g.scalar(node.input[b])
+            if c is not None and node.input[a] != x:
+                return c, node.input[a]
+    if node.op_type == "Div":
+        c = g.scalar(node.input[1])
+        if c is not None and c != 0.0:
+            return 1.0 / c, node.input[0]
+    return None
+
+
+def _may_match(a, b) -> bool:
+    """Whether dims ``a`` may equal dims ``b``: same rank, and no two known sizes that differ (symbolic
+    dims that shape inference could not relate are left to the node's run-time check)."""
+    return a is not None and b is not None and len(a) == len(b) and all(
+        x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
+
+
+def _match_attention(g: _Graph, softmax, opset: int):
+    """(Q, K^T, V, mask or "", scale, nodes, output) for the attention subgraph around ``softmax``:
+    ``MatMul(P, V)`` with ``P = Softmax(MatMul(Q c1, K^T c2) c3 + M)`` over the last axis (any of the
+    scalar factors absent; exporters write them in several places), optionally with the NaN guard
+    ``Where(IsNaN(P), 0, P)`` that turns rows without any key into zeros; Q, K^T, V and M 4-D, with
+    no known sizes that would need a broadcast (but M's); every intermediate read by the subgraph
+    alone. None otherwise. Sizes shape inference leaves symbolic are checked by the node at run time."""
+    if softmax.domain not in ("", "ai.onnx"):
+        return None
+    attrs = {a.name: a for a in softmax.attribute}
+    axis = attrs["axis"].i if "axis" in attrs else (-1 if opset >= 13 else 1)
+    scores_shape = g.shape(softmax.input[0])
+    if scores_shape is None or len(scores_shape) != 4 or axis not in (-1, 3):
+        return None
+    nodes = [softmax]
+    x, mask, scale = softmax.input[0], "", 1.0
+    add = g.producer.get(x)
+    if add is not None and add.op_type == "Add" and add.domain in ("", "ai.onnx") and g.only_consumer(x) is softmax:
+        for a, m in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+            p = g.producer.get(a)
+            if p is not None and p.op_type in ("MatMul", "Mul", "Div") and g.only_consumer(a) is add:
+                x, mask = a, m
+                nodes.append(add)
+                break
+    user = softmax if not mask else nodes[-1]
+    p = g.producer.get(x)
+    f = _scalar_factor(g, p, x) if p is not None and g.only_consumer(x) is user else None
+    if f is not None:
+        scale *= f[0]
+        nodes.append(p)
+        user, x = p, f[1]
+    mm1 = g.producer.get(x)
+    if mm1 is None or mm1.op_type != "MatMul" or mm1.domain not in ("", "ai.onnx") or g.only_consumer(x) is not user:
+        return None
+    nodes.append(mm1)
+    operands = []
+    for name in mm1.input:
+        p = g.producer.get(name)
+        f = _scalar_factor(g, p, name) if p is not None and g.only_consumer(name) is mm1 else None
+        if f is not None:
+            scale *= f[0]
+            nodes.append(p)
+            name = f[1]
+        operands.append(name)
+    q, kt = operands
+    # The output side, with or without the NaN guard.
+    probs = softmax.output[0]
+    users = _users(g, probs)
+    if users is None:
+        return None
+    if len(users) == 2 and {u.op_type for u in users} == {"IsNaN", "Where"}:
+        isnan = next(u for u in users if u.op_type == "IsNaN")
+        where = next(u for u in users if u.op_type == "Where")
+        if (g.only_consumer(isnan.output[0]) is not where or list(where.input[::2]) != [isnan.output[0], probs]
+                or g.scalar(where.input[1]) != 0.0):
+            return None
+        nodes += [isnan, where]
+        probs = where.output[0]
+    mm2 = g.only_consumer(probs)
+    if mm2 is None or mm2.op_type != "MatMul" or mm2.domain not in ("", "ai.onnx") or mm2.input[0] != probs:
+        return None
+    nodes.append(mm2)
+    v = mm2.input[1]
+    sq, skt, sv = g.shape(q), g.shape(kt), g.shape(v)
+    if sq is None or len(sq) != 4 or skt is None or sv is None:
+        return None
+    b, h, n_q, d = sq
+    if not (_may_match(skt, (b, h, d, skt[3])) and _may_match(sv, (b, h, skt[3], d))):
+        return None
+    if mask:
+        sm = g.shape(mask)
+        full = (b, h, n_q, skt[3])
+        if sm is None or len(sm) != 4 or not all(m == 1 or _may_match((m,), (t,)) for m, t in zip(sm, full)):
+            return None
+    if not math.isfinite(scale):
+        return None
+    return q, kt, v, mask, scale, nodes, mm2.output[0]
+
+
 def convert(
     src,
     dst,
@@ -415,6 +523,7 @@ def convert(
     format: str = "auto",
     *,
     fuse_norm: bool = True,
+    fuse_attention: bool = True,
     external_data: Optional[bool] = None,
     verbose: bool = False,
 ) -> ConvertReport:
@@ -430,6 +539,12 @@ def convert(
     ``LayerNormalization`` over the last axis (a BERT output block) joins the chain too: the node adds
     the residual and normalizes each row in the same call, on rows still in its core's cache.
 
+    With ``fuse_attention``, each attention subgraph ``MatMul(Softmax(MatMul(Q, K^T) * scale + M), V)``
+    (the scale as scalar ``Mul``/``Div`` anywhere on the score side, the additive mask ``M`` optional,
+    with or without exporters' ``Where(IsNaN(P), 0, P)`` guard) of known 4-D shapes becomes one
+    ``com.sparsecpu:Attention`` node. A query row whose mask leaves no key (all ``-inf``) gets zeros,
+    as the guard makes it; without the guard ONNX Runtime would give NaN there.
+
     Args:
         src: the model (path). Tensors stored as external data are read from beside it.
         dst: where to write the converted model (path).
@@ -442,6 +557,7 @@ def convert(
             ``min_sparsity`` lets through, run the dense int8 GEMM; the others are block-sparse),
             ``"bsr"`` (4x1 block-sparse) or ``"dense"`` (dense int8; int8 only).
         fuse_norm: fold the residual Add + LayerNormalization described above (default True).
+        fuse_attention: replace the attention subgraphs described above (default True).
         external_data: write tensors to ``<dst>.data`` beside ``dst``; default: when ``src`` had
             external data or the model would exceed protobuf's 2 GB limit.
         verbose: print the report.
@@ -472,6 +588,7 @@ def convert(
     new_inits = []
     packed_by_weight: Dict[str, Tuple[str, str]] = {}  # MatMul weight initializer -> (packed initializer, format)
     touched = set()  # constants the removed nodes read
+    report_of = {}  # id of a MatMul/Gemm node left as it is -> its report row
     used_names = set(g.inits) | set(g.producer) | {i.name for i in model.graph.input}
 
     def fresh(base: str) -> str:
@@ -488,6 +605,7 @@ def convert(
         w, bias, reason = _linear_of(g, node)
         if w is None:
             reports.append(NodeReport(name, node.op_type, False, reason))
+            report_of[id(node)] = reports[-1]
             continue
         n, k = w.shape
         density = _block_density(w)
@@ -554,6 +672,30 @@ def convert(
         extras += ["residual add + LayerNorm"] if norm is not None else []
         rep.reason = f"{packed_format} {dtype}" + (" + " + " + ".join(extras) if extras else "")
 
+    attention = []
+    if fuse_attention:
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        for node in g.nodes:
+            if node.op_type != "Softmax" or id(node) in remove:
+                continue
+            m = _match_attention(g, node, opset)
+            if m is None or any(id(n) in remove for n in m[5]):
+                continue
+            q, kt, v, mask, scale, chain, out = m
+            name = fresh("sparsecpu_attention")
+            inputs = [q, kt, v] + ([mask] if mask else [])
+            # In the place of the final MatMul: every input is computed by then.
+            new_nodes[id(chain[-1])] = onnx.helper.make_node(
+                ATTENTION_OP_TYPE, inputs, [out], name=name, domain=DOMAIN, scale=float(scale), k_transposed=1)
+            for c in chain:
+                remove.add(id(c))
+                touched.update(c.input)
+            attention.append(name)
+            for c in chain:
+                rep = report_of.get(id(c))
+                if rep is not None:
+                    rep.reason = f"part of attention: in {DOMAIN}:{ATTENTION_OP_TYPE} node {name!r}"
+
     nodes = []
     for node in g.nodes:
         if id(node) in new_nodes:
@@ -578,7 +720,7 @@ def convert(
                         location=location, size_threshold=1024)
     else:
         onnx.save_model(model, dst)
-    report = ConvertReport(reports, dtype, dst)
+    report = ConvertReport(reports, dtype, dst, attention)
     if verbose:
         print(report)
     return report

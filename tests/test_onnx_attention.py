@@ -1,0 +1,200 @@
+"""The com.sparsecpu:Attention node (against the Python binding, bit for bit, and numpy), what a bad
+node gets, and the rewriter replacing attention subgraphs as exporters write them, or leaving them
+when it must."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import _util
+import sparsecpu
+import sparsecpu.onnx
+from sparsecpu import _C
+from _onnx_util import make_model, op_types, save
+
+F32 = np.float32
+NEG = float(np.finfo(np.float32).min)
+
+
+def _attention_node_model(*, mask: bool, attrs: dict):
+    inputs = ["Q", "K", "V"] + (["M"] if mask else [])
+    node = helper.make_node("Attention", inputs, ["O"], name="att", domain=sparsecpu.onnx.DOMAIN, **attrs)
+    # Shapes left unknown: the node itself sees (and checks) what a run feeds.
+    infos = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs]
+    return make_model([node], infos, [helper.make_tensor_value_info("O", TensorProto.FLOAT, None)], [],
+                      domains=[sparsecpu.onnx.DOMAIN])
+
+
+CASES = _util.pairwise({
+    "bh": [(1, 1), (2, 3), (1, 12)],
+    "sq": [1, 6, 13, 64],
+    "skv": [1, 16, 33],
+    "d": [8, 24, 64],
+    "k_transposed": [0, 1],
+    "mask": ["none", "keys", "full", "heads_empty_row"],
+}, seed=8)
+
+
+def _mask(rng, kind, b, h, sq, skv):
+    """An additive mask: padding keys per batch row (finfo.min, as exporters write it), random values
+    per query, or -inf per head with the last query row left without any key."""
+    if kind == "full":
+        return rng.standard_normal((b, 1, sq, skv)).astype(F32)
+    if kind == "keys":
+        m = np.where(rng.random((b, 1, 1, skv)) < 0.3, NEG, 0.0).astype(F32)
+        m[..., 0] = 0.0  # every row keeps a key
+        return m
+    m = np.where(rng.random((1, h, sq, skv)) < 0.3, -np.inf, 0.0).astype(F32)
+    m[..., 0] = 0.0
+    m[..., -1, :] = -np.inf
+    return m
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_attention_node_matches_the_binding(case, tmp_path):
+    (b, h), sq, skv, d = case["bh"], case["sq"], case["skv"], case["d"]
+    rng = np.random.default_rng(sq * 100 + skv * 10 + d)
+    q = rng.standard_normal((b, h, sq, d)).astype(F32)
+    k = rng.standard_normal((b, h, skv, d)).astype(F32)
+    v = rng.standard_normal((b, h, skv, d)).astype(F32)
+    mask = None if case["mask"] == "none" else _mask(rng, case["mask"], b, h, sq, skv)
+    scale = 0.8 / np.sqrt(d)
+    model = _attention_node_model(mask=mask is not None, attrs={"scale": scale, "k_transposed": case["k_transposed"]})
+    feeds = {"Q": q, "K": k.transpose(0, 1, 3, 2).copy() if case["k_transposed"] else k, "V": v}
+    if mask is not None:
+        feeds["M"] = mask
+    (o,) = sparsecpu.onnx.session(save(model, tmp_path / "m.onnx")).run(None, feeds)
+    want = np.empty((b, sq, h, d), F32)
+    _C.attention(q, k, v, want.transpose(0, 2, 1, 3), mask, float(np.float32(scale)))
+    np.testing.assert_array_equal(o, want.transpose(0, 2, 1, 3))
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) * np.float32(scale) + (0 if mask is None else mask)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(s - s.max(-1, keepdims=True))
+        p = np.nan_to_num(e / e.sum(-1, keepdims=True))
+    np.testing.assert_allclose(o, p @ v, rtol=0, atol=1e-5)
+    if case["mask"] == "heads_empty_row":
+        assert (o[:, :, -1] == 0).all()
+
+
+def _error(fn, match):
+    with pytest.raises(Exception) as info:
+        fn()
+    msg = str(info.value)
+    assert "Attention node 'att': " in msg and re.search(match, msg), msg
+
+
+@pytest.mark.parametrize("attrs, match", [
+    ({}, r"attribute 'scale' is missing or not finite"),
+    ({"scale": float("inf")}, r"attribute 'scale' is missing or not finite"),
+    ({"scale": 1.0, "k_transposed": 2}, r"attribute 'k_transposed' must be 0 or 1, got 2"),
+])
+def test_bad_attention_attributes_fail_session_creation(attrs, match, tmp_path):
+    path = save(_attention_node_model(mask=False, attrs=attrs), tmp_path / "m.onnx")
+    _error(lambda: sparsecpu.onnx.session(path), match)
+
+
+def test_bad_attention_inputs_fail_the_run(tmp_path):
+    sess = sparsecpu.onnx.session(save(_attention_node_model(mask=True, attrs={"scale": 1.0, "k_transposed": 1}),
+                                       tmp_path / "m.onnx"))
+    q = np.ones((1, 2, 5, 8), F32)
+    kt, v, m = np.ones((1, 2, 8, 7), F32), np.ones((1, 2, 7, 8), F32), np.zeros((1, 1, 5, 7), F32)
+    _error(lambda: sess.run(None, {"Q": q, "K": np.ones((1, 2, 7, 8), F32), "V": v, "M": m}),
+           r"K must have shape \[1, 2, 8, 7\] \(K\^T\) to match Q \[1, 2, 5, 8\] and V, got \[1, 2, 7, 8\]")
+    _error(lambda: sess.run(None, {"Q": q, "K": kt, "V": np.ones((1, 2, 7, 9), F32), "M": m}),
+           r"V must have shape \[B, H, Skv, D\] = \[1, 2, 7, 8\], got \[1, 2, 7, 9\]")
+    _error(lambda: sess.run(None, {"Q": q, "K": kt, "V": v, "M": np.zeros((1, 3, 5, 7), F32)}),
+           r"M must broadcast to the scores \[1, 2, 5, 7\], got \[1, 3, 5, 7\]")
+    _error(lambda: sess.run(None, {"Q": q[0], "K": kt, "V": v, "M": m}), r"Q must be a 4-D float tensor, got \[2, 5, 8\]")
+
+
+# ---------------------------------------------------------------------------------------------
+# The rewriter
+
+
+def _subgraph(rng, *, form, b=2, h=3, s=9, d=8, mask="full", softmax_axis=-1, guard_value=0.0, extra_output=None):
+    """An attention subgraph on graph inputs q [b, h, s, d], k [b, h, s, d], v, m, as exporters write it:
+    form "torchscript": Div(MatMul(q, Transpose(k)), sqrt d) + m; "dynamo": MatMul(q c, Transpose(k) c) + m
+    with the Where(IsNaN(P), 0, P) guard."""
+    c = float(d) ** -0.25
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2])]
+    inits = [numpy_helper.from_array(np.array(np.sqrt(d), F32), "sqrt_d"), numpy_helper.from_array(np.array(c, F32), "c"),
+             numpy_helper.from_array(np.array(guard_value, F32), "zero")]
+    if form == "torchscript":
+        nodes += [helper.make_node("MatMul", ["q", "kt"], ["raw"]), helper.make_node("Div", ["raw", "sqrt_d"], ["sc"])]
+    else:
+        nodes += [helper.make_node("Mul", ["q", "c"], ["qc"]), helper.make_node("Mul", ["kt", "c"], ["ktc"]),
+                  helper.make_node("MatMul", ["qc", "ktc"], ["sc"])]
+    scores = "sc"
+    if mask != "none":
+        nodes.append(helper.make_node("Add", ["m", "sc"], ["masked"]))
+        scores = "masked"
+    nodes.append(helper.make_node("Softmax", [scores], ["p"], axis=softmax_axis))
+    probs = "p"
+    if form == "dynamo":
+        nodes += [helper.make_node("IsNaN", ["p"], ["nan"]), helper.make_node("Where", ["nan", "zero", "p"], ["pg"])]
+        probs = "pg"
+    nodes.append(helper.make_node("MatMul", [probs, "v"], ["o"]))
+    mshape = {"full": [b, 1, s, s], "keys": [b, 1, 1, s], "bad": [b, 1, s, s + 1], "none": None}[mask]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [b, h, s, d]) for n in "qkv"]
+    feeds = {n: rng.standard_normal((b, h, s, d)).astype(F32) for n in "qkv"}
+    if mshape:
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, mshape))
+        feeds["m"] = np.where(rng.random(mshape) < 0.3, NEG, 0.0).astype(F32)
+        feeds["m"][..., 0] = 0.0
+    outputs = [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)]
+    if extra_output:
+        outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, None))
+    return make_model(nodes, inputs, outputs, inits, opset=18), feeds
+
+
+def _convert(tmp_path, model, **kw):
+    src, dst = save(model, tmp_path / "src.onnx"), str(tmp_path / "dst.onnx")
+    return src, dst, sparsecpu.onnx.convert(src, dst, **kw)
+
+
+@pytest.mark.parametrize("form", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("mask", ["full", "keys", "none"])
+def test_attention_subgraph_replaced(form, mask, tmp_path):
+    rng = np.random.default_rng(11)
+    model, feeds = _subgraph(rng, form=form, mask=mask)
+    if mask == "none":
+        feeds.pop("m", None)
+    src, dst, report = _convert(tmp_path, model)
+    assert op_types(dst) == ["Transpose", "Attention"] and report.attention == ["sparsecpu_attention"]
+    assert "1 attention subgraphs -> com.sparsecpu:Attention" in str(report)
+    res = sparsecpu.onnx.verify(src, dst, feeds=feeds)["o"]
+    assert res["max_abs_diff"] < 1e-5 and res["max_abs"] > 0.5
+    _, kept, report = _convert(tmp_path, model, fuse_attention=False)
+    assert "Softmax" in op_types(kept) and not report.attention
+
+
+@pytest.mark.parametrize("variant", [
+    {"softmax_axis": 2},  # over queries, not keys
+    {"mask": "bad"},  # a mask that does not broadcast to the scores
+    {"guard_value": 1.0},  # the guard writes something else than 0
+    {"extra_output": "p"},  # the probabilities are read too
+    {"extra_output": "sc"},  # the scores are read too
+])
+def test_attention_subgraph_left_when_it_must(variant, tmp_path):
+    rng = np.random.default_rng(12)
+    model, feeds = _subgraph(rng, form="dynamo", **variant)
+    src, dst, report = _convert(tmp_path, model)
+    assert "Attention" not in op_types(dst) and not report.attention, variant
+    assert op_types(dst) == op_types(src)
+
+
+def test_cli_no_fuse_attention(tmp_path):
+    model, _ = _subgraph(np.random.default_rng(13), form="torchscript")
+    src = save(model, tmp_path / "src.onnx")
+    for flags, fused in (([], True), (["--no-fuse-attention"], False)):
+        dst = str(tmp_path / "dst.onnx")
+        r = subprocess.run([sys.executable, "-m", "sparsecpu", "onnx", "convert", src, dst, *flags],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert ("Attention" in op_types(dst)) == fused
