@@ -49,24 +49,30 @@ void pack_kt(const float* k, int64_t k_ss, int64_t k_sd, int64_t Skv, int64_t D,
   }
 }
 
+// The register tile both products use: acc[r] (16 columns in two vectors) = sum over t < T of
+// a[r * lda + t] * b[t * ldb + 0..15], one broadcast of a per row and step.
+template <int R>
+inline void tile_rx16(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t T, __m256 acc[R][2]) {
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < T; ++t, b += ldb) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r * lda + t);
+      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+}
+
 // s[r][j] = scale * q_r . k_j for R rows and all skv (padded) keys.
 template <int R>
 void scores(const float* q, int64_t q_ss, const float* kt, int64_t skv, int64_t D, float scale, float* s) {
   const __m256 vs = _mm256_set1_ps(scale);
   for (int64_t j = 0; j < skv; j += 16) {
     __m256 acc[R][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    const float* kc = kt + j;
-    for (int64_t d = 0; d < D; ++d, kc += skv) {
-      const __m256 k0 = _mm256_loadu_ps(kc), k1 = _mm256_loadu_ps(kc + 8);
-#pragma GCC unroll 6
-      for (int r = 0; r < R; ++r) {
-        const __m256 qv = _mm256_broadcast_ss(q + r * q_ss + d);
-        acc[r][0] = _mm256_fmadd_ps(qv, k0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(qv, k1, acc[r][1]);
-      }
-    }
+    tile_rx16<R>(q, q_ss, kt + j, skv, D, acc);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       _mm256_storeu_ps(s + r * skv + j, _mm256_mul_ps(acc[r][0], vs));
@@ -113,18 +119,7 @@ void weighted_values(const float* s, int64_t skv, const float* v, int64_t v_ss, 
   int64_t c = 0;
   for (; c + 16 <= D; c += 16) {
     __m256 acc[R][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    const float* vc = v + c;
-    for (int64_t j = 0; j < Skv; ++j, vc += v_ss) {
-      const __m256 v0 = _mm256_loadu_ps(vc), v1 = _mm256_loadu_ps(vc + 8);
-#pragma GCC unroll 6
-      for (int r = 0; r < R; ++r) {
-        const __m256 pv = _mm256_broadcast_ss(s + r * skv + j);
-        acc[r][0] = _mm256_fmadd_ps(pv, v0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(pv, v1, acc[r][1]);
-      }
-    }
+    tile_rx16<R>(s, skv, v + c, v_ss, Skv, acc);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       const __m256 w = _mm256_set1_ps(inv[r]);
