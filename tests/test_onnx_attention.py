@@ -198,3 +198,75 @@ def test_cli_no_fuse_attention(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert ("Attention" in op_types(dst)) == fused
+
+
+# ---------------------------------------------------------------------------------------------
+# Merged heads: the node reads the projections' [B, S, H D] tensors and writes the merged output
+
+
+@pytest.mark.parametrize("b, h, sq, skv, d", [(1, 12, 128, 128, 64), (2, 3, 7, 13, 24), (1, 1, 1, 5, 8)])
+def test_merged_heads_node_matches_the_binding(b, h, sq, skv, d, tmp_path):
+    rng = np.random.default_rng(b * h + sq)
+    q = rng.standard_normal((b, sq, h * d)).astype(F32)
+    k, v = (rng.standard_normal((b, skv, h * d)).astype(F32) for _ in "kv")
+    m = np.where(rng.random((b, 1, 1, skv)) < 0.3, NEG, 0.0).astype(F32)
+    m[..., 0] = 0.0
+    sess = sparsecpu.onnx.session(save(_attention_node_model(mask=True, attrs={"scale": 0.125, "num_heads": h}), tmp_path / "m.onnx"))
+    (o,) = sess.run(None, {"Q": q, "K": k, "V": v, "M": m})
+    q4, k4, v4 = (t.reshape(b, -1, h, d).transpose(0, 2, 1, 3) for t in (q, k, v))  # views: [B, H, S, D]
+    want = np.empty((b, sq, h, d), F32)
+    _C.attention(q4, k4, v4, want.transpose(0, 2, 1, 3), m, 0.125)
+    assert o.shape == (b, sq, h * d)
+    np.testing.assert_array_equal(o, want.reshape(b, sq, h * d))
+
+
+def test_bad_merged_heads_nodes(tmp_path):
+    for attrs, match in (({"scale": 1.0, "num_heads": -1}, r"attribute 'num_heads' must be >= 0, got -1"),
+                         ({"scale": 1.0, "num_heads": 2, "k_transposed": 1}, r"k_transposed = 1 needs the \[B, H, S, D\] layout")):
+        path = save(_attention_node_model(mask=True, attrs=attrs), tmp_path / "m.onnx")
+        _error(lambda: sparsecpu.onnx.session(path), match)
+    sess = sparsecpu.onnx.session(save(_attention_node_model(mask=False, attrs={"scale": 1.0, "num_heads": 3}),
+                                       tmp_path / "m.onnx"))
+    q = np.ones((1, 4, 12), F32)
+    _error(lambda: sess.run(None, {"Q": np.ones((1, 4, 10), F32), "K": q, "V": q}),
+           r"Q's last dim 10 is not a multiple of num_heads = 3")
+    _error(lambda: sess.run(None, {"Q": q, "K": np.ones((1, 5, 12), F32), "V": q}),
+           r"V must have shape \[B, Skv, H D\] = \[1, 5, 12\] to match Q \[1, 4, 12\], got \[1, 4, 12\]")
+    _error(lambda: sess.run(None, {"Q": q[0], "K": q, "V": q}), r"Q must be a 3-D float tensor, got \[4, 12\]")
+
+
+def _projected_subgraph(rng, out_perm=(0, 2, 1, 3), b=2, h=3, s=9, d=8):
+    """Attention on [B, S, H D] inputs split into heads by Reshape + Transpose (K^T by a second
+    Transpose), its output merged back by Transpose(out_perm) + Reshape: what the dynamo exporter writes."""
+    n = h * d
+    inits = [numpy_helper.from_array(np.array([b, s, h, d], np.int64), "heads_shape"),
+             numpy_helper.from_array(np.array([b, s, n], np.int64), "merged_shape"),
+             numpy_helper.from_array(np.array(float(d) ** -0.5, F32), "scale")]
+    nodes = []
+    for t in "qkv":
+        nodes += [helper.make_node("Reshape", [t, "heads_shape"], [f"{t}4"]),
+                  helper.make_node("Transpose", [f"{t}4"], [f"{t}h"], perm=[0, 2, 1, 3])]
+    nodes += [helper.make_node("Transpose", ["kh"], ["kth"], perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", ["qh", "kth"], ["raw"]),
+              helper.make_node("Mul", ["raw", "scale"], ["sc"]),
+              helper.make_node("Softmax", ["sc"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["oh"]),
+              helper.make_node("Transpose", ["oh"], ["ot"], perm=list(out_perm)),
+              helper.make_node("Reshape", ["ot", "merged_shape"], ["o"])]
+    inputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, [b, s, n]) for t in "qkv"]
+    model = make_model(nodes, inputs, [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)], inits, opset=18)
+    return model, {t: rng.standard_normal((b, s, n)).astype(F32) for t in "qkv"}
+
+
+def test_projected_heads_read_and_written_merged(tmp_path):
+    rng = np.random.default_rng(14)
+    model, feeds = _projected_subgraph(rng)
+    src, dst, report = _convert(tmp_path, model)
+    assert op_types(dst) == ["Attention"] and len(report.attention) == 1
+    res = sparsecpu.onnx.verify(src, dst, feeds=feeds)["o"]
+    assert res["max_abs_diff"] < 1e-5 and res["max_abs"] > 0.5
+    # An output that does not merge the heads back ([B, S, D, H] here): the views stay.
+    model, feeds = _projected_subgraph(rng, out_perm=(0, 2, 3, 1))
+    src, dst, _ = _convert(tmp_path, model)
+    assert "Attention" in op_types(dst) and op_types(dst).count("Transpose") == 5
+    assert sparsecpu.onnx.verify(src, dst, feeds=feeds)["o"]["max_abs_diff"] < 1e-5

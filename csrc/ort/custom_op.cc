@@ -339,13 +339,16 @@ struct LinearOp {
 // The Attention op: O = softmax(scale Q K^T + M) V per (batch, head), from an exported graph's
 // attention subgraph. Inputs Q [B, H, Sq, D], K [B, H, Skv, D] (or K^T [B, H, D, Skv] with
 // k_transposed = 1), V [B, H, Skv, D], optional additive float mask M (4-D, each dim that of the
-// scores [B, H, Sq, Skv] or 1); output O [B, H, Sq, D]. A query row with no key to attend to
-// (all of M's row -inf) gets zeros.
+// scores [B, H, Sq, Skv] or 1); output O [B, H, Sq, D]. With num_heads = H > 0 the heads are
+// merged instead, as the projections write them and the output projection reads them: Q [B, Sq, H D],
+// K and V [B, Skv, H D], O [B, Sq, H D]. A query row with no key to attend to (all of M's row
+// -inf) gets zeros.
 
 struct AttnKernel {
   std::string name;
   float scale = 1.0f;
   bool k_transposed = false;
+  int64_t heads = 0;  // > 0: merged-heads layout
   int threads = 1;
 };
 
@@ -357,6 +360,9 @@ AttnKernel* create_attention(const OrtKernelInfo* info) {
   const int64_t kt = attr_int(info, "k_transposed", &no);
   if (kt != 0 && kt != 1) throw std::invalid_argument("attribute 'k_transposed' must be 0 or 1, got " + std::to_string(kt));
   k->k_transposed = kt == 1;
+  k->heads = attr_int(info, "num_heads", &no);
+  if (k->heads < 0) throw std::invalid_argument("attribute 'num_heads' must be >= 0, got " + std::to_string(k->heads));
+  if (k->heads > 0 && k->k_transposed) throw std::invalid_argument("k_transposed = 1 needs the [B, H, S, D] layout (num_heads = 0)");
   k->threads = sparsecpu::default_num_threads();
   return k.release();
 }
@@ -368,31 +374,17 @@ std::vector<int64_t> row_major_strides(const std::vector<int64_t>& dims) {
   return s;
 }
 
-void compute_attention(const AttnKernel& k, OrtKernelContext* ctx) {
-  const OrtValue* v[4] = {nullptr, nullptr, nullptr, nullptr};
-  size_t inputs = 0;
-  check(g_api->KernelContext_GetInputCount(ctx, &inputs));
-  for (size_t i = 0; i < 4 && i < inputs; ++i) check(g_api->KernelContext_GetInput(ctx, i, &v[i]));
-  TensorShape s[4];
-  const char* names[4] = {"Q", "K", "V", "M"};
-  for (int i = 0; i < 4; ++i) {
-    if (!v[i]) continue;
-    s[i] = shape_of(v[i]);
-    if (s[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || s[i].dims.size() != 4)
-      throw std::invalid_argument(std::string(names[i]) + " must be a 4-D float tensor, got " + dims_str(s[i].dims));
-  }
+// Shapes and strides of Q, K, V, O in the [B, H, S, D] layout (K or K^T).
+void heads_layout(const AttnKernel& k, const TensorShape s[4], sparsecpu::AttnParams& p) {
   const std::vector<int64_t>& q = s[0].dims;
-  const int64_t B = q[0], H = q[1], Sq = q[2], D = q[3];
-  const int64_t Skv = s[2].dims[2];
+  const int64_t B = q[0], H = q[1], Sq = q[2], D = q[3], Skv = s[2].dims[2];
   const std::vector<int64_t> kv = {B, H, Skv, D};
   const std::vector<int64_t> kdims = k.k_transposed ? std::vector<int64_t>{B, H, D, Skv} : kv;
   if (s[1].dims != kdims)
     throw std::invalid_argument(std::string("K must have shape ") + dims_str(kdims) + (k.k_transposed ? " (K^T)" : "") +
                                 " to match Q " + dims_str(q) + " and V, got " + dims_str(s[1].dims));
   if (s[2].dims != kv) throw std::invalid_argument("V must have shape [B, H, Skv, D] = " + dims_str(kv) + ", got " + dims_str(s[2].dims));
-  sparsecpu::AttnParams p{};
   p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
-  p.scale = k.scale;
   const auto qs = row_major_strides(q), ks = row_major_strides(s[1].dims), vs = row_major_strides(kv);
   p.q_sb = qs[0], p.q_sh = qs[1], p.q_ss = qs[2];
   p.k_sb = ks[0], p.k_sh = ks[1];
@@ -400,20 +392,61 @@ void compute_attention(const AttnKernel& k, OrtKernelContext* ctx) {
   p.k_sd = k.k_transposed ? ks[2] : 1;
   p.v_sb = vs[0], p.v_sh = vs[1], p.v_ss = vs[2];
   p.o_sb = qs[0], p.o_sh = qs[1], p.o_ss = qs[2];
+}
+
+// The same for merged heads: Q [B, Sq, H D], K and V [B, Skv, H D]; head h is columns [h D, (h + 1) D).
+void merged_layout(const AttnKernel& k, const TensorShape s[4], sparsecpu::AttnParams& p) {
+  const std::vector<int64_t>& q = s[0].dims;
+  const int64_t B = q[0], Sq = q[1], N = q[2], H = k.heads, Skv = s[1].dims[1];
+  if (N % H != 0) throw std::invalid_argument("Q's last dim " + std::to_string(N) + " is not a multiple of num_heads = " + std::to_string(H));
+  const std::vector<int64_t> kv = {B, Skv, N};
+  for (int i = 1; i < 3; ++i) {
+    if (s[i].dims != kv)
+      throw std::invalid_argument(std::string(i == 1 ? "K" : "V") + " must have shape [B, Skv, H D] = " + dims_str(kv) +
+                                  " to match Q " + dims_str(q) + ", got " + dims_str(s[i].dims));
+  }
+  p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = N / H;
+  p.q_sb = Sq * N, p.q_sh = p.D, p.q_ss = N;
+  p.k_sb = Skv * N, p.k_sh = p.D, p.k_ss = N, p.k_sd = 1;
+  p.v_sb = Skv * N, p.v_sh = p.D, p.v_ss = N;
+  p.o_sb = Sq * N, p.o_sh = p.D, p.o_ss = N;
+}
+
+void compute_attention(const AttnKernel& k, OrtKernelContext* ctx) {
+  const OrtValue* v[4] = {nullptr, nullptr, nullptr, nullptr};
+  size_t inputs = 0;
+  check(g_api->KernelContext_GetInputCount(ctx, &inputs));
+  for (size_t i = 0; i < 4 && i < inputs; ++i) check(g_api->KernelContext_GetInput(ctx, i, &v[i]));
+  TensorShape s[4];
+  const char* names[4] = {"Q", "K", "V", "M"};
+  const size_t rank = k.heads > 0 ? 3 : 4;
+  for (int i = 0; i < 4; ++i) {
+    if (!v[i]) continue;
+    s[i] = shape_of(v[i]);
+    const size_t want = i == 3 ? 4 : rank;
+    if (s[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || s[i].dims.size() != want)
+      throw std::invalid_argument(std::string(names[i]) + " must be a " + std::to_string(want) + "-D float tensor, got " +
+                                  dims_str(s[i].dims));
+  }
+  sparsecpu::AttnParams p{};
+  if (k.heads > 0) merged_layout(k, s, p);
+  else heads_layout(k, s, p);
+  p.scale = k.scale;
   if (v[3]) {
-    const int64_t want[4] = {B, H, Sq, Skv};
+    const int64_t want[4] = {p.B, p.H, p.Sq, p.Skv};
     const auto ms = row_major_strides(s[3].dims);
     int64_t* mstride[4] = {&p.m_sb, &p.m_sh, &p.m_sq, &p.m_sk};
     for (int i = 0; i < 4; ++i) {
       if (s[3].dims[i] != want[i] && s[3].dims[i] != 1)
-        throw std::invalid_argument("M must broadcast to the scores " + dims_str({B, H, Sq, Skv}) + ", got " +
+        throw std::invalid_argument("M must broadcast to the scores " + dims_str({p.B, p.H, p.Sq, p.Skv}) + ", got " +
                                     dims_str(s[3].dims));
       *mstride[i] = s[3].dims[i] == 1 ? 0 : ms[i];
     }
   }
+  const std::vector<int64_t>& q = s[0].dims;
   OrtValue* ov = nullptr;
   check(g_api->KernelContext_GetOutput(ctx, 0, q.data(), q.size(), &ov));
-  if (B * H * Sq * D == 0) return;
+  if (p.B * p.H * p.Sq * p.D == 0) return;
   float* data[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
   for (int i = 0; i < 4; ++i) {
     if (v[i]) check(g_api->GetTensorMutableData(const_cast<OrtValue*>(v[i]), reinterpret_cast<void**>(&data[i])));
@@ -430,7 +463,7 @@ void infer_attention_shape(OrtShapeInferContext* ctx) {
   check(g_api->ShapeInferContext_GetInputTypeShape(ctx, 0, &q));
   size_t rank = 0;
   check(g_api->GetDimensionsCount(q, &rank));
-  if (rank != 4) return;
+  if (rank != 3 && rank != 4) return;
   std::vector<int64_t> dims(rank);
   std::vector<const char*> names(rank, nullptr);
   check(g_api->GetDimensions(q, dims.data(), rank));

@@ -515,6 +515,107 @@ def _match_attention(g: _Graph, softmax, opset: int):
     return q, kt, v, mask, scale, nodes, mm2.output[0]
 
 
+_VIEW_OPS = ("Reshape", "Transpose")
+_MAX_SIMULATED = 1 << 24  # elements of an index array the layout check may build
+
+
+def _apply_view(g: _Graph, node, a: np.ndarray) -> Optional[np.ndarray]:
+    """``a`` after the Reshape / Transpose ``node`` (whose target shape must be a constant), or None."""
+    attrs = {x.name: x for x in node.attribute}
+    if node.op_type == "Transpose":
+        perm = list(attrs["perm"].ints) if "perm" in attrs else list(range(a.ndim))[::-1]
+        return a.transpose(perm) if sorted(perm) == list(range(a.ndim)) else None
+    shape = g.const(node.input[1]) if len(node.input) > 1 else None
+    if shape is None or shape.dtype.kind != "i" or shape.ndim != 1:
+        return None
+    allowzero = "allowzero" in attrs and attrs["allowzero"].i
+    dims = [int(a.shape[i]) if v == 0 and not allowzero and i < a.ndim else int(v) for i, v in enumerate(shape)]
+    try:
+        return a.reshape(dims)
+    except ValueError:
+        return None
+
+
+def _fold_views(g: _Graph, name: str, user, expected_view) -> Optional[Tuple[str, list]]:
+    """(source, nodes) when ``name`` is made from ``source`` by a chain of Reshape / Transpose nodes,
+    each read only by the next (the last by ``user``), and that chain, run on the index array of
+    ``source``'s static shape, gives ``expected_view(source's shape)``; else None."""
+    chain, cur = [], name
+    while True:
+        p = g.producer.get(cur)
+        if p is None or p.op_type not in _VIEW_OPS or p.domain not in ("", "ai.onnx") or g.only_consumer(cur) is not user:
+            break
+        chain.insert(0, p)
+        user, cur = p, p.input[0]
+    shape = g.shape(cur)
+    if not chain or shape is None or not all(isinstance(d, int) for d in shape) or math.prod(shape) > _MAX_SIMULATED:
+        return None
+    expected = expected_view(shape)
+    a = np.arange(math.prod(shape)).reshape(shape)
+    for node in chain:
+        a = _apply_view(g, node, a)
+        if a is None:
+            return None
+    if expected is None or a.shape != expected.shape or not np.array_equal(a, expected):
+        return None
+    return cur, chain
+
+
+def _fold_output_views(g: _Graph, name: str, shape: tuple) -> Optional[Tuple[str, list]]:
+    """(output, nodes) when the [B, H, S, D] tensor ``name`` (static ``shape``) feeds a chain of
+    Reshape / Transpose nodes, each read only by the next, that merges its heads into [B, S, H D]."""
+    b, h, s, d = shape
+    if math.prod(shape) > _MAX_SIMULATED:
+        return None
+    expected = np.arange(b * h * s * d).reshape(b, h, s, d).transpose(0, 2, 1, 3).reshape(b, s, h * d)
+    a = np.arange(b * h * s * d).reshape(shape)
+    chain, cur = [], name
+    while True:
+        node = g.only_consumer(cur)
+        if node is None or node.op_type not in _VIEW_OPS or node.domain not in ("", "ai.onnx") or node.input[0] != cur:
+            return None
+        a = _apply_view(g, node, a)
+        if a is None:
+            return None
+        chain.append(node)
+        cur = node.output[0]
+        if a.shape == expected.shape and np.array_equal(a, expected):
+            return cur, chain
+
+
+def _merged_heads(g: _Graph, match) -> Optional[Tuple[List[str], str, list, int]]:
+    """For an attention match whose Q, K^T and V are views of [B, S, H D] tensors (heads split by
+    Reshape / Transpose, as exporters write it) and whose output is merged back the same way:
+    ([Q, K, V sources], merged output, the view nodes, H). The node then reads and writes the merged
+    tensors directly and the views go. None otherwise."""
+    q, kt, v, mask, scale, nodes, out = match
+    shape = g.shape(q)
+    if shape is None or not all(isinstance(x, int) for x in shape):
+        return None
+    b, h, _, d = shape
+
+    def split(transposed):
+        def view(src):
+            if len(src) != 3 or src[2] != h * d or src[0] != b:
+                return None
+            a = np.arange(math.prod(src)).reshape(b, src[1], h, d)
+            return a.transpose(0, 2, 3, 1) if transposed else a.transpose(0, 2, 1, 3)
+        return view
+
+    sources, views = [], []
+    for name, transposed in ((q, False), (kt, True), (v, False)):
+        user = next(n for n in nodes if name in n.input)
+        folded = _fold_views(g, name, user, split(transposed))
+        if folded is None:
+            return None
+        sources.append(folded[0])
+        views += folded[1]
+    folded = _fold_output_views(g, out, (b, h, shape[2], d))
+    if folded is None:
+        return None
+    return sources, folded[0], views + folded[1], h
+
+
 def convert(
     src,
     dst,
@@ -542,8 +643,10 @@ def convert(
     With ``fuse_attention``, each attention subgraph ``MatMul(Softmax(MatMul(Q, K^T) * scale + M), V)``
     (the scale as scalar ``Mul``/``Div`` anywhere on the score side, the additive mask ``M`` optional,
     with or without exporters' ``Where(IsNaN(P), 0, P)`` guard) of known 4-D shapes becomes one
-    ``com.sparsecpu:Attention`` node. A query row whose mask leaves no key (all ``-inf``) gets zeros,
-    as the guard makes it; without the guard ONNX Runtime would give NaN there.
+    ``com.sparsecpu:Attention`` node. When Q, K and V are Reshape / Transpose views of [B, S, H D]
+    tensors and the output is merged back the same way (static shapes), the node reads and writes
+    those directly and the views are removed too. A query row whose mask leaves no key (all ``-inf``)
+    gets zeros, as the guard makes it; without the guard ONNX Runtime would give NaN there.
 
     Args:
         src: the model (path). Tensors stored as external data are read from beside it.
@@ -683,10 +786,18 @@ def convert(
                 continue
             q, kt, v, mask, scale, chain, out = m
             name = fresh("sparsecpu_attention")
-            inputs = [q, kt, v] + ([mask] if mask else [])
-            # In the place of the final MatMul: every input is computed by then.
+            merged = _merged_heads(g, m)
+            if merged is not None and not any(id(n) in remove for n in merged[2]):
+                sources, out, views, heads = merged
+                inputs, attrs = sources, {"num_heads": heads}
+                chain = chain + views
+            else:
+                inputs, attrs = [q, kt, v], {"k_transposed": 1}
+            inputs += [mask] if mask else []
+            # In the place of the chain's last node (the final MatMul, or the view merging its heads):
+            # every input is computed by then.
             new_nodes[id(chain[-1])] = onnx.helper.make_node(
-                ATTENTION_OP_TYPE, inputs, [out], name=name, domain=DOMAIN, scale=float(scale), k_transposed=1)
+                ATTENTION_OP_TYPE, inputs, [out], name=name, domain=DOMAIN, scale=float(scale), **attrs)
             for c in chain:
                 remove.add(id(c))
                 touched.update(c.input)
