@@ -129,7 +129,7 @@ def bench_gpt2(args):
         sparsecpu.sparsify(m, dtype=dtype)
         models[f"sparsecpu {dtype}"] = m
     prompt = torch.randint(0, 50257, (1, args.prompt))
-    kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, use_cache=True, pad_token_id=50256)
+    kw = dict(max_new_tokens=args.new_tokens, eos_token_id=None, do_sample=False, use_cache=True, pad_token_id=50256)
     fns = {name: (lambda m=m: m.generate(prompt, **kw)) for name, m in models.items()}
     fns["sparsecpu int8, torch 1 thread"] = _torch_threads(fns["sparsecpu int8"], 1, args.threads)
     with torch.inference_mode():
