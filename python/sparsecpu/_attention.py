@@ -19,13 +19,11 @@ NAME = "sparsecpu"
 
 
 def _plain(t) -> bool:
-    return (
-        type(t) is torch.Tensor
-        and t.is_cpu
-        and t.layout is torch.strided
-        and not t.requires_grad
-        and (t.shape[-1] <= 1 or t.stride(-1) == 1)
-    )
+    return type(t) is torch.Tensor and t.is_cpu and t.layout is torch.strided and not t.requires_grad
+
+
+def _rows_contiguous(t) -> bool:
+    return t.shape[-1] <= 1 or t.stride(-1) == 1
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: Optional[float] = None,
@@ -36,14 +34,14 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     mask = attention_mask
     covered = (
-        not (query.shape[2] > 1 and mask is None and causal)
+        query.dim() == key.dim() == value.dim() == 4
+        and not (query.shape[2] > 1 and mask is None and causal)
         and (dropout == 0.0 or not module.training)
         and getattr(module, "num_key_value_groups", 1) == 1
-        and query.dim() == 4
         and key.shape[1] == query.shape[1]
         and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "cache"))
         and not kwargs.get("output_attentions", False)
-        and all(_plain(t) and t.dtype is torch.float32 for t in (query, key, value))
+        and all(_plain(t) and _rows_contiguous(t) and t.dtype is torch.float32 for t in (query, key, value))
         and (mask is None or (_plain(mask) and mask.dim() == 4 and mask.dtype in (torch.bool, torch.float32)))
     )
     if not covered:
