@@ -417,6 +417,7 @@ void compute_attention(const AttnKernel& k, OrtKernelContext* ctx) {
   size_t inputs = 0;
   check(g_api->KernelContext_GetInputCount(ctx, &inputs));
   for (size_t i = 0; i < 4 && i < inputs; ++i) check(g_api->KernelContext_GetInput(ctx, i, &v[i]));
+  if (!v[0] || !v[1] || !v[2]) throw std::invalid_argument("inputs Q, K and V are required");
   TensorShape s[4];
   const char* names[4] = {"Q", "K", "V", "M"};
   const size_t rank = k.heads > 0 ? 3 : 4;
