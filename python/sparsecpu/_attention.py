@@ -22,35 +22,43 @@ def _plain(t) -> bool:
     return type(t) is torch.Tensor and t.is_cpu and t.layout is torch.strided and not t.requires_grad
 
 
-def _rows_contiguous(t) -> bool:
-    return t.shape[-1] <= 1 or t.stride(-1) == 1
+def _kernel_ready(t) -> bool:
+    """A 4-D float32 CPU tensor without grad whose rows (last dim) are contiguous: what the kernel reads."""
+    return _plain(t) and t.dtype is torch.float32 and t.dim() == 4 and (t.stride(-1) == 1 or t.shape[-1] <= 1)
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: Optional[float] = None,
                       is_causal: Optional[bool] = None, **kwargs):
-    """The ``"sparsecpu"`` attention function: transformers' SDPA signature and results."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """The ``"sparsecpu"`` attention function: transformers' SDPA signature and results.
 
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    Decode steps call it once per layer and token, so the checks are ordered cheapest first; the
+    head counts' equality also rules out grouped key/value heads."""
     mask = attention_mask
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     covered = (
-        query.dim() == key.dim() == value.dim() == 4
-        and not (query.shape[2] > 1 and mask is None and causal)
-        and (dropout == 0.0 or not module.training)
-        and getattr(module, "num_key_value_groups", 1) == 1
+        _kernel_ready(query)
+        and _kernel_ready(key)
+        and _kernel_ready(value)
         and key.shape[1] == query.shape[1]
-        and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "cache"))
-        and not kwargs.get("output_attentions", False)
-        and all(_plain(t) and _rows_contiguous(t) and t.dtype is torch.float32 for t in (query, key, value))
+        and not (mask is None and causal and query.shape[2] > 1)
+        and (dropout == 0.0 or not module.training)
+        and (not kwargs or (all(kwargs.get(k) is None for k in ("softcap", "position_bias", "cache"))
+                            and not kwargs.get("output_attentions", False)))
         and (mask is None or (_plain(mask) and mask.dim() == 4 and mask.dtype in (torch.bool, torch.float32)))
     )
     if not covered:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
+                       **kwargs)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     if torch.compiler.is_compiling():
         return torch.ops.sparsecpu.attention(query, key, value, mask, scale), None
     return _library.run_attention(query, key, value, mask, scale), None
+
+
+def _sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward
 
 
 def _register() -> None:

@@ -215,9 +215,9 @@ def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optio
     """:func:`attention`'s computation on plain float32 CPU tensors without grad (the last dims of
     q, k, v contiguous; any other strides): returns ``[B, Sq, H, D]``."""
     b, h, sq, d = q.shape
-    out = torch.empty((b, sq, h, d), dtype=torch.float32)
-    _C.attention(q.numpy(), k.numpy(), v.numpy(), out.transpose(1, 2).numpy(), None if mask is None else mask.numpy(), scale)
-    return out
+    out = np.empty((b, sq, h, d), np.float32)
+    _C.attention(q.numpy(), k.numpy(), v.numpy(), out.transpose(0, 2, 1, 3), None if mask is None else mask.numpy(), scale)
+    return torch.from_numpy(out)
 
 
 @torch.library.custom_op("sparsecpu::attention", mutates_args=())
