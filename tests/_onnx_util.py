@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsecpu
@@ -65,6 +67,15 @@ def save(model: onnx.ModelProto, path: Path) -> str:
 def run(path, feeds: dict, threads: int = 2) -> List[np.ndarray]:
     sess = sparsecpu.onnx.session(str(path), threads=threads)
     return sess.run(None, feeds)
+
+
+def assert_node_error(node: str, fn, match: str) -> None:
+    """``fn()`` raises an ONNX Runtime error that names ``node`` (e.g. "Attention node 'att'") and
+    matches the regular expression ``match``."""
+    with pytest.raises(Exception) as info:
+        fn()
+    msg = str(info.value)
+    assert f"{node}: " in msg and re.search(match, msg), msg
 
 
 def op_types(path) -> List[str]:

@@ -4,7 +4,6 @@ when it must."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -16,9 +15,10 @@ import _util
 import sparsecpu
 import sparsecpu.onnx
 from sparsecpu import _C
-from _onnx_util import make_model, op_types, save
+from _onnx_util import assert_node_error, make_model, op_types, save
 
 F32 = np.float32
+NODE = "Attention node 'att'"  # how errors name the node under test
 NEG = float(np.finfo(np.float32).min)
 
 
@@ -82,13 +82,6 @@ def test_attention_node_matches_the_binding(case, tmp_path):
         assert (o[:, :, -1] == 0).all()
 
 
-def _error(fn, match):
-    with pytest.raises(Exception) as info:
-        fn()
-    msg = str(info.value)
-    assert "Attention node 'att': " in msg and re.search(match, msg), msg
-
-
 @pytest.mark.parametrize("attrs, match", [
     ({}, r"attribute 'scale' is missing or not finite"),
     ({"scale": float("inf")}, r"attribute 'scale' is missing or not finite"),
@@ -96,7 +89,7 @@ def _error(fn, match):
 ])
 def test_bad_attention_attributes_fail_session_creation(attrs, match, tmp_path):
     path = save(_attention_node_model(mask=False, attrs=attrs), tmp_path / "m.onnx")
-    _error(lambda: sparsecpu.onnx.session(path), match)
+    assert_node_error(NODE, lambda: sparsecpu.onnx.session(path), match)
 
 
 def test_bad_attention_inputs_fail_the_run(tmp_path):
@@ -104,13 +97,13 @@ def test_bad_attention_inputs_fail_the_run(tmp_path):
                                        tmp_path / "m.onnx"))
     q = np.ones((1, 2, 5, 8), F32)
     kt, v, m = np.ones((1, 2, 8, 7), F32), np.ones((1, 2, 7, 8), F32), np.zeros((1, 1, 5, 7), F32)
-    _error(lambda: sess.run(None, {"Q": q, "K": np.ones((1, 2, 7, 8), F32), "V": v, "M": m}),
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": np.ones((1, 2, 7, 8), F32), "V": v, "M": m}),
            r"K must have shape \[1, 2, 8, 7\] \(K\^T\) to match Q \[1, 2, 5, 8\] and V, got \[1, 2, 7, 8\]")
-    _error(lambda: sess.run(None, {"Q": q, "K": kt, "V": np.ones((1, 2, 7, 9), F32), "M": m}),
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": kt, "V": np.ones((1, 2, 7, 9), F32), "M": m}),
            r"V must have shape \[B, H, Skv, D\] = \[1, 2, 7, 8\], got \[1, 2, 7, 9\]")
-    _error(lambda: sess.run(None, {"Q": q, "K": kt, "V": v, "M": np.zeros((1, 3, 5, 7), F32)}),
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": kt, "V": v, "M": np.zeros((1, 3, 5, 7), F32)}),
            r"M must broadcast to the scores \[1, 2, 5, 7\], got \[1, 3, 5, 7\]")
-    _error(lambda: sess.run(None, {"Q": q[0], "K": kt, "V": v, "M": m}), r"Q must be a 4-D float tensor, got \[2, 5, 8\]")
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q[0], "K": kt, "V": v, "M": m}), r"Q must be a 4-D float tensor, got \[2, 5, 8\]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,15 +217,15 @@ def test_bad_merged_heads_nodes(tmp_path):
     for attrs, match in (({"scale": 1.0, "num_heads": -1}, r"attribute 'num_heads' must be >= 0, got -1"),
                          ({"scale": 1.0, "num_heads": 2, "k_transposed": 1}, r"k_transposed = 1 needs the \[B, H, S, D\] layout")):
         path = save(_attention_node_model(mask=True, attrs=attrs), tmp_path / "m.onnx")
-        _error(lambda: sparsecpu.onnx.session(path), match)
+        assert_node_error(NODE, lambda: sparsecpu.onnx.session(path), match)
     sess = sparsecpu.onnx.session(save(_attention_node_model(mask=False, attrs={"scale": 1.0, "num_heads": 3}),
                                        tmp_path / "m.onnx"))
     q = np.ones((1, 4, 12), F32)
-    _error(lambda: sess.run(None, {"Q": np.ones((1, 4, 10), F32), "K": q, "V": q}),
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": np.ones((1, 4, 10), F32), "K": q, "V": q}),
            r"Q's last dim 10 is not a multiple of num_heads = 3")
-    _error(lambda: sess.run(None, {"Q": q, "K": np.ones((1, 5, 12), F32), "V": q}),
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": np.ones((1, 5, 12), F32), "V": q}),
            r"V must have shape \[B, Skv, H D\] = \[1, 5, 12\] to match Q \[1, 4, 12\], got \[1, 4, 12\]")
-    _error(lambda: sess.run(None, {"Q": q[0], "K": q, "V": q}), r"Q must be a 3-D float tensor, got \[4, 12\]")
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q[0], "K": q, "V": q}), r"Q must be a 3-D float tensor, got \[4, 12\]")
 
 
 def _projected_subgraph(rng, out_perm=(0, 2, 1, 3), b=2, h=3, s=9, d=8):

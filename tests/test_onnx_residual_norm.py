@@ -4,7 +4,6 @@ rewriter folding Add + LayerNormalization after a converted layer, or leaving it
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -16,9 +15,10 @@ import _util
 import sparsecpu
 import sparsecpu.onnx
 from sparsecpu import _C
-from _onnx_util import make_model, op_types, save
+from _onnx_util import assert_node_error, make_model, op_types, save
 
 F32 = np.float32
+NODE = "SparseLinear node 'sl'"  # how errors name the node under test
 N, K = 40, 24
 
 
@@ -85,13 +85,6 @@ def test_node_with_residual_and_norm_matches_the_binding(case, tmp_path):
         np.testing.assert_allclose(y, ln, rtol=0, atol=3e-5 * np.abs(ln).max())
 
 
-def _error(fn, match):
-    with pytest.raises(Exception) as info:
-        fn()
-    msg = str(info.value)
-    assert "SparseLinear node 'sl': " in msg and re.search(match, msg), msg
-
-
 @pytest.mark.parametrize("attrs, scale, match", [
     ({"norm": 2}, None, r"attribute 'norm' must be 0 or 1, got 2"),
     ({"norm": 1, "epsilon": -1.0}, None, r"attribute 'epsilon' must be finite and >= 0"),
@@ -101,7 +94,7 @@ def _error(fn, match):
 def test_bad_norm_attributes_or_params_fail_session_creation(attrs, scale, match, tmp_path):
     model = _node_model(_packed("int8"), bias=None, scale=scale, beta=None, const_params=True, attrs=attrs,
                         lead_dims=["m"])
-    _error(lambda: sparsecpu.onnx.session(save(model, tmp_path / "m.onnx")), match)
+    assert_node_error(NODE, lambda: sparsecpu.onnx.session(save(model, tmp_path / "m.onnx")), match)
 
 
 def test_bad_residual_or_params_fail_the_run(tmp_path):
@@ -109,15 +102,15 @@ def test_bad_residual_or_params_fail_the_run(tmp_path):
     x = np.ones((3, K), F32)
     normed = sparsecpu.onnx.session(save(_node_model(_packed("fp32"), bias=None, scale=scale, beta=None, const_params=False,
                                                      attrs={"norm": 1}, lead_dims=["m"]), tmp_path / "a.onnx"))
-    _error(lambda: normed.run(None, {"X": x, "R": np.ones((3, N - 1), F32), "Scale": scale}),
+    assert_node_error(NODE, lambda: normed.run(None, {"X": x, "R": np.ones((3, N - 1), F32), "Scale": scale}),
            r"R must be a float tensor of Y's shape \[3, 40\], got \[3, 39\]")
-    _error(lambda: normed.run(None, {"X": x, "R": np.ones((1, N), F32), "Scale": scale}),
+    assert_node_error(NODE, lambda: normed.run(None, {"X": x, "R": np.ones((1, N), F32), "Scale": scale}),
            r"R must be a float tensor of Y's shape \[3, 40\], got \[1, 40\]")
-    _error(lambda: normed.run(None, {"X": x, "R": np.ones((3, N), F32), "Scale": np.ones(3, F32)}),
+    assert_node_error(NODE, lambda: normed.run(None, {"X": x, "R": np.ones((3, N), F32), "Scale": np.ones(3, F32)}),
            r"Scale must be a float tensor of shape \[40\], got \[3\]")
     plain = sparsecpu.onnx.session(save(_node_model(_packed("fp32"), bias=None, scale=scale, beta=None, const_params=False,
                                                     attrs={}, lead_dims=["m"]), tmp_path / "b.onnx"))
-    _error(lambda: plain.run(None, {"X": x, "R": np.ones((3, N), F32), "Scale": scale}),
+    assert_node_error(NODE, lambda: plain.run(None, {"X": x, "R": np.ones((3, N), F32), "Scale": scale}),
            r"Scale is given but attribute norm is 0")
 
 
