@@ -130,6 +130,21 @@ def run(
     return out_t
 
 
+def _op_weight(packed: torch.Tensor, out_features: int, activation: str) -> PackedWeight:
+    """The validated weight of a linear op call, checked against its out_features and activation."""
+    weight = packed_weight(packed)
+    if weight.shape[0] != out_features:
+        raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    return weight
+
+
+def _check_x(x: torch.Tensor, weight: PackedWeight) -> None:
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")
+
+
 @torch.library.custom_op("sparsecpu::linear", mutates_args=())
 def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], out_features: int, activation: str) -> torch.Tensor:
     """``activation(x @ W.T + bias)`` with ``W`` the packed weight held in the uint8 tensor ``packed``.
@@ -137,16 +152,11 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], 
     ``x`` is float32 ``[..., K]``; the result is float32 ``[..., out_features]``. ``activation`` is
     ``"none"``, ``"relu"``, ``"gelu"`` or ``"gelu_tanh"``.
     """
-    weight = packed_weight(packed)
-    if weight.shape[0] != out_features:
-        raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    weight = _op_weight(packed, out_features, activation)
     if not (_plain(x) and (bias is None or _plain(bias))):
         # Other dtypes, devices or layouts and grad-carrying inputs: sparsecpu.linear raises the error that fits.
         return ops.linear(x, weight, bias, None if activation == "none" else activation)
-    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")
+    _check_x(x, weight)
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
     return run(x, weight, None if bias is None else bias.contiguous().numpy(), ACTIVATION_CODES[activation])
@@ -176,16 +186,11 @@ def linear_residual_norm(
     (``norm_weight`` / ``norm_bias`` ``[out_features]`` or None, ``eps`` as ``nn.LayerNorm``'s) in
     the same call, on rows still in the cache. ``residual`` is float32 ``[..., out_features]``,
     the shape of the result."""
-    weight = packed_weight(packed)
-    if weight.shape[0] != out_features:
-        raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    weight = _op_weight(packed, out_features, activation)
     tensors = (x, residual, bias, norm_weight, norm_bias)
     if not all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided) for t in tensors):
         raise TypeError("x, residual, bias, norm_weight and norm_bias must be float32 CPU tensors")
-    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")
+    _check_x(x, weight)
     out_shape = (*x.shape[:-1], out_features)
     if tuple(residual.shape) != out_shape:
         raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")

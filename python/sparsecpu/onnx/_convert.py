@@ -588,7 +588,7 @@ def _merged_heads(g: _Graph, match) -> Optional[Tuple[List[str], str, list, int]
     Reshape / Transpose, as exporters write it) and whose output is merged back the same way:
     ([Q, K, V sources], merged output, the view nodes, H). The node then reads and writes the merged
     tensors directly and the views go. None otherwise."""
-    q, kt, v, mask, scale, nodes, out = match
+    q, kt, v, _, _, nodes, out = match
     shape = g.shape(q)
     if shape is None or not all(isinstance(x, int) for x in shape):
         return None
