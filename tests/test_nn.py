@@ -233,7 +233,7 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.sparsecpu.linear.default, (x, layer.packed, bias, 24, act))
 
 
-@pytest.mark.parametrize("lead", [(), (3,), (2, 5), (4, 1, 2)])
+@pytest.mark.parametrize("lead", [(), (0,), (1, 1), (3,), (2, 5), (4, 1, 2)])
 @pytest.mark.parametrize("dtype", ["int8", "fp32"])
 def test_eager_fast_path_equals_the_op(lead, dtype):
     """Eager calls on plain tensors skip the dispatcher: same bits as torch.ops.sparsecpu.linear,
@@ -246,6 +246,24 @@ def test_eager_fast_path_equals_the_op(lead, dtype):
         ref = torch.ops.sparsecpu.linear(x.contiguous(), layer.packed, layer.bias, 40, "gelu")
     assert y.shape == (*lead, 40)
     assert torch.equal(y, ref)
+
+
+def test_bound_call_rejects_what_it_cannot_take():
+    """The eager path's bound weight (``_C.BoundLinear``) checks its own arguments."""
+    from sparsecpu import _C
+
+    layer = SparseLinear.from_linear(_pruned_linear(12, 40, 24, 0.4))
+    weight = layer.packed_weight
+    with pytest.raises(ValueError, match="bias must be 1-D"):
+        _C.BoundLinear(weight.buffer, np.zeros(39, np.float32), 0)
+    with pytest.raises(ValueError, match="activation"):
+        _C.BoundLinear(weight.buffer, None, 7)
+    bound = _C.BoundLinear(weight.buffer, None, 0)
+    for x in (np.zeros((2, 23), np.float32), np.zeros((), np.float32)):
+        with pytest.raises(ValueError, match="K = 24"):
+            bound(x)
+    with pytest.raises(TypeError):
+        bound(np.zeros((2, 24), np.int32))
 
 
 def test_eager_path_follows_every_change_of_the_layer():

@@ -5,7 +5,9 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -117,6 +119,53 @@ void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, in
   py::gil_scoped_release release;
   linear(a);
 }
+
+// A layer's packed weight, bias and activation bound once, then called per input: a decode step
+// makes ~50 calls per token, and parsing all of linear_py's arguments each time costs as much as a
+// small layer's kernel. Only for weights validated beforehand (PackedWeight.buffer).
+class BoundLinear {
+ public:
+  BoundLinear(U8Array buf, const py::object& bias, int act) : buf_(std::move(buf)), w_(view_of(buf_, false)) {
+    if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code");
+    act_ = static_cast<Activation>(act);
+    bias_ptr_ = channel_vector(bias, w_.n, "bias", bias_);
+  }
+
+  // activation(x @ W^T + bias) for x [..., K]: a new float32 array [..., N], 64-byte aligned.
+  F32Array operator()(const F32Array& x) const {
+    const py::ssize_t d = x.ndim();
+    if (d < 1 || static_cast<uint64_t>(x.shape(d - 1)) != w_.k)
+      throw std::invalid_argument("x must have shape [..., K] with K = " + std::to_string(w_.k));
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + d);
+    shape.back() = static_cast<py::ssize_t>(w_.n);
+    int64_t M = 1;
+    for (py::ssize_t i = 0; i + 1 < d; ++i) M *= x.shape(i);
+    const size_t bytes = std::max<size_t>(64, (static_cast<size_t>(M) * w_.n * sizeof(float) + 63) / 64 * 64);
+    float* y = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!y) throw std::bad_alloc();
+    py::capsule owner(y, [](void* p) { std::free(p); });
+    F32Array out(shape, y, owner);
+    LinearArgs a;
+    a.w = w_;
+    a.x = x.data();
+    a.M = M;
+    a.act = act_;
+    a.y = y;
+    a.bias = bias_ptr_;
+    {
+      py::gil_scoped_release release;
+      linear(a);
+    }
+    return out;
+  }
+
+ private:
+  U8Array buf_;
+  PackedView w_;
+  F32Array bias_;
+  const float* bias_ptr_ = nullptr;
+  Activation act_ = Activation::none;
+};
 
 // Element strides of a float32 / uint8 array whose last dim is contiguous (numpy strides are bytes).
 template <class T>
@@ -247,6 +296,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear", &linear_py, py::arg("x"), py::arg("buf"), py::arg("bias"), py::arg("act"), py::arg("out"),
         py::arg("raw_s32") = false, py::arg("residual") = py::none(), py::arg("norm") = false,
         py::arg("norm_weight") = py::none(), py::arg("norm_bias") = py::none(), py::arg("norm_eps") = 1e-5f);
+  py::class_<BoundLinear>(m, "BoundLinear")
+      .def(py::init<U8Array, const py::object&, int>(), py::arg("buf"), py::arg("bias"), py::arg("act"))
+      .def("__call__", &BoundLinear::operator(), py::arg("x"));
   m.def("attention", &attention_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"),
         py::arg("scale"));
   m.def("info", &info);

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _library
+from . import _C, _library
 from .formats import PackedWeight, pack
 
 __all__ = ["SparseLinear", "SparseResidualLayerNorm"]
@@ -133,10 +133,10 @@ class SparseLinear(nn.Module):
         if _plain_input(x) and x.dim() > 0 and x.shape[-1] == self.in_features:
             # Eager, plain tensor: the op's computation without a trip through the dispatcher (which
             # costs tens of microseconds per call in Python, as much as a decode step's kernel).
-            return _library.run(x, *self._eager_args())
+            return torch.from_numpy(self._eager_args()[3](x.numpy()))
         self._check_input(x)
         if type(x) is torch.Tensor and not torch.compiler.is_compiling():
-            return _library.run(x.detach(), *self._eager_args())
+            return torch.from_numpy(self._eager_args()[3](x.detach().numpy()))
         return torch.ops.sparsecpu.linear(x, self.packed, self.bias, self.out_features, self.activation or "none")
 
     def _check_input(self, x) -> None:
@@ -154,9 +154,11 @@ class SparseLinear(nn.Module):
             raise ValueError(f"{self._name()}: input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
 
     def _eager_args(self):
-        """``(PackedWeight, bias array or None, activation code)`` for :func:`_library.run`, kept
-        between calls (a decode step makes ~50 of them per token) until a buffer is replaced or
-        written to: ``load_state_dict``, ``.to()`` and in-place edits all change what is checked."""
+        """``(PackedWeight, bias array or None, activation code, bound call)``: the arguments of
+        :func:`_library.run`, and the three bound in one ``_C.BoundLinear`` (numpy ``x [..., K]`` ->
+        new ``[..., N]``), kept between calls (a decode step makes ~50 of them per token) until a
+        buffer is replaced or written to: ``load_state_dict``, ``.to()`` and in-place edits all
+        change what is checked."""
         packed, bias = self._buffers["packed"], self._buffers["bias"]
         key = self.__dict__.get("_eager_key")
         if (
@@ -167,11 +169,10 @@ class SparseLinear(nn.Module):
             or (bias is not None and key[3] != bias._version)
             or key[4] != self.activation
         ):
-            args = (
-                _library.packed_weight(packed),
-                None if bias is None else bias.detach().contiguous().numpy(),
-                _library.ACTIVATION_CODES[self.activation or "none"],
-            )
+            weight = _library.packed_weight(packed)
+            bias_array = None if bias is None else bias.detach().contiguous().numpy()
+            act = _library.ACTIVATION_CODES[self.activation or "none"]
+            args = (weight, bias_array, act, _C.BoundLinear(weight.buffer, bias_array, act))
             cacheable = not packed.is_inference() and (bias is None or not bias.is_inference())
             if not cacheable:
                 return args  # inference tensors have no version counter: nothing tells of a write
@@ -284,7 +285,7 @@ class SparseResidualLayerNorm(nn.Module):
             and hidden_states.dim() > 0
             and hidden_states.shape[-1] == dense.in_features
         ):
-            weight, bias, act = dense._eager_args()
+            weight, bias, act, _ = dense._eager_args()
             params = tuple(None if p is None else p.detach().numpy() for p in (norm.weight, norm.bias))
             return _library.run(hidden_states, weight, bias, act, input_tensor, (*params, norm.eps))
         dense._check_input(hidden_states)
