@@ -10,7 +10,7 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 import sparsecpu
-from sparsecpu.nn import SparseLinear, SparseResidualLayerNorm
+from sparsecpu.nn import SparseLinear, SparseMLP, SparseResidualLayerNorm
 
 transformers = pytest.importorskip("transformers")
 
@@ -79,8 +79,10 @@ def test_gpt2_generate_with_kv_cache_after_sparsify():
     report = sparsecpu.sparsify(fp32, dtype="fp32")
     assert [r.kernel for r in report][-1] == "kept" and report[-1].name == "lm_head"
     assert sum(isinstance(m, SparseLinear) for m in fp32.modules()) == 8  # c_attn, c_proj, c_fc, c_proj x 2
-    assert report[2].name == "transformer.h.0.mlp.c_fc" and report[2].reason.endswith("; gelu_tanh fused")
+    assert report[2].name == "transformer.h.0.mlp.c_fc"
+    assert report[2].reason.endswith("; gelu_tanh fused; MLP block chained with c_proj")
     assert fp32.transformer.h[0].mlp.c_fc.activation == "gelu_tanh"
+    assert isinstance(fp32.transformer.h[1].mlp, SparseMLP)
     sparsecpu.sparsify(int8, dtype="int8")
     kw = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=1)
     with torch.inference_mode():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace_fields
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from . import _attention
 from .formats import AUTO_DENSE_DENSITY, pack
-from .nn import SparseLinear, SparseResidualLayerNorm
+from .nn import SparseLinear, SparseMLP, SparseResidualLayerNorm
 
 __all__ = ["sparsify", "SparsifyReport", "LayerReport", "DEFAULT_MIN_SPARSITY"]
 
@@ -183,6 +183,38 @@ def _residual_norm_block(model: nn.Module, name: str, out_features: int) -> Opti
     )
 
 
+def _mlp_block_forward(self, hidden_states):
+    hidden_states = self.c_fc(hidden_states)
+    hidden_states = self.act(hidden_states)
+    hidden_states = self.c_proj(hidden_states)
+    hidden_states = self.dropout(hidden_states)
+    return hidden_states
+
+
+_MLP_BLOCK_CODE = _code_key(_mlp_block_forward)
+
+
+def _mlp_block(model: nn.Module, name: str) -> Optional[nn.Module]:
+    """The parent of the converted layer ``name`` when it is the ``c_fc`` of a GPT-2-style MLP
+    block: the block's forward is ``dropout(c_proj(act(c_fc(h))))`` (the same bytecode as
+    ``_mlp_block_forward``: Hugging Face's ``GPT2MLP`` and its copies), ``c_proj`` is converted too
+    and the activation was fused into ``c_fc`` (``act`` is ``nn.Identity``)."""
+    parent_name, _, attr = name.rpartition(".")
+    if not parent_name or attr != "c_fc":
+        return None
+    parent = model.get_submodule(parent_name)
+    return (
+        parent
+        if _code_key(getattr(type(parent), "forward", None)) == _MLP_BLOCK_CODE
+        and isinstance(getattr(parent, "c_fc", None), SparseLinear)
+        and isinstance(getattr(parent, "c_proj", None), SparseLinear)
+        and parent.c_proj.in_features == parent.c_fc.out_features
+        and isinstance(getattr(parent, "act", None), nn.Identity)
+        and isinstance(getattr(parent, "dropout", None), nn.Module)
+        else None
+    )
+
+
 def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
     """``(sparsity, block sparsity)`` of an ``out x in`` weight; blocks are 4x1 (4 output channels x 1 input),
     the last group of channels padded with zeros."""
@@ -215,6 +247,7 @@ def sparsify(
     outlier_threshold: Optional[float] = None,
     fuse_norm: bool = True,
     attention: bool = True,
+    fuse_mlp: bool = True,
 ) -> SparsifyReport:
     """Replaces, in place, the pruned ``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``model``
     by :class:`sparsecpu.nn.SparseLinear`, and returns a :class:`SparsifyReport` (``print`` it).
@@ -229,7 +262,11 @@ def sparsify(
     BERT-style output block (``LayerNorm(dropout(dense(h)) + input_tensor)``: Hugging Face's
     ``BertSelfOutput``, ``BertOutput`` and their copies, recognized by their code) takes the residual
     add and the LayerNorm into its call: the block becomes a
-    :class:`sparsecpu.nn.SparseResidualLayerNorm` (same children, same ``state_dict`` keys).
+    :class:`sparsecpu.nn.SparseResidualLayerNorm` (same children, same ``state_dict`` keys). With
+    ``fuse_mlp``, a GPT-2-style MLP block (``dropout(c_proj(act(c_fc(h))))``: ``GPT2MLP`` and its
+    copies, recognized by their code) whose two layers were converted, the activation fused, becomes
+    a :class:`sparsecpu.nn.SparseMLP` that chains the two kernels without torch in between (same
+    children, same keys).
     Prune first (:func:`sparsecpu.prune`); the result is for inference (``torch.no_grad()``).
 
     Args:
@@ -248,6 +285,7 @@ def sparsify(
             to sparsecpu's attention kernel (``model.set_attn_implementation("sparsecpu")``); the
             cases the kernel does not cover (causal prefill, dropout, grouped key/value heads, other
             dtypes) still run transformers' SDPA function (default True).
+        fuse_mlp: chain the two layers of GPT-2-style MLP blocks in one call (default True).
 
     Example:
         >>> sparsecpu.prune(model, sparsity=0.9)
@@ -295,4 +333,12 @@ def sparsify(
             grand, _, block_attr = parent_name.rpartition(".")
             fused_block = SparseResidualLayerNorm(new, block.LayerNorm, block.dropout).train(block.training)
             setattr(model.get_submodule(grand), block_attr, fused_block)
+    if fuse_mlp:
+        for i, row in enumerate(rows):
+            mlp = _mlp_block(model, row.name) if row.kernel != "kept" else None
+            if mlp is not None:
+                grand, _, block_attr = row.name.rpartition(".")[0].rpartition(".")
+                fused_mlp = SparseMLP(mlp.c_fc, mlp.act, mlp.c_proj, mlp.dropout).train(mlp.training)
+                setattr(model.get_submodule(grand), block_attr, fused_mlp)
+                rows[i] = _replace_fields(row, reason=row.reason + "; MLP block chained with c_proj")
     return SparsifyReport(rows, attention=switched)
