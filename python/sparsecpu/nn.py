@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -19,6 +19,15 @@ from .formats import PackedWeight, pack
 __all__ = ["SparseLinear", "SparseMLP", "SparseResidualLayerNorm"]
 
 _ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
+
+
+class _Eager(NamedTuple):
+    """What a :class:`SparseLinear` keeps for its eager calls."""
+
+    weight: PackedWeight
+    bias: Optional[object]  # float32 [N] numpy array
+    act: int  # activation code
+    call: object  # _C.BoundLinear: the three bound, numpy x [..., K] -> new [..., N]
 
 
 def _bytes_tensor(weight: PackedWeight) -> torch.Tensor:
@@ -133,10 +142,10 @@ class SparseLinear(nn.Module):
         if _plain_input(x) and x.dim() > 0 and x.shape[-1] == self.in_features:
             # Eager, plain tensor: the op's computation without a trip through the dispatcher (which
             # costs tens of microseconds per call in Python, as much as a decode step's kernel).
-            return torch.from_numpy(self._eager_args()[3](x.numpy()))
+            return torch.from_numpy(self._eager_args().call(x.numpy()))
         self._check_input(x)
         if type(x) is torch.Tensor and not torch.compiler.is_compiling():
-            return torch.from_numpy(self._eager_args()[3](x.detach().numpy()))
+            return torch.from_numpy(self._eager_args().call(x.detach().numpy()))
         return torch.ops.sparsecpu.linear(x, self.packed, self.bias, self.out_features, self.activation or "none")
 
     def _check_input(self, x) -> None:
@@ -154,11 +163,9 @@ class SparseLinear(nn.Module):
             raise ValueError(f"{self._name()}: input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
 
     def _eager_args(self):
-        """``(PackedWeight, bias array or None, activation code, bound call)``: the arguments of
-        :func:`_library.run`, and the three bound in one ``_C.BoundLinear`` (numpy ``x [..., K]`` ->
-        new ``[..., N]``), kept between calls (a decode step makes ~50 of them per token) until a
-        buffer is replaced or written to: ``load_state_dict``, ``.to()`` and in-place edits all
-        change what is checked."""
+        """The :class:`_Eager` arguments of :func:`_library.run` and their bound call, kept between
+        calls (a decode step makes ~50 of them per token) until a buffer is replaced or written to:
+        ``load_state_dict``, ``.to()`` and in-place edits all change what is checked."""
         packed, bias = self._buffers["packed"], self._buffers["bias"]
         key = self.__dict__.get("_eager_key")
         if (
@@ -172,7 +179,7 @@ class SparseLinear(nn.Module):
             weight = _library.packed_weight(packed)
             bias_array = None if bias is None else bias.detach().contiguous().numpy()
             act = _library.ACTIVATION_CODES[self.activation or "none"]
-            args = (weight, bias_array, act, _C.BoundLinear(weight.buffer, bias_array, act))
+            args = _Eager(weight, bias_array, act, _C.BoundLinear(weight.buffer, bias_array, act))
             cacheable = not packed.is_inference() and (bias is None or not bias.is_inference())
             if not cacheable:
                 return args  # inference tensors have no version counter: nothing tells of a write
@@ -353,5 +360,5 @@ class SparseMLP(nn.Module):
             and type(c_proj) is SparseLinear
             and _dropout_inactive(self, self.dropout)
         ):
-            return torch.from_numpy(c_proj._eager_args()[3](c_fc._eager_args()[3](hidden_states.numpy())))
+            return torch.from_numpy(c_proj._eager_args().call(c_fc._eager_args().call(hidden_states.numpy())))
         return self.dropout(c_proj(self.act(c_fc(hidden_states))))
