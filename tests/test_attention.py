@@ -96,8 +96,12 @@ def test_attention_every_level(case, level):
             got = torch.empty(b, sq, h, d)
             _C.attention(q.numpy(), k.numpy(), v.numpy(), got.transpose(1, 2).numpy(),
                          None if mask is None else mask.numpy(), scale)
+            # Without out: a new [B, Sq, H, D] array (64-byte aligned), the same bits.
+            new = _C.attention(q.numpy(), k.numpy(), v.numpy(), None, None if mask is None else mask.numpy(), scale)
     finally:
         sparsecpu.set_num_threads(2)
+    assert new.shape == (b, sq, h, d) and new.flags.c_contiguous and new.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(new, got.numpy())
     want = _expected(q, k, v, mask, scale)
     assert got.shape == (b, sq, h, d)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=2e-6 * max(1.0, np.abs(want).max()))
@@ -145,6 +149,11 @@ def test_bad_input():
     out.flags.writeable = False
     with pytest.raises(ValueError, match="out must be writeable"):
         _C.attention(q.numpy(), q.numpy(), q.numpy(), out.transpose(0, 2, 1, 3), None, 1.0)
+    for bad in (np.empty((1, 2, 5), np.float32), np.empty((1, 2, 5, 8), np.float64)):
+        with pytest.raises(ValueError, match="out must be a 4-D float32"):
+            _C.attention(q.numpy(), q.numpy(), q.numpy(), bad, None, 1.0)
+    with pytest.raises(ValueError, match="out must have q's shape"):
+        _C.attention(q.numpy(), q.numpy(), q.numpy(), np.empty((1, 2, 5, 7), np.float32), None, 1.0)
 
 
 def test_opcheck():

@@ -120,6 +120,17 @@ void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, in
   linear(a);
 }
 
+// A new C-contiguous float32 array of `shape`, 64-byte aligned (numpy's allocator aligns to 16).
+F32Array aligned_f32(const std::vector<py::ssize_t>& shape) {
+  size_t n = 1;
+  for (py::ssize_t d : shape) n *= static_cast<size_t>(d);
+  const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
+  float* y = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (!y) throw std::bad_alloc();
+  py::capsule owner(y, [](void* p) { std::free(p); });
+  return F32Array(shape, y, owner);
+}
+
 // A layer's packed weight, bias and activation bound once, then called per input: a decode step
 // makes ~50 calls per token, and parsing all of linear_py's arguments each time costs as much as a
 // small layer's kernel. Only for weights validated beforehand (PackedWeight.buffer).
@@ -140,17 +151,13 @@ class BoundLinear {
     shape.back() = static_cast<py::ssize_t>(w_.n);
     int64_t M = 1;
     for (py::ssize_t i = 0; i + 1 < d; ++i) M *= x.shape(i);
-    const size_t bytes = std::max<size_t>(64, (static_cast<size_t>(M) * w_.n * sizeof(float) + 63) / 64 * 64);
-    float* y = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (!y) throw std::bad_alloc();
-    py::capsule owner(y, [](void* p) { std::free(p); });
-    F32Array out(shape, y, owner);
+    F32Array out = aligned_f32(shape);
     LinearArgs a;
     a.w = w_;
     a.x = x.data();
     a.M = M;
     a.act = act_;
-    a.y = y;
+    a.y = out.mutable_data();
     a.bias = bias_ptr_;
     {
       py::gil_scoped_release release;
@@ -182,13 +189,15 @@ std::vector<int64_t> element_strides(const py::array& a, const char* what, bool 
 }
 
 // q [B, H, Sq, D], k and v [B, H, Skv, D], out [B, H, Sq, D] (float32, any strides; the last dim
-// contiguous except in k); mask: None, or float32 (added) / bool (True = attend) of 4 dims each equal to the
-// scores' [B, H, Sq, Skv] or 1 (broadcast).
-void attention_py(const py::array& q, const py::array& k, const py::array& v, py::array& out, const py::object& mask,
-                  float scale) {
-  const py::array* arrays[] = {&q, &k, &v, &out};
-  const char* names[] = {"q", "k", "v", "out"};
-  for (int i = 0; i < 4; ++i) {
+// contiguous except in k), or None for a new [B, Sq, H, D] array (the merged-heads layout) written
+// through its [B, H, Sq, D] view; mask: None, or float32 (added) / bool (True = attend) of 4 dims each
+// equal to the scores' [B, H, Sq, Skv] or 1 (broadcast). Returns out, or the new array.
+py::array attention_py(const py::array& q, const py::array& k, const py::array& v, const py::object& out_or_none,
+                       const py::object& mask, float scale) {
+  py::array out, result;
+  const py::array* arrays[] = {&q, &k, &v};
+  const char* names[] = {"q", "k", "v"};
+  for (int i = 0; i < 3; ++i) {
     if (arrays[i]->ndim() != 4 || !arrays[i]->dtype().is(py::dtype::of<float>()))
       throw std::invalid_argument(std::string(names[i]) + " must be a 4-D float32 array [B, H, S, D]");
   }
@@ -197,9 +206,19 @@ void attention_py(const py::array& q, const py::array& k, const py::array& v, py
     if (kv->shape(0) != B || kv->shape(1) != H || kv->shape(2) != Skv || kv->shape(3) != D)
       throw std::invalid_argument("k and v must have shape [B, H, Skv, D] matching q");
   }
-  if (out.shape(0) != B || out.shape(1) != H || out.shape(2) != Sq || out.shape(3) != D)
-    throw std::invalid_argument("out must have q's shape");
-  if (!out.writeable()) throw std::invalid_argument("out must be writeable");
+  if (out_or_none.is_none()) {
+    F32Array merged = aligned_f32({B, Sq, H, D});
+    const py::ssize_t f = sizeof(float);
+    out = py::array_t<float>({B, H, Sq, D}, {Sq * H * D * f, D * f, H * D * f, f}, merged.mutable_data(), merged);
+    result = merged;
+  } else {
+    result = out = out_or_none.cast<py::array>();
+    if (out.ndim() != 4 || !out.dtype().is(py::dtype::of<float>()))
+      throw std::invalid_argument("out must be a 4-D float32 array [B, H, S, D]");
+    if (out.shape(0) != B || out.shape(1) != H || out.shape(2) != Sq || out.shape(3) != D)
+      throw std::invalid_argument("out must have q's shape");
+    if (!out.writeable()) throw std::invalid_argument("out must be writeable");
+  }
   if (!std::isfinite(scale)) throw std::invalid_argument("scale must be finite");
   AttnParams p{};
   p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
@@ -230,8 +249,11 @@ void attention_py(const py::array& q, const py::array& k, const py::array& v, py
     if (is_bool) p.keep = static_cast<const uint8_t*>(m.data());
     else p.bias = static_cast<const float*>(m.data());
   }
-  py::gil_scoped_release release;
-  attention(p);
+  {
+    py::gil_scoped_release release;
+    attention(p);
+  }
+  return result;
 }
 
 py::dict info() {

@@ -42,8 +42,15 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         and key.shape[1] == query.shape[1]
         and not (mask is None and causal and query.shape[2] > 1)
         and (dropout == 0.0 or not module.training)
-        and (not kwargs or (all(kwargs.get(k) is None for k in ("softcap", "position_bias", "cache"))
-                            and not kwargs.get("output_attentions", False)))
+        and (
+            not kwargs
+            or (
+                kwargs.get("softcap") is None
+                and kwargs.get("position_bias") is None
+                and kwargs.get("cache") is None
+                and not kwargs.get("output_attentions", False)
+            )
+        )
         and (mask is None or (_plain(mask) and mask.dim() == 4 and mask.dtype in (torch.bool, torch.float32)))
     )
     if not covered:

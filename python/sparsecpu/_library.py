@@ -219,10 +219,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     """:func:`attention`'s computation on plain float32 CPU tensors without grad (the last dims of
     q, k, v contiguous; any other strides): returns ``[B, Sq, H, D]``."""
-    b, h, sq, d = q.shape
-    out = np.empty((b, sq, h, d), np.float32)
-    _C.attention(q.numpy(), k.numpy(), v.numpy(), out.transpose(0, 2, 1, 3), None if mask is None else mask.numpy(), scale)
-    return torch.from_numpy(out)
+    return torch.from_numpy(_C.attention(q.numpy(), k.numpy(), v.numpy(), None, None if mask is None else mask.numpy(), scale))
 
 
 @torch.library.custom_op("sparsecpu::attention", mutates_args=())
