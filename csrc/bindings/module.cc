@@ -79,27 +79,36 @@ const float* channel_vector(const py::object& v, uint64_t n, const char* what, F
   return keep.data();
 }
 
+// The rows M of x [..., K] (the product of its leading dims), after checking its last dim is K.
+int64_t rows_of(const F32Array& x, uint64_t k) {
+  const py::ssize_t d = x.ndim();
+  if (d < 1 || static_cast<uint64_t>(x.shape(d - 1)) != k)
+    throw std::invalid_argument("x must have shape [..., K] with K = " + std::to_string(k));
+  int64_t M = 1;
+  for (py::ssize_t i = 0; i + 1 < d; ++i) M *= x.shape(i);
+  return M;
+}
+
+Activation activation_of(int act) {
+  if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code");
+  return static_cast<Activation>(act);
+}
+
 void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, int act, F32Array& out,
                bool raw_s32, const py::object& residual, bool norm, const py::object& norm_weight,
                const py::object& norm_bias, float norm_eps) {
   // x [..., K] and out [..., N], C-contiguous, with the same leading dims: M rows.
   const PackedView w = view_of(buf, false);
+  const int64_t M = rows_of(x, w.k);
   const py::ssize_t d = x.ndim();
-  if (d < 1 || static_cast<uint64_t>(x.shape(d - 1)) != w.k)
-    throw std::invalid_argument("x must have shape [..., K] with K = " + std::to_string(w.k));
   bool same_lead = out.ndim() == d && static_cast<uint64_t>(out.shape(d - 1)) == w.n;
-  int64_t M = 1;
-  for (py::ssize_t i = 0; i + 1 < d; ++i) {
-    same_lead = same_lead && out.shape(i) == x.shape(i);
-    M *= x.shape(i);
-  }
+  for (py::ssize_t i = 0; same_lead && i + 1 < d; ++i) same_lead = out.shape(i) == x.shape(i);
   if (!same_lead) throw std::invalid_argument("out has the wrong shape");
-  if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code");
   LinearArgs a;
   a.w = w;
   a.x = x.data();
   a.M = M;
-  a.act = static_cast<Activation>(act);
+  a.act = activation_of(act);
   a.y = out.mutable_data();
   a.raw_s32 = raw_s32;
   F32Array b, r, nw, nb;
@@ -136,21 +145,16 @@ F32Array aligned_f32(const std::vector<py::ssize_t>& shape) {
 // small layer's kernel. Only for weights validated beforehand (PackedWeight.buffer).
 class BoundLinear {
  public:
-  BoundLinear(U8Array buf, const py::object& bias, int act) : buf_(std::move(buf)), w_(view_of(buf_, false)) {
-    if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code");
-    act_ = static_cast<Activation>(act);
+  BoundLinear(U8Array buf, const py::object& bias, int act)
+      : buf_(std::move(buf)), w_(view_of(buf_, false)), act_(activation_of(act)) {
     bias_ptr_ = channel_vector(bias, w_.n, "bias", bias_);
   }
 
   // activation(x @ W^T + bias) for x [..., K]: a new float32 array [..., N], 64-byte aligned.
   F32Array operator()(const F32Array& x) const {
-    const py::ssize_t d = x.ndim();
-    if (d < 1 || static_cast<uint64_t>(x.shape(d - 1)) != w_.k)
-      throw std::invalid_argument("x must have shape [..., K] with K = " + std::to_string(w_.k));
-    std::vector<py::ssize_t> shape(x.shape(), x.shape() + d);
+    const int64_t M = rows_of(x, w_.k);
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     shape.back() = static_cast<py::ssize_t>(w_.n);
-    int64_t M = 1;
-    for (py::ssize_t i = 0; i + 1 < d; ++i) M *= x.shape(i);
     F32Array out = aligned_f32(shape);
     LinearArgs a;
     a.w = w_;
@@ -169,9 +173,9 @@ class BoundLinear {
  private:
   U8Array buf_;
   PackedView w_;
+  Activation act_;
   F32Array bias_;
   const float* bias_ptr_ = nullptr;
-  Activation act_ = Activation::none;
 };
 
 // Element strides of a float32 / uint8 array whose last dim is contiguous (numpy strides are bytes).

@@ -335,7 +335,7 @@ def sparsify(
             setattr(model.get_submodule(grand), block_attr, fused_block)
     if fuse_mlp:
         for i, row in enumerate(rows):
-            mlp = _mlp_block(model, row.name) if row.kernel != "kept" else None
+            mlp = _mlp_block(model, row.name)
             if mlp is not None:
                 grand, _, block_attr = row.name.rpartition(".")[0].rpartition(".")
                 fused_mlp = SparseMLP(mlp.c_fc, mlp.act, mlp.c_proj, mlp.dropout).train(mlp.training)

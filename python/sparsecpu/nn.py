@@ -297,9 +297,9 @@ class SparseResidualLayerNorm(nn.Module):
             and hidden_states.dim() > 0
             and hidden_states.shape[-1] == dense.in_features
         ):
-            weight, bias, act, _ = dense._eager_args()
+            eager = dense._eager_args()
             params = tuple(None if p is None else p.detach().numpy() for p in (norm.weight, norm.bias))
-            return _library.run(hidden_states, weight, bias, act, input_tensor, (*params, norm.eps))
+            return _library.run(hidden_states, eager.weight, eager.bias, eager.act, input_tensor, (*params, norm.eps))
         dense._check_input(hidden_states)
         if input_tensor.requires_grad and torch.is_grad_enabled():
             raise ValueError(
