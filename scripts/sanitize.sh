@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 root="$(pwd)"
 venv="$(cd "${SPARSECPU_TEST_VENV:-.venv-test}" && pwd)"
 build="$root/build-sanitize"
-"$venv/bin/pip" install --quiet pybind11 cmake ninja
+"$venv/bin/pip" install --quiet pybind11 cmake ninja "simde-py>=0.8.2"
 flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 "$venv/bin/cmake" -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" -DCMAKE_CXX_FLAGS="$flags" \

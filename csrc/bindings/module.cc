@@ -267,9 +267,11 @@ py::dict info() {
   d["cpu"] = c.brand;
   d["features"] = c.features;
   d["detected_isa"] = isa_name(c.best);
-  d["isa"] = isa_name(active_isa());
+  const Target t = active_target();
+  d["isa"] = isa_name(t.isa);
+  d["emulated"] = t.emulated;
   py::dict kernels;
-  for (Op op : kAllOps) kernels[op_name(op)] = select_kernel(op, active_isa()).name;
+  for (Op op : kAllOps) kernels[op_name(op)] = select_kernel(op, t).name;
   d["kernels"] = kernels;
   d["threads"] = get_num_threads();
   return d;
@@ -283,7 +285,9 @@ py::list registry() {
     py::dict d;
     d["op"] = op_name(e[i].op);
     d["isa"] = isa_name(e[i].isa);
+    d["emulated"] = e[i].emulated;
     d["name"] = e[i].name;
+    d["calls"] = kernel_calls(i);
     out.append(d);
   }
   return out;
@@ -292,6 +296,15 @@ py::list registry() {
 py::list supported_isas() {
   py::list out;
   for (int i = 0; i <= static_cast<int>(cpu_info().best); ++i) out.append(isa_name(static_cast<Isa>(i)));
+  return out;
+}
+
+// Every target this machine can run: its native levels, then (on an AVX2 CPU) each AVX-512 level emulated.
+py::list test_targets() {
+  py::list out = supported_isas();
+  if (emulation_available()) {
+    for (Isa isa : {Isa::avx512, Isa::avx512_vnni}) out.append(target_name({isa, true}));
+  }
   return out;
 }
 
@@ -307,7 +320,7 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   // Fail the import on a bad SPARSECPU_ISA rather than on the first call.
-  active_isa();
+  active_target();
 
   m.def("pack", &pack, py::arg("weight"), py::arg("dtype"), py::arg("format") = "bsr",
         py::arg("outlier_threshold") = 0.0f);
@@ -330,8 +343,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("info", &info);
   m.def("kernel_registry", &registry);
   m.def("supported_isas", &supported_isas);
-  m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
-  m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name)); }, py::arg("level"));
+  m.def("test_targets", &test_targets);
+  m.def("get_isa", [] { return target_name(active_target()); });
+  m.def("set_isa", [](const std::string& name) { return target_name(set_target(parse_target(name))); },
+        py::arg("level"));
   m.def("kernel_name", [](const std::string& dtype) { return std::string(kernel_name(parse_dtype(dtype))); });
   m.def("kernel_for", [](const U8Array& buf, int64_t m) { return std::string(kernel_for(view_of(buf, false), m)); },
         py::arg("buf"), py::arg("m"));

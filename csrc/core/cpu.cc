@@ -25,6 +25,20 @@ Isa parse_isa(const std::string& name) {
                               "': expected one of reference, avx2, avx512, avx512_vnni");
 }
 
+std::string target_name(Target t) {
+  std::string name = isa_name(t.isa);
+  return t.emulated ? name + ":emulated" : name;
+}
+
+Target parse_target(const std::string& name) {
+  const std::string suffix = ":emulated";
+  const bool emulated = name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  const Target t{parse_isa(emulated ? name.substr(0, name.size() - suffix.size()) : name), emulated};
+  if (t.emulated && !emulatable(t.isa))
+    throw std::invalid_argument("'" + name + "': only the avx512 and avx512_vnni levels have emulated builds");
+  return t;
+}
+
 namespace {
 
 struct Regs { uint32_t a, b, c, d; };

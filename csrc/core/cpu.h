@@ -12,6 +12,19 @@ const char* isa_name(Isa isa);
 // Parses a level name; throws std::invalid_argument naming the accepted values.
 Isa parse_isa(const std::string& name);
 
+// What dispatch runs: a level and, for the AVX-512 levels, whether their kernels are the emulated
+// builds (the same sources compiled against SIMDe for AVX2: slow, for tests on any host).
+struct Target {
+  Isa isa = Isa::reference;
+  bool emulated = false;
+};
+// The levels whose kernels are also built emulated.
+inline bool emulatable(Isa isa) { return static_cast<int>(isa) >= static_cast<int>(Isa::avx512); }
+// "avx512_vnni" or "avx512_vnni:emulated".
+std::string target_name(Target t);
+// Parses a level name, optionally with ":emulated" (only for an emulatable level).
+Target parse_target(const std::string& name);
+
 struct CpuInfo {
   std::string vendor;
   std::string brand;
@@ -21,5 +34,7 @@ struct CpuInfo {
 
 // Detected once, on first use.
 const CpuInfo& cpu_info();
+// The emulated kernels are compiled for AVX2 + FMA + F16C: they run where the CPU has the avx2 level.
+inline bool emulation_available() { return static_cast<int>(cpu_info().best) >= static_cast<int>(Isa::avx2); }
 
 }  // namespace sparsecpu

@@ -131,17 +131,24 @@ constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      O
 struct KernelEntry {
   Op op;
   Isa isa;          // lowest level the kernel needs
+  bool emulated;    // the SIMDe build of an AVX-512 kernel (runs on AVX2); name ends in ":emulated"
   const char* name;
   void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn / AddNormFn / AttnFn by op
   int mr;           // rows per tile (spmm, gemm), most rows per call (skinny) or 0
   int lanes;        // 32-bit lanes per vector (spmm), channels per tile (gemm, skinny) or 0
 };
 
-// Every kernel, best first within an op, the reference last. Dispatch, tests and the benchmark
-// all read this list.
+// Every kernel, best first within an op, the reference last; each AVX-512 kernel is followed by its
+// emulated build. Dispatch, tests and the benchmark all read this list.
 const KernelEntry* kernel_registry(int* count);
-// The best kernel of `op` that runs at `level`.
-const KernelEntry& select_kernel(Op op, Isa level);
+// The best kernel of `op` for target `t`: at an emulated target the AVX-512 kernels are the emulated
+// builds, the ones below AVX-512 native.
+const KernelEntry& select_kernel(Op op, Target t);
+// select_kernel for a call that is about to run the kernel: counted per entry, so that the tests can
+// check that every registered kernel was run (kernel_calls).
+const KernelEntry& use_kernel(Op op, Target t);
+// Calls counted by use_kernel, per registry entry (same order), since the library was loaded.
+uint64_t kernel_calls(int index);
 const char* op_name(Op op);
 
 // Declarations, generated from the list.
@@ -159,6 +166,10 @@ const char* op_name(Op op);
   void name(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta, float eps);
 #define SPARSECPU_ATTN(op, isa, name) void name(const AttnParams& p, int64_t bh, float* scratch);
 #include "kernels/kernels.inc"
+// The emulated builds of the AVX-512 kernels (declared for every name; defined for those only).
+namespace emulated {
+#include "kernels/kernels.inc"
+}  // namespace emulated
 #undef SPARSECPU_ATTN
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT

@@ -1,3 +1,4 @@
+#include <atomic>
 #include <stdexcept>
 
 #include "kernels/kernels.h"
@@ -5,15 +6,25 @@
 namespace sparsecpu {
 
 namespace {
+
+// An entry, and after an AVX-512 one (SPARSECPU_EMULATED_<isa> expands its argument) the emulated build.
+#define SPARSECPU_EMULATED_reference(...)
+#define SPARSECPU_EMULATED_avx2(...)
+#define SPARSECPU_EMULATED_avx512(...) __VA_ARGS__
+#define SPARSECPU_EMULATED_avx512_vnni(...) __VA_ARGS__
+#define SPARSECPU_ENTRY(op, isa, name, mr, lanes)                                    \
+  {Op::op, Isa::isa, false, #name, reinterpret_cast<void*>(&name), mr, lanes},       \
+  SPARSECPU_EMULATED_##isa({Op::op, Isa::isa, true, #name ":emulated",               \
+                            reinterpret_cast<void*>(&emulated::name), mr, lanes},)
+
 const KernelEntry kRegistry[] = {
-#define SPARSECPU_SPMM(op, isa, name, mr, lanes) \
-  {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), mr, lanes},
-#define SPARSECPU_QUANT(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
-#define SPARSECPU_TRANSPOSE(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
-#define SPARSECPU_ROWS(op, isa, name, mr, nr) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), mr, nr},
-#define SPARSECPU_ADD_ACT(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
-#define SPARSECPU_ADD_NORM(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
-#define SPARSECPU_ATTN(op, isa, name) {Op::op, Isa::isa, #name, reinterpret_cast<void*>(&name), 0, 0},
+#define SPARSECPU_SPMM(op, isa, name, mr, lanes) SPARSECPU_ENTRY(op, isa, name, mr, lanes)
+#define SPARSECPU_QUANT(op, isa, name) SPARSECPU_ENTRY(op, isa, name, 0, 0)
+#define SPARSECPU_TRANSPOSE(op, isa, name) SPARSECPU_ENTRY(op, isa, name, 0, 0)
+#define SPARSECPU_ROWS(op, isa, name, mr, nr) SPARSECPU_ENTRY(op, isa, name, mr, nr)
+#define SPARSECPU_ADD_ACT(op, isa, name) SPARSECPU_ENTRY(op, isa, name, 0, 0)
+#define SPARSECPU_ADD_NORM(op, isa, name) SPARSECPU_ENTRY(op, isa, name, 0, 0)
+#define SPARSECPU_ATTN(op, isa, name) SPARSECPU_ENTRY(op, isa, name, 0, 0)
 #include "kernels/kernels.inc"
 #undef SPARSECPU_SPMM
 #undef SPARSECPU_QUANT
@@ -23,18 +34,36 @@ const KernelEntry kRegistry[] = {
 #undef SPARSECPU_ADD_NORM
 #undef SPARSECPU_ATTN
 };
+
+constexpr int kEntries = static_cast<int>(sizeof(kRegistry) / sizeof(kRegistry[0]));
+std::atomic<uint64_t> g_calls[kEntries];
+
+int select_index(Op op, Target t) {
+  for (int i = 0; i < kEntries; ++i) {
+    const KernelEntry& e = kRegistry[i];
+    if (e.op != op || static_cast<int>(e.isa) > static_cast<int>(t.isa)) continue;
+    if (e.emulated == (t.emulated && emulatable(e.isa))) return i;
+  }
+  throw std::logic_error("no kernel registered for an op");  // the reference is always listed
+}
+
 }  // namespace
 
 const KernelEntry* kernel_registry(int* count) {
-  *count = static_cast<int>(sizeof(kRegistry) / sizeof(kRegistry[0]));
+  *count = kEntries;
   return kRegistry;
 }
 
-const KernelEntry& select_kernel(Op op, Isa level) {
-  for (const KernelEntry& e : kRegistry) {
-    if (e.op == op && static_cast<int>(e.isa) <= static_cast<int>(level)) return e;
-  }
-  throw std::logic_error("no kernel registered for an op");  // the reference is always listed
+const KernelEntry& select_kernel(Op op, Target t) { return kRegistry[select_index(op, t)]; }
+
+const KernelEntry& use_kernel(Op op, Target t) {
+  const int i = select_index(op, t);
+  g_calls[i].fetch_add(1, std::memory_order_relaxed);
+  return kRegistry[i];
+}
+
+uint64_t kernel_calls(int index) {
+  return index >= 0 && index < kEntries ? g_calls[index].load(std::memory_order_relaxed) : 0;
 }
 
 const char* op_name(Op op) {

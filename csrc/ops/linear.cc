@@ -19,16 +19,22 @@ namespace {
 // cache lines.
 constexpr int64_t kRowAlign = 64;
 
-Isa initial_isa() {
+Isa capped(Isa cap) {
   const Isa best = cpu_info().best;
-  const char* env = std::getenv("SPARSECPU_ISA");
-  if (!env || !*env) return best;
-  const Isa cap = parse_isa(env);  // throws on an unknown value: the module import fails with it
   return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
 }
 
-std::atomic<int>& isa_state() {
-  static std::atomic<int> state{static_cast<int>(initial_isa())};
+// The active target as one word (level | emulated << 8), so that a call reads it at once.
+int encode(Target t) { return static_cast<int>(t.isa) | (t.emulated ? 0x100 : 0); }
+
+int initial_target() {
+  const char* env = std::getenv("SPARSECPU_ISA");
+  if (!env || !*env) return encode({cpu_info().best, false});
+  return encode({capped(parse_isa(env)), false});  // throws on an unknown value: the module import fails with it
+}
+
+std::atomic<int>& target_state() {
+  static std::atomic<int> state{initial_target()};
   return state;
 }
 
@@ -152,10 +158,10 @@ void post_rows(const LinearArgs& a, int64_t m0, int64_t m1) {
   float* y = a.y + m0 * N;
   const float* r = a.residual ? a.residual + m0 * N : nullptr;
   if (a.norm) {
-    const auto add_norm = reinterpret_cast<AddNormFn>(select_kernel(Op::add_norm_f32, active_isa()).fn);
+    const auto add_norm = reinterpret_cast<AddNormFn>(use_kernel(Op::add_norm_f32, active_target()).fn);
     add_norm(y, r, m1 - m0, N, a.norm_weight, a.norm_bias, a.norm_eps);
   } else {
-    const auto add_act = reinterpret_cast<AddActFn>(select_kernel(Op::add_act_f32, active_isa()).fn);
+    const auto add_act = reinterpret_cast<AddActFn>(use_kernel(Op::add_act_f32, active_target()).fn);
     add_act(r, y, (m1 - m0) * N, Activation::none);
   }
 }
@@ -178,15 +184,26 @@ void over_channel_chunks(const ParallelFor& tp, int threads, const PackedView& w
 
 }  // namespace
 
-Isa active_isa() { return static_cast<Isa>(isa_state().load()); }
+Target active_target() {
+  const int s = target_state().load();
+  return {static_cast<Isa>(s & 0xff), (s & 0x100) != 0};
+}
 
-void set_isa(Isa cap) {
-  const Isa best = cpu_info().best;
-  isa_state().store(static_cast<int>(static_cast<int>(cap) < static_cast<int>(best) ? cap : best));
+Target set_target(Target want) {
+  Target t{capped(want.isa), false};
+  if (want.emulated) {
+    if (!emulatable(want.isa))
+      throw std::invalid_argument(std::string("the ") + isa_name(want.isa) + " level has no emulated build");
+    if (!emulation_available())
+      throw std::invalid_argument("emulated AVX-512 levels need a CPU with AVX2, FMA and F16C");
+    t = want;
+  }
+  target_state().store(encode(t));
+  return t;
 }
 
 const char* kernel_name(DType dtype) {
-  return select_kernel(dtype == DType::int8 ? Op::spmm_s8 : Op::spmm_f32, active_isa()).name;
+  return select_kernel(dtype == DType::int8 ? Op::spmm_s8 : Op::spmm_f32, active_target()).name;
 }
 
 // The 4x1 SpMM over K-major activations (M > kSkinnyRows, or fp32). With check_outliers, every
@@ -196,9 +213,9 @@ namespace {
 
 bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const PackedView& w = a.w;
-  const Isa isa = active_isa();
+  const Target isa = active_target();
   const bool int8 = w.dtype == DType::int8;
-  const KernelEntry& spmm = select_kernel(int8 ? Op::spmm_s8 : Op::spmm_f32, isa);
+  const KernelEntry& spmm = use_kernel(int8 ? Op::spmm_s8 : Op::spmm_f32, isa);
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, G = static_cast<int64_t>(w.groups);
   const int64_t Mpad = round_up(M, kRowAlign);
   Scratch& s = scratch();
@@ -248,13 +265,13 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
     scale_s = s.get<float>(4, Mpad);
     zp_s = s.get<int32_t>(5, Mpad);
     if (check_outliers) absmax = s.get<float>(6, Mpad);
-    quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8, isa).fn);
+    quant = reinterpret_cast<QuantFn>(use_kernel(Op::quant_u8, isa).fn);
     p.xk = xq;
     p.x_scale = scale_s;
     p.x_zp = zp_s;
   } else {
     xt = s.get<float>(1, K * Mpad);
-    transpose = reinterpret_cast<TransposeFn>(select_kernel(Op::transpose_f32, isa).fn);
+    transpose = reinterpret_cast<TransposeFn>(use_kernel(Op::transpose_f32, isa).fn);
     p.xk = xt;
   }
   // Rows [u0, u1) (in 64-row units) to K-major; returns false on NaN/Inf.
@@ -312,11 +329,11 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
 // kernels vectorized over output channels. Same outlier contract as linear_kmajor.
 bool linear_rows(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const PackedView& w = a.w;
-  const Isa isa = active_isa();
+  const Target isa = active_target();
   const bool dense = w.format == Format::dense;
-  const KernelEntry& ke = select_kernel(dense ? Op::gemm_s8 : Op::spmm_s8_skinny, isa);
+  const KernelEntry& ke = use_kernel(dense ? Op::gemm_s8 : Op::spmm_s8_skinny, isa);
   const auto kernel = reinterpret_cast<RowFn>(ke.fn);
-  const auto quant = reinterpret_cast<QuantFn>(select_kernel(Op::quant_u8_rows, isa).fn);
+  const auto quant = reinterpret_cast<QuantFn>(use_kernel(Op::quant_u8_rows, isa).fn);
   const int64_t K = static_cast<int64_t>(w.k), M = a.M;
   const int64_t ldx = round_up(std::max<int64_t>(K, 1), 64);
   // Channel tiles: 16-channel panels (dense) or 4-channel groups (skinny).
@@ -386,7 +403,7 @@ void linear_f32_skinny(const LinearArgs& a) {
   const PackedView& w = a.w;
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, G = static_cast<int64_t>(w.groups);
   if (!all_finite(a.x, M * K)) throw std::invalid_argument("x contains NaN or Inf");
-  const auto kernel = reinterpret_cast<RowFn>(select_kernel(Op::spmm_f32_skinny, active_isa()).fn);
+  const auto kernel = reinterpret_cast<RowFn>(use_kernel(Op::spmm_f32_skinny, active_target()).fn);
   const ParallelFor tp = parallel_of(a);
   RowParams p = row_params(a, padded_bias(scratch(), a, 4 * G));
   p.xf = a.x;
@@ -452,7 +469,7 @@ void linear_outliers(const LinearArgs& a) {
       for (int64_t n = 0; n < N; ++n) cm[n] += xv * wcol[n];
     }
   }
-  const auto add_act = reinterpret_cast<AddActFn>(select_kernel(Op::add_act_f32, active_isa()).fn);
+  const auto add_act = reinterpret_cast<AddActFn>(use_kernel(Op::add_act_f32, active_target()).fn);
   add_act(c, a.y, M * N, a.act);
 }
 
@@ -483,7 +500,7 @@ void linear(const LinearArgs& a) {
 }
 
 const char* kernel_for(const PackedView& w, int64_t M) {
-  const Isa isa = active_isa();
+  const Target isa = active_target();
   if (w.dtype == DType::fp32) return select_kernel(M <= kSkinnyRows ? Op::spmm_f32_skinny : Op::spmm_f32, isa).name;
   if (w.format == Format::dense) return select_kernel(Op::gemm_s8, isa).name;
   return select_kernel(M <= kSkinnyRows ? Op::spmm_s8_skinny : Op::spmm_s8, isa).name;

@@ -43,10 +43,12 @@ struct LinearArgs {
 // the int8 product of the others; raw_s32 then returns the int8 part only.
 void linear(const LinearArgs& args);
 
-// Active ISA level: the detected best, capped by SPARSECPU_ISA at start-up or by set_isa.
-Isa active_isa();
-// Caps the level (a level above what the CPU supports caps at the CPU's best).
-void set_isa(Isa cap);
+// Active target: the detected best level, capped by SPARSECPU_ISA at start-up or by set_target.
+Target active_target();
+// Native: caps the level (a level above what the CPU supports caps at the CPU's best). Emulated:
+// that AVX-512 level's emulated kernels, on any CPU with AVX2 (else std::invalid_argument).
+// Returns the target now in force.
+Target set_target(Target want);
 // The kernel name linear() will run for `dtype` at the active level.
 const char* kernel_name(DType dtype);
 // The kernel linear() runs for this weight and M rows at the active level.

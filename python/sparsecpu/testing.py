@@ -1,18 +1,23 @@
-"""Test hooks: force an ISA level, read int8 accumulators before the epilogue.
+"""Test hooks: force an ISA level (native or emulated), read int8 accumulators before the epilogue.
 
 Not part of the stable API; the test suite and bug reports use them.
+
+Levels: ``"reference"``, ``"avx2"``, ``"avx512"``, ``"avx512_vnni"``. Every AVX-512 kernel is also
+built against SIMDe for AVX2 (the same source, emulated: slow, exact), so on any AVX2 CPU the
+AVX-512 levels can be tested as ``"avx512:emulated"`` / ``"avx512_vnni:emulated"``, and on a CPU that
+has them natively the two builds can be checked against each other.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 from . import _C
 from .formats import PackedWeight
 from .ops import _run
 
-__all__ = ["isa", "supported_isas", "spmm_s32", "kernel_for"]
+__all__ = ["isa", "supported_isas", "levels", "spmm_s32", "kernel_for", "kernel_calls"]
 
 
 def supported_isas() -> List[str]:
@@ -20,15 +25,34 @@ def supported_isas() -> List[str]:
     return list(_C.supported_isas())
 
 
+def levels() -> List[str]:
+    """Every level this machine can test, lowest first: the native ones (:func:`supported_isas`),
+    then, on a CPU with AVX2, each AVX-512 level emulated (``"avx512_vnni:emulated"``)."""
+    return list(_C.test_targets())
+
+
 @contextlib.contextmanager
-def isa(level: str) -> Iterator[str]:
-    """Caps the kernel level inside the ``with`` block (like ``SPARSECPU_ISA``); yields the level in force."""
+def isa(level: str, emulated: bool = False) -> Iterator[str]:
+    """Sets the kernel level inside the ``with`` block; yields the level in force.
+
+    A native level is capped at the CPU (like ``SPARSECPU_ISA``). ``emulated=True``, or a level
+    written ``"avx512_vnni:emulated"``, runs that AVX-512 level's emulated kernels instead, on any
+    CPU with AVX2 (``ValueError`` elsewhere, and for the levels below AVX-512).
+    """
+    if emulated and not level.endswith(":emulated"):
+        level += ":emulated"
     previous = _C.get_isa()
     _C.set_isa(level)
     try:
         yield _C.get_isa()
     finally:
         _C.set_isa(previous)
+
+
+def kernel_calls() -> Dict[str, int]:
+    """Calls of each registered kernel (registry name, emulated builds ending in ``":emulated"``)
+    since the library was loaded: the tests check that every kernel this machine can run was run."""
+    return {e["name"]: e["calls"] for e in _C.kernel_registry()}
 
 
 def spmm_s32(x: Any, packed: PackedWeight):

@@ -4,8 +4,10 @@
 
 namespace sparsecpu {
 
+SPARSECPU_KERNELS_BEGIN
 void spmm_4x1_f32_4x64__avx512f(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   spmm_f32<Vec512, 4>(p, g0, g1, m0);
 }
+SPARSECPU_KERNELS_END
 
 }  // namespace sparsecpu

@@ -6,6 +6,22 @@ namespace sparsecpu {
 
 namespace {
 
+#if defined(SPARSECPU_EMULATED)
+// The intrinsics twin of QuadVnni512 below (same gather, same slab order, one vpdpbusd per channel
+// and slab): inline asm cannot be emulated, so the emulated build runs this loop instead.
+struct DotVnni512 {
+  using I = simde__m512i;
+  static inline void step(I acc[4][4], const I s[4], const int8_t* w) {
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const I wc = Vec512::bcast32(w + 4 * c);
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) acc[c][k] = simde_mm512_dpbusd_epi32(acc[c][k], s[k], wc);
+    }
+  }
+};
+using QuadVnni512 = QuadGather<Vec512, DotVnni512>;
+#else
 // One quad of blocks, scheduled by hand: GCC keeps the 16 accumulators of the intrinsics version
 // in registers only sometimes, and its spill/move traffic halves the vpdpbusd rate. Here they
 // are asm operands, so they live in zmm registers for the whole loop.
@@ -14,9 +30,9 @@ namespace {
 struct QuadVnni512 {
   static constexpr int kSlabs = 4;
   static constexpr bool kLoop = false;
-  static inline void step(__m512i acc[4][4], const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
+  static inline void step(simde__m512i acc[4][4], const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
                           const uint8_t* r3, const int8_t* w) {
-    __m512i s0, s1, s2, s3, t;
+    simde__m512i s0, s1, s2, s3, t;
     __asm__(
         "vmovdqu64 (%[r0]), %[s3]\n\t"
         "vmovdqu64 (%[r1]), %[s2]\n\t"
@@ -39,7 +55,7 @@ struct QuadVnni512 {
   }
 
   // Two channels x 4 slabs; the channel's 4 weights come as an embedded {1to16} broadcast.
-  static inline void dot8(__m512i* a, __m512i* b, __m512i s0, __m512i s1, __m512i s2, __m512i s3,
+  static inline void dot8(simde__m512i* a, simde__m512i* b, simde__m512i s0, simde__m512i s1, simde__m512i s2, simde__m512i s3,
                           const int8_t* w) {
     __asm__(
         "vpdpbusd 0(%[w])%{1to16%}, %[s0], %[a0]\n\t"
@@ -56,11 +72,14 @@ struct QuadVnni512 {
         : "memory");
   }
 };
+#endif
 
 }  // namespace
 
+SPARSECPU_KERNELS_BEGIN
 void spmm_4x1_s8_4x64__avx512vnni(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   spmm_s8<Vec512, QuadVnni512>(p, g0, g1, m0);
 }
+SPARSECPU_KERNELS_END
 
 }  // namespace sparsecpu
