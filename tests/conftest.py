@@ -18,12 +18,21 @@ import sparsecpu
 from sparsecpu import testing
 
 
+def _level() -> tuple:
+    d = sparsecpu.info()
+    return d["isa"], d["emulated"]
+
+
+def _describe_levels() -> str:
+    return ", ".join(level if level.endswith(":emulated") else f"{level}:native" for level in testing.levels())
+
+
 def pytest_report_header(config):
     d = sparsecpu.info()
     return [
         f"sparsecpu {d['version']} from {sparsecpu.__file__}",
         f"cpu: {d['cpu']} ({d['vendor']}); isa: {d['isa']} (detected {d['detected_isa']}); "
-        f"levels under test: {', '.join(testing.supported_isas())}; threads: {d['threads']}",
+        f"levels under test: {_describe_levels()}; threads: {d['threads']}",
     ]
 
 
@@ -31,11 +40,11 @@ def pytest_report_header(config):
 def _restore_threads_and_isa():
     """Every test leaves the thread pool size and the ISA level as it found them."""
     threads = sparsecpu.get_num_threads()
-    isa = sparsecpu.info()["isa"]
+    isa = _level()
     yield
     if sparsecpu.get_num_threads() != threads:
         sparsecpu.set_num_threads(threads)
-    assert sparsecpu.info()["isa"] == isa, "a test left the ISA level changed"
+    assert _level() == isa, "a test left the ISA level changed"
 
 
 @pytest.fixture

@@ -30,12 +30,13 @@ def test_exports():
 
 def test_info_keys_and_types():
     d = sparsecpu.info()
-    assert set(d) >= {"vendor", "cpu", "features", "detected_isa", "isa", "kernels", "threads", "version"}
+    assert set(d) >= {"vendor", "cpu", "features", "detected_isa", "isa", "emulated", "kernels", "threads", "version"}
     assert isinstance(d["vendor"], str) and d["vendor"]
     assert isinstance(d["cpu"], str)
     assert isinstance(d["features"], list) and all(isinstance(f, str) for f in d["features"])
     assert d["detected_isa"] in ALL_LEVELS and d["isa"] in ALL_LEVELS
     assert ALL_LEVELS.index(d["isa"]) <= ALL_LEVELS.index(d["detected_isa"])
+    assert d["emulated"] is False
     assert isinstance(d["kernels"], dict) and set(d["kernels"]) == set(OPS)
     assert all(isinstance(v, str) and v for v in d["kernels"].values())
     assert isinstance(d["threads"], int) and not isinstance(d["threads"], bool)
@@ -72,19 +73,51 @@ def test_testing_isa_reference_switches_kernels():
     assert sparsecpu.info() == before
 
 
-@pytest.mark.parametrize("level", LEVELS)
+def test_levels_native_then_emulated():
+    levels = testing.levels()
+    assert levels[: len(LEVELS)] == LEVELS
+    emulated = levels[len(LEVELS):]
+    if "avx2" in LEVELS:
+        # Every AVX-512 level runs here, emulated, whether or not the CPU also has it natively.
+        assert emulated == ["avx512:emulated", "avx512_vnni:emulated"]
+    else:
+        assert emulated == []
+
+
+@pytest.mark.parametrize("level", testing.levels())
 def test_testing_isa_each_level(level):
     with testing.isa(level) as got:
         assert got == level
-        kernels = sparsecpu.info()["kernels"]
-        assert sparsecpu.info()["isa"] == level
+        d = sparsecpu.info()
+        kernels = d["kernels"]
+        base, _, suffix = level.partition(":")
+        assert d["isa"] == base and d["emulated"] == (suffix == "emulated")
         if level != "reference":
             assert not any(name.endswith("__ref") for name in kernels.values()), kernels
-            # AVX2 kernels say so; AVX-512 levels run AVX-512 kernels.
+            # AVX2 kernels say so; AVX-512 levels run AVX-512 kernels, all emulated at an emulated level.
             tag = "avx2" if level == "avx2" else "avx512"
             assert all(tag in name for name in kernels.values()), kernels
-        if level == "avx512_vnni":
+            assert all(name.endswith(":emulated") == (suffix == "emulated") for name in kernels.values()), kernels
+        if base == "avx512_vnni":
             assert "vnni" in kernels["spmm_s8"]
+
+
+def test_testing_isa_emulated_keyword():
+    if "avx2" not in LEVELS:
+        pytest.skip("the emulated levels need an AVX2 CPU")
+    with testing.isa("avx512", emulated=True) as got:
+        assert got == "avx512:emulated"
+        assert sparsecpu.info()["emulated"] is True
+    assert sparsecpu.info()["emulated"] is False
+
+
+@pytest.mark.parametrize("bad", ["avx2:emulated", "reference:emulated"])
+def test_testing_isa_no_emulated_build(bad):
+    top = sparsecpu.info()["isa"]
+    with pytest.raises(ValueError, match="only the avx512 and avx512_vnni levels have emulated builds"):
+        with testing.isa(bad):
+            pass
+    assert sparsecpu.info()["isa"] == top
 
 
 def test_testing_isa_nested_and_restored_on_error():
@@ -103,7 +136,7 @@ def test_testing_isa_caps_at_the_cpu():
         assert got == LEVELS[-1]
 
 
-@pytest.mark.parametrize("bad", ["bogus", "AVX2", "", "avx512-vnni"])
+@pytest.mark.parametrize("bad", ["bogus", "AVX2", "", "avx512-vnni", "bogus:emulated", ":emulated"])
 def test_testing_isa_unknown(bad):
     top = sparsecpu.info()["isa"]
     with pytest.raises(ValueError, match="reference, avx2, avx512, avx512_vnni"):

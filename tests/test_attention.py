@@ -16,7 +16,7 @@ import sparsecpu
 import sparsecpu.nn  # registers the torch ops
 from sparsecpu import _C, testing
 
-LEVELS = testing.supported_isas()
+LEVELS = testing.levels()
 
 PARAMS = {
     "b": [1, 2],

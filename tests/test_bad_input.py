@@ -12,7 +12,7 @@ import sparsecpu
 from sparsecpu import testing
 
 DTYPES = ["int8", "fp32"]
-LEVELS = testing.supported_isas()
+LEVELS = testing.levels()
 N, K = 12, 37
 
 

@@ -15,7 +15,7 @@ import _util
 import sparsecpu
 from sparsecpu import testing
 
-LEVELS = testing.supported_isas()
+LEVELS = testing.levels()
 E = _util.EPS32
 SEED = 20261125
 T = 6.0

@@ -18,7 +18,7 @@ import sparsecpu
 from sparsecpu import _C, testing
 from sparsecpu.nn import SparseLinear, SparseResidualLayerNorm
 
-LEVELS = testing.supported_isas()
+LEVELS = testing.levels()
 ACT = {"none": 0, "gelu": 2}
 
 PARAMS = {
