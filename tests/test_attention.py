@@ -163,6 +163,42 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.sparsecpu.attention.default, (q, k, v, mask, 0.25))
 
 
+# Around the AVX-512 kernel's 8-row x 32-column tile: rows 8k + 1..4, keys and D just below, at and above
+# 16 / 32 / 48, and masks broadcast along the keys (a zero key stride).
+TILE_CASES = [
+    # sq, skv, d, mask, layout
+    (2, 31, 48, "float", "contiguous"),
+    (3, 32, 33, "bool", "heads_interleaved"),
+    (4, 33, 32, "bool_keys", "k_transposed"),
+    (9, 48, 40, "float_per_query", "heads_interleaved"),
+    (12, 64, 31, "bool_per_query", "contiguous"),
+    (16, 47, 96, "none", "k_transposed"),
+    (17, 65, 17, "bool", "contiguous"),
+]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("sq, skv, d, mask_kind, layout", TILE_CASES, ids=lambda v: str(v))
+def test_attention_tile_edges(sq, skv, d, mask_kind, layout, level):
+    rng = np.random.default_rng(sq * 10000 + skv * 100 + d)
+    b, h = 2, 3
+    q, k, v = _qkv(rng, b, h, sq, skv, d, layout)
+    if mask_kind == "float_per_query":
+        mask = torch.from_numpy(rng.standard_normal((b, 1, sq, 1)).astype(np.float32))
+    elif mask_kind == "bool_per_query":
+        mask = torch.from_numpy(rng.random((1, h, sq, 1)) < 0.7)
+    else:
+        mask = _mask(rng, mask_kind, b, h, sq, skv)
+    scale = 0.7 / np.sqrt(d)
+    with testing.isa(level):
+        got = _C.attention(q.numpy(), k.numpy(), v.numpy(), None, None if mask is None else mask.numpy(), scale)
+    want = _expected(q, k, v, mask, scale)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * max(1.0, np.abs(want).max()))
+    if mask_kind == "bool_per_query":
+        assert (~mask.numpy()).any() and (got.transpose(0, 2, 1, 3)[np.broadcast_to(~mask.numpy()[..., 0], (b, h, sq))] == 0).all()
+    assert (np.abs(want) > 1e-3).mean() > 0.5, "expected output mostly zeros: the case proves nothing"
+
+
 # ---------------------------------------------------------------------------------------------
 # Hugging Face models
 

@@ -157,6 +157,23 @@ def test_dense_weight_past_the_caches(m):
     check_levels(x, w, packed, bias, "gelu", "gemm_s8")
 
 
+@pytest.mark.parametrize("m", [1, 6, 7, 8, 9, 16, 17, 23, 65])
+def test_dense_register_tile_edges(m, num_threads):
+    """Around the AVX-512 register tiles (8 rows x 3 panels of 16 channels with VNNI, 8 x 2 without):
+    edge tiles of 1..8 rows and 1..3 panels, K = 4 q + 1..3 with few and many steps (a short tile
+    interleaves K over several accumulator sets), an all-zero panel; with 2 threads the panel chunks
+    end inside a panel group. s32 bit-exact and outputs within tolerance at every level."""
+    rng = np.random.default_rng([SEED, 10, m])
+    for threads in (1, 2):
+        num_threads(threads)
+        for n, k in ((16, 3), (33, 7), (48, 1), (49, 45), (64, 70), (97, 131), (160, 23)):
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            w[16:32] = 0.0
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            check_levels(x, w, sparsecpu.pack(w, format="dense"), bias, "relu", "gemm_s8")
+
+
 def test_dense_largest_k_s32_does_not_overflow():
     k = 65535
     rng = np.random.default_rng([SEED, 4])

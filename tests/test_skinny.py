@@ -90,6 +90,32 @@ def test_skinny_matches_spmm_tile_bitwise(m):
                 sparsecpu.linear(x, packed, bias=bias, activation="gelu")[:m], rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("m", range(1, 9))
+def test_skinny_group_lengths(m):
+    """Groups of every length class: empty (all-zero channels), 1..3 quads of blocks, whole steps of 16
+    blocks (the AVX-512 kernels' step; the last 1..3 quads of a group go masked) and more, and a group
+    that keeps every column; 4 groups share one 16-channel store, with G and N not multiples of it."""
+    rng = np.random.default_rng([SEED, 400, m])
+    k = 101
+    kept = [0, 1, 3, 4, 5, 12, 15, 16, 17, 31, 32, 33, 48, 64, 0, 2, 101, 7]  # blocks per group
+    n = 4 * len(kept) - 1
+    w = np.zeros((n, k), np.float32)
+    for g, c in enumerate(kept):
+        lo, hi = 4 * g, min(n, 4 * g + 4)
+        w[lo:hi, np.sort(rng.choice(k, size=c, replace=False))] = rng.standard_normal((hi - lo, c))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = (rng.standard_normal(n) + 0.5).astype(np.float32)
+    packed = sparsecpu.pack(w, dtype="int8", format="bsr")
+    ex = _util.int8_expected(x, w, bias, "gelu")
+    for level in LEVELS:
+        with testing.isa(level):
+            assert "skinny" in testing.kernel_for(packed, m)
+            y = sparsecpu.linear(x, packed, bias=bias, activation="gelu")
+            np.testing.assert_array_equal(testing.spmm_s32(x, packed).astype(np.int64), ex.acc, err_msg=f"s32 at {level}")
+        _util.assert_within(y, ex.y, 8 * E * ex.mag + 1e-30, f"{level} vs numpy int8 mirror")
+    _util.assert_informative(ex.pre, ex.pre, None, f"m={m}")
+
+
 def test_kernel_switch_at_m_8():
     w = np.ones((8, 8), np.float32)
     p = sparsecpu.pack(w, format="bsr")
@@ -145,3 +171,29 @@ def test_skinny_group_pairs_and_chunk_ends(n, dtype, num_threads):
             outs.append((level, y.tobytes()))
     for level in LEVELS:
         assert len({b for lv, b in outs if lv == level}) == 1
+
+
+@pytest.mark.parametrize("m", range(1, 9))
+def test_skinny_fp32_every_row_count(m):
+    """fp32 skinny at every row count of the 8-row call (4-row folds, a partial second one; M = 1 with an
+    odd and an even number of quads per group), groups of 0..5 quads, and 4-group (16-channel) tiles
+    with G and N not multiples of them."""
+    rng = np.random.default_rng([SEED, 500, m])
+    k = 77
+    kept = [0, 1, 4, 5, 8, 9, 12, 20, 3, 0, 17, 2, 77, 6]  # blocks per group (padded to whole quads)
+    n = 4 * len(kept) - 2
+    w = np.zeros((n, k), np.float32)
+    for g, c in enumerate(kept):
+        lo, hi = 4 * g, min(n, 4 * g + 4)
+        w[lo:hi, np.sort(rng.choice(k, size=c, replace=False))] = rng.standard_normal((hi - lo, c))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = (rng.standard_normal(n) + 0.5).astype(np.float32)
+    packed = sparsecpu.pack(w, dtype="fp32", format="bsr")
+    pre, expected, absprod = _util.fp32_expected(x, packed.to_dense(), bias, "gelu")
+    tol = 8 * E * np.sqrt(k) * (absprod + np.abs(bias.astype(np.float64))[None, :]) + 1e-30
+    for level in LEVELS:
+        with testing.isa(level):
+            assert "skinny" in testing.kernel_for(packed, m)
+            y = sparsecpu.linear(x, packed, bias=bias, activation="gelu")
+        _util.assert_within(y, expected, tol, f"{level} vs numpy (fp32)")
+    _util.assert_informative(pre, pre, None, f"m={m}")

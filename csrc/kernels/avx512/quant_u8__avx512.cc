@@ -1,5 +1,5 @@
-// Activation passes (u8 quantize K-major or row-major, fp32 transpose), the outlier path's
-// y = act(y + c) pass and the residual add + LayerNorm pass, with AVX-512.
+// Activation passes (u8 quantize K-major or row-major), the outlier path's y = act(y + c) pass and
+// the residual add + LayerNorm pass, with AVX-512. The fp32 transpose: transpose_f32_16x16__avx512f.cc.
 #include "kernels/avx512/vec512.h"
 #include "kernels/epilogue.h"
 #include "kernels/spmm_4x1.h"
@@ -10,11 +10,6 @@ SPARSECPU_KERNELS_BEGIN
 bool quant_u8_kmajor__avx512(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq,
                              int64_t ldq, float* scale, int32_t* zp, float* absmax) {
   return quant_u8_kmajor<Vec512>(x, M, K, m0, m1, xq, ldq, scale, zp, absmax);
-}
-
-bool transpose_f32_kmajor__avx512(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt,
-                                  int64_t ldt) {
-  return transpose_f32_kmajor<Vec512>(x, M, K, m0, m1, xt, ldt);
 }
 
 bool quant_u8_rows__avx512(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
