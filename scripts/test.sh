@@ -13,6 +13,11 @@ venv="$(cd "$venv" && pwd)"
 # multi-GB CUDA build. The package itself only asks for torch>=2.1 in its [test] extra.
 "$venv/bin/pip" install --quiet torch==2.13.0
 "$venv/bin/pip" install --quiet ".[test]"
+# The build tools themselves, for tests/test_ort_build.py (CMake's configure step on this source tree).
+"$venv/bin/pip" install --quiet cmake ninja pybind11 "simde-py>=0.8.2"
 # Import from outside the source tree and check it is the installed copy.
 (cd / && "$venv/bin/python" -c "import sparsecpu, sys; assert 'site-packages' in sparsecpu.__file__, sparsecpu.__file__; print('testing', sparsecpu.__file__, sparsecpu.info()['isa'])")
+# A build without the ONNX Runtime header skips libsparsecpu_ort with only a CMake warning (so that an
+# offline machine can install the rest); the tests must never pass without it.
+(cd / && "$venv/bin/python" -c "import sparsecpu, sys; e = sparsecpu.info()['onnxruntime_library_error']; sys.exit(e and 'scripts/test.sh: FAILED: the installed package lacks the ONNX Runtime library: ' + e)")
 exec "$venv/bin/python" -m pytest -p no:cacheprovider tests "$@"

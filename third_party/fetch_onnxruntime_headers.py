@@ -3,18 +3,22 @@
     python third_party/fetch_onnxruntime_headers.py DEST_DIR
 
 Downloads the suite's signed ``InRelease``, the ``Packages`` index it lists and the package's
-``.deb`` from the Debian mirror the machine's apt sources already use (``deb.debian.org`` if none),
+``.deb`` from the Debian mirror the machine's apt sources already use (``deb.debian.org`` if none;
+the ``SPARSECPU_DEBIAN_MIRROR`` environment variable overrides both, e.g. with a local mirror),
 checks every hash along that chain (and the ``InRelease`` signature when ``gpgv`` and the Debian
 archive keyring are installed), and unpacks only ``usr/include/onnxruntime/*.h`` into
 ``DEST_DIR/onnxruntime/``. The system's apt configuration and state are never touched. Prints the
-include directory (the one holding ``onnxruntime_c_api.h``) on success. Uses only the standard
-library so that it runs wherever the build's Python does.
+include directory (the one holding ``onnxruntime_c_api.h``) on success; on failure exits non-zero
+with one line on stderr saying why. It runs inside CMake's configure step, so an unreachable mirror
+must fail in seconds, not hang: every socket operation times out after ``TIMEOUT`` seconds. Uses only
+the standard library so that it runs wherever the build's Python does.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import http.client
 import io
 import lzma
 import os
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 
 SUITE = "trixie"
@@ -31,10 +36,16 @@ PACKAGE = "libonnxruntime-dev"
 ARCH = "amd64"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# Seconds any one connect or read may wait (not a limit on a whole download): a mirror that drops
+# packets fails the configure step this quickly, a slow but live one still delivers Packages.xz (~10 MB).
+TIMEOUT = 20
 
 
 def mirror() -> str:
-    """The first Debian archive URI in the apt sources (not the security archive)."""
+    """``SPARSECPU_DEBIAN_MIRROR``, else the first Debian archive URI in the apt sources (not the
+    security archive), else deb.debian.org."""
+    if os.environ.get("SPARSECPU_DEBIAN_MIRROR"):
+        return os.environ["SPARSECPU_DEBIAN_MIRROR"].rstrip("/")
     uris = []
     for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*")):
         try:
@@ -51,8 +62,12 @@ def mirror() -> str:
 
 
 def get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=120) as r:
-        return r.read()
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as r:
+            return r.read()
+    except (OSError, http.client.HTTPException) as e:  # HTTP error, DNS failure, refused, timed out, cut off
+        reason = e.reason if type(e) is urllib.error.URLError else e
+        sys.exit(f"cannot download {url}: {reason}")
 
 
 def check_signature(inrelease: bytes, workdir: str) -> None:

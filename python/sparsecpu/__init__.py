@@ -20,9 +20,14 @@ def info() -> dict:
 
     The level is the best the CPU and OS support, capped by the ``SPARSECPU_ISA`` environment
     variable (``reference``, ``avx2``, ``avx512``, ``avx512_vnni``).
+
+    ``onnxruntime_library`` is the path of the ONNX Runtime custom-op library, or None when this
+    installation was built without it; ``onnxruntime_library_error`` then says why and how to get it
+    (None otherwise).
     """
     d = dict(_C.info())
     d["version"] = __version__
+    d["onnxruntime_library"], d["onnxruntime_library_error"] = onnx._runtime.library_status()
     return d
 
 

@@ -25,6 +25,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"threads:      {d['threads']}")
     for op, name in d["kernels"].items():
         print(f"  {op:<14} {name}")
+    print(f"ort library:  {d['onnxruntime_library'] or 'NOT BUILT: ' + d['onnxruntime_library_error']}")
     return 0
 
 

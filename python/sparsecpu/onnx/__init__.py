@@ -8,7 +8,9 @@ sparsecpu's custom-op library.
 >>> outputs = sess.run(None, feeds)
 
 The custom op is ``com.sparsecpu:SparseLinear``; ``library_path()`` is the library that implements
-it (for ``SessionOptions.register_custom_ops_library`` in code that builds its own session).
+it (for ``SessionOptions.register_custom_ops_library`` in code that builds its own session); a
+build that found no ONNX Runtime header (offline) leaves it out, and then ``library_path()`` and
+``session()`` raise ``FileNotFoundError`` saying how to build it, while ``convert`` still works.
 ``onnx`` and ``onnxruntime`` are needed only by the functions that use them:
 ``pip install sparsecpu[onnx]``.
 """

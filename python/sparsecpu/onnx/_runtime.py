@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,13 +24,43 @@ def _need(module: str):
         raise ImportError(f"sparsecpu.onnx needs {module}: pip install sparsecpu[onnx]") from None
 
 
+def _library_file() -> Path:
+    """Where the package keeps ``libsparsecpu_ort.so``: beside ``_C``, in the package directory."""
+    return Path(__file__).resolve().parent.parent / _LIBRARY
+
+
+def library_status() -> Tuple[Optional[str], Optional[str]]:
+    """``(path, None)`` when the custom-op library is installed, else ``(None, why and how to get it)``.
+
+    The build skips the library, with a warning, when it cannot find or fetch the ONNX Runtime C API
+    header (an offline machine); the file beside the package is what tells: nothing else could be
+    out of date with it.
+    """
+    path = _library_file()
+    if path.is_file():
+        return str(path), None
+    return None, (
+        f"{path} is missing: this sparsecpu installation was built without its ONNX Runtime custom-op "
+        "library (the build found no onnxruntime_c_api.h and could not fetch it; `pip install -v` shows "
+        "the build's warning). sparsecpu.onnx.convert works without it; to run converted models, "
+        "reinstall from the source tree with the header's directory given: ONNXRUNTIME_INCLUDE_DIR=/path/to/"
+        "dir/holding/onnxruntime_c_api.h pip install . (e.g. /usr/include/onnxruntime from Debian's "
+        "libonnxruntime-dev), or run a plain `pip install .` where deb.debian.org can be reached"
+    )
+
+
 def library_path() -> str:
     """Absolute path of ``libsparsecpu_ort.so``, the ONNX Runtime custom-op library shipped in the
-    package (for ``SessionOptions.register_custom_ops_library``)."""
-    path = Path(__file__).resolve().parent.parent / _LIBRARY
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: this sparsecpu installation was built without its ONNX Runtime library")
-    return str(path)
+    package (for ``SessionOptions.register_custom_ops_library``).
+
+    Raises:
+        FileNotFoundError: the package was built without it (no ONNX Runtime header at build
+            time); the message says how to build it.
+    """
+    path, missing = library_status()
+    if path is None:
+        raise FileNotFoundError(missing)
+    return path
 
 
 def session(path: Any, threads: Optional[int] = None, *, spinning: bool = False, **kw):
