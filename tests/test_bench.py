@@ -3,6 +3,8 @@ interleaved timing, record schema, tables, plot, and the model benchmark. No tes
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 import _util
@@ -12,6 +14,7 @@ torch = pytest.importorskip("torch")
 import sparsecpu  # noqa: E402
 from sparsecpu import bench  # noqa: E402
 from sparsecpu.bench import _ort, kernels  # noqa: E402
+from sparsecpu.bench import peak as peak_mod  # noqa: E402
 
 KERNEL_KEYS = {"op": str, "impl": str, "dtype": str, "format": str, "M": int, "N": int, "K": int,
                "sparsity": float, "threads": int, "repeat": int}
@@ -126,8 +129,15 @@ def test_kernel_records_schema(records):
             assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"]
             assert r["gops_dense"] == pytest.approx(2 * r["M"] * r["N"] * r["K"] / r["median_s"] / 1e9)
             assert 0 < r["gops_effective"] <= r["gops_dense"] * (1 + 1e-9)
+            # % peak: the work performed over the per-core peak of the dtype's kind x threads.
+            per_core = bench.machine_peak()["int8" if r["dtype"] == "int8" else "fp32_fma"]
+            per_core = per_core.get("gops", per_core.get("gflops"))
+            if per_core is not None:
+                assert math.isfinite(r["pct_peak"]) and r["pct_peak"] > 0
+                assert r["pct_peak"] == pytest.approx(100 * r["gops_effective"] / (per_core * r["threads"]))
         else:
             assert all(r[k] is None for k in TIMING_KEYS), r
+            assert r["pct_peak"] is None
     # speedup: a baseline's median / sparsecpu's of the same dtype, from the same case.
     for r in records:
         ours = next(o for o in records if o["impl"] == f"sparsecpu_{r['dtype']}"
@@ -142,6 +152,10 @@ def test_kernel_table_text_and_markdown(records):
     text = bench.kernel_table(records)
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["N", "x", "K"] and set(lines[1]) == {"-", " "}
+    assert "% peak" in lines[0] and "% peak: GOP/s / (this machine's per-core" in text
+    for r in timed_records(records):
+        if r["pct_peak"] is not None:
+            assert f"{r['pct_peak']:.1f}" in text
     timed = [r for r in records if r["median_s"] is not None]
     assert sum(1 for line in lines if "sparsecpu int8" in line) == 4
     for r in timed:
@@ -151,6 +165,76 @@ def test_kernel_table_text_and_markdown(records):
     assert all(line.startswith("| ") and line.endswith(" |") for line in md)
     assert all(cell.strip().strip(":").replace("-", "") == "" and len(cell.strip()) >= 3 for cell in md[1].split("|")[1:-1])
     assert len({line.count("|") for line in md}) == 1
+
+
+def timed_records(records):
+    return [r for r in records if r["median_s"] is not None]
+
+
+def test_kernel_table_reads_records_without_pct_peak(records):
+    old = [{k: v for k, v in r.items() if k != "pct_peak"} for r in records]  # e.g. an older JSON file
+    row = next(line for line in bench.kernel_table(old).splitlines() if "sparsecpu int8" in line)
+    assert "n/a" in row
+
+
+# The per-core peaks: measured on every level the CPU has natively, absent with the reason elsewhere.
+PEAK_LEVELS = {"fp32_fma": {"avx2": 16, "avx512": 32}, "int8": {"avx2": 32, "avx512": 64, "avx512_vnni": 128}}
+
+
+def test_peak_measures_native_levels_and_names_the_absent_ones():
+    native = sparsecpu._C.supported_isas()  # reference .. the CPU's best, whatever SPARSECPU_ISA says
+    peak = sparsecpu._C.peak(runs=2)
+    assert set(peak) == set(PEAK_LEVELS)
+    for kind, levels in PEAK_LEVELS.items():
+        unit = "gflops" if kind == "fp32_fma" else "gops"
+        entry = peak[kind]
+        assert list(entry["levels"]) == list(levels)
+        for isa, ops in levels.items():
+            level = entry["levels"][isa]
+            assert level["isa"] == isa and level["ops_per_instruction"] == ops and level["instruction"]
+            if isa in native:
+                assert "absent" not in level, level
+                assert math.isfinite(level[unit]) and level[unit] > 0 and level["seconds"] > 0
+            else:
+                assert unit not in level
+                assert level["absent"].startswith(f"no {isa} on this CPU"), level
+        measured = [isa for isa in levels if isa in native]
+        if measured:  # the best native level's figures, the ones % peak uses
+            assert entry["isa"] == measured[-1] and "absent" not in entry
+            assert {k: v for k, v in entry.items() if k != "levels"} == entry["levels"][measured[-1]]
+        else:
+            assert entry["isa"] is None and entry["absent"].startswith("no avx2 on this CPU")
+    with pytest.raises(ValueError, match="runs"):
+        sparsecpu._C.peak(runs=0)
+    with pytest.raises(ValueError, match="runs"):
+        peak_mod.measure(0)
+
+
+def test_peak_is_measured_once_and_copied():
+    a = bench.machine_peak()
+    a["int8"]["gops"] = -1.0
+    assert bench.machine_peak()["int8"].get("gops") != -1.0
+
+
+def test_percent_of_peak_and_records():
+    peak = {"fp32_fma": {"isa": "avx2", "gflops": 100.0, "instruction": "vfmadd231ps ymm",
+                         "ops_per_instruction": 16.0,
+                         "levels": {"avx2": {"isa": "avx2", "gflops": 100.0, "instruction": "vfmadd231ps ymm",
+                                             "ops_per_instruction": 16.0},
+                                    "avx512": {"isa": "avx512", "instruction": "vfmadd231ps zmm",
+                                               "ops_per_instruction": 32.0, "absent": "no avx512 on this CPU"}}},
+            "int8": {"isa": None, "absent": "no avx2 on this CPU", "levels": {}}}
+    assert bench.percent_of_peak(50.0, "fp32", 2, peak) == pytest.approx(25.0)
+    assert bench.percent_of_peak(None, "fp32", 2, peak) is None
+    assert bench.percent_of_peak(50.0, "int8", 2, peak) is None  # no int8 level here
+    with pytest.raises(ValueError, match="dtype"):
+        bench.percent_of_peak(1.0, "bf16", 1, peak)
+    recs = peak_mod.peak_records(peak, 4)
+    assert [(r["kind"], r["isa"], r["best"], r["gops_threads"]) for r in recs] == [
+        ("fp32_fma", "avx2", True, 400.0), ("fp32_fma", "avx512", False, None)]
+    table = bench.peak_table(peak, 4, runs=3)
+    assert "avx2 *" in table and "400.0" in table and "absent: fp32 FMA avx512" in table
+    assert peak_mod.peak_summary(peak) == "peak/core fp32 FMA 100.0 GFLOP/s (avx2), int8 n/a"
 
 
 def test_plot_writes_a_png(records, tmp_path):

@@ -4,6 +4,7 @@ console script) on tiny cases: exit codes, tables, the JSON file and its header,
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -48,12 +49,24 @@ def test_bench_kernels_json_plot_and_table(tmp_path):
         assert (rec["N"], rec["K"]) in {(8, 16), (12, 20)} and rec["sparsity"] in (0.5, 0.75)
         assert (rec["median_s"] is None) == (rec["error"] is not None)
     assert all(rec["median_s"] > 0 for rec in records if rec["impl"].startswith("sparsecpu"))
+    # % peak: every timed row, against the peak measured in the same run (in the header).
+    peak = doc["header"]["peak"]
+    assert set(peak) == {"fp32_fma", "int8"}
+    for rec in records:
+        kind = peak["int8" if rec["dtype"] == "int8" else "fp32_fma"]
+        per_core = kind.get("gops", kind.get("gflops"))
+        if rec["median_s"] is None or per_core is None:
+            assert rec["pct_peak"] is None
+        else:
+            assert math.isfinite(rec["pct_peak"]) and rec["pct_peak"] > 0
+            assert abs(rec["pct_peak"] - 100 * rec["gops_effective"] / per_core) < 1e-6 * rec["pct_peak"]
+    assert "peak/core fp32 FMA" in r.stdout.splitlines()[0]
     png = (tmp_path / "out.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # The table: a header, a rule, one row per timed record, the footnote.
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"sparsecpu {sparsecpu.__version__}")
-    assert lines[1].startswith("N x K") and "sparsecpu speedup" in lines[1]
+    assert lines[1].startswith("N x K") and "sparsecpu speedup" in lines[1] and "% peak" in lines[1]
     timed = [rec for rec in records if rec["median_s"] is not None]
     assert sum("sparsecpu int8" in line for line in lines) == 4
     assert lines.index(next(line for line in lines if line.startswith("median and p10-p90"))) == 3 + len(timed)
@@ -86,6 +99,42 @@ def test_bench_kernels_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "kernels", *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_peak_table_and_json(tmp_path):
+    r = _run(["bench", "peak", "--runs", "2", "--threads", "3", "--json", "peak.json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "peak.json").read_text())
+    assert {"header", "records"} <= set(doc) and HEADER_KEYS - {"torch"} <= set(doc["header"])
+    assert doc["header"]["runs"] == 2 and set(doc["header"]["peak"]) == {"fp32_fma", "int8"}
+    assert f"wrote {len(doc['records'])} records to peak.json" in r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"sparsecpu {sparsecpu.__version__}") and "threads 3" in lines[0]
+    assert lines[1].split()[:3] == ["kind", "isa", "instruction"] and "GOP/s x 3 threads" in lines[1]
+    measured = [rec for rec in doc["records"] if rec["gops_per_core"] is not None]
+    assert lines[3 + len(measured)].startswith("one op = one multiply or one add")
+    native = sparsecpu._C.supported_isas()
+    # What it prints is what it writes: one row per measured level, a note per absent one.
+    for rec, line in zip(measured, lines[3:]):
+        assert rec["isa"] in native and rec["absent"] is None and rec["threads"] == 3
+        assert math.isfinite(rec["gops_per_core"]) and rec["gops_per_core"] > 0
+        assert abs(rec["gops_threads"] - 3 * rec["gops_per_core"]) < 1e-9 * rec["gops_threads"]
+        assert rec["isa"] in line.split() and rec["instruction"] in line
+        assert f"{rec['gops_per_core']:.1f}" in line and f"{rec['gops_threads']:.1f}" in line
+        assert (" *" in line) == rec["best"]
+    for rec in doc["records"]:
+        if rec["gops_per_core"] is None:
+            assert rec["isa"] not in native and rec["absent"] in r.stdout.replace("\n  ", " ")
+    assert sum(rec["best"] for rec in doc["records"]) == len({rec["kind"] for rec in measured})
+
+
+def test_bench_peak_without_torch(tmp_path):
+    # bench peak needs neither torch nor the kernel benchmark: run it with `import torch` failing.
+    code = ("import sys; sys.modules['torch'] = None; from sparsecpu.cli import main; "
+            "sys.exit(main(['bench', 'peak', '--runs', '1', '--markdown']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| kind" in r.stdout and "| int8" in r.stdout
 
 
 def _tiny_bert(path: Path) -> str:

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/peak.h"
 #include "core/cpu.h"
 #include "core/format.h"
 #include "core/threadpool.h"
@@ -308,6 +309,46 @@ py::list test_targets() {
   return out;
 }
 
+// {"fp32_fma": {...}, "int8": {...}}: each kind holds the entry of its best native level (isa,
+// instruction, ops_per_instruction, "gflops" for fp32 / "gops" for int8, seconds of the fastest run)
+// plus "levels": every level's entry, the ones this CPU lacks as {isa, instruction, absent: reason}.
+// A kind that no level runs here is {"isa": None, "absent": the lowest level's reason, "levels"}.
+py::dict peak_py(int runs) {
+  std::vector<PeakResult> results;
+  {
+    py::gil_scoped_release release;
+    results = measure_peaks(runs);
+  }
+  py::dict out;
+  for (const std::string kind : {"fp32_fma", "int8"}) {
+    py::dict levels, best;
+    std::string absent;
+    for (const PeakResult& r : results) {
+      if (r.loop->kind != kind) continue;
+      py::dict d;
+      d["isa"] = isa_name(r.loop->isa);
+      d["instruction"] = r.loop->instruction;
+      d["ops_per_instruction"] = r.loop->ops_per_instruction;
+      if (r.available) {
+        d[kind == "fp32_fma" ? "gflops" : "gops"] = r.gops;
+        d["seconds"] = r.best_s;
+        best = d.attr("copy")();  // levels ascend: the last available one is the best
+      } else {
+        d["absent"] = r.absent;
+        if (absent.empty()) absent = r.absent;
+      }
+      levels[isa_name(r.loop->isa)] = d;
+    }
+    if (best.empty()) {
+      best["isa"] = py::none();
+      best["absent"] = absent;
+    }
+    best["levels"] = levels;
+    out[kind.c_str()] = best;
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -352,4 +393,5 @@ PYBIND11_MODULE(_C, m) {
         py::arg("buf"), py::arg("m"));
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("peak", &peak_py, py::arg("runs") = 20);
 }

@@ -1,4 +1,4 @@
-"""The ``sparsecpu`` command: ``info``, ``demo``, ``bench kernels``, ``bench model`` and ``onnx convert``."""
+"""The ``sparsecpu`` command: ``info``, ``demo``, ``bench kernels``, ``bench model``, ``bench peak`` and ``onnx convert``."""
 
 from __future__ import annotations
 
@@ -46,20 +46,23 @@ def _run_kernels(args: argparse.Namespace, shapes, ms, sparsities, dtypes, basel
 
     import sparsecpu
     from sparsecpu.bench import default_threads, environment, kernel_table, plot_speedups, run_kernel_cases, write_json
+    from sparsecpu.bench.peak import machine_peak, peak_summary
 
     threads = args.threads or [default_threads()]
     d = sparsecpu.info()
-    print(f"sparsecpu {d['version']} ({d['isa']}), torch {torch.__version__}, {d['cpu']}, threads {','.join(map(str, threads))}")
+    peak = machine_peak()  # before the cases, for the "% peak" column
+    print(f"sparsecpu {d['version']} ({d['isa']}), torch {torch.__version__}, {d['cpu']}, threads {','.join(map(str, threads))}, "
+          f"{peak_summary(peak)}")
     if getattr(args, "markdown", False):
         print()  # a Markdown table must not follow a paragraph line directly
     sys.stdout.flush()
     records = run_kernel_cases(
         shapes, ms, sparsities, dtypes, threads, args.repeat, progress=lambda line: print(line, file=sys.stderr),
-        baselines=baselines,
+        baselines=baselines, peak=peak,
     )
     print(kernel_table(records, markdown=getattr(args, "markdown", False)))
     if getattr(args, "json", None):
-        write_json(args.json, environment(), records)
+        write_json(args.json, {**environment(), "peak": peak}, records)
         print(f"wrote {len(records)} records to {args.json}", file=sys.stderr)
     if getattr(args, "plot", None):
         plot_speedups(records, args.plot)
@@ -88,6 +91,26 @@ def _cmd_bench_kernels(args: argparse.Namespace) -> int:
         return 2
     _run_kernels(args, args.shapes or BERT_BASE_SHAPES, args.m or DEFAULT_MS, args.sparsity or DEFAULT_SPARSITIES,
                  args.dtype, DEFAULT_BASELINES if args.baselines is None else args.baselines)
+    return 0
+
+
+def _cmd_bench_peak(args: argparse.Namespace) -> int:
+    import sparsecpu
+    from sparsecpu.bench.peak import measure, peak_records, peak_table
+    from sparsecpu.bench.report import environment, write_json
+    from sparsecpu.bench.timing import default_threads
+
+    threads = args.threads or default_threads()
+    d = sparsecpu.info()
+    print(f"sparsecpu {d['version']}, {d['cpu']}, detected isa {d['detected_isa']}, threads {threads}")
+    if args.markdown:
+        print()
+    peak = measure(args.runs)
+    print(peak_table(peak, threads, args.runs, markdown=args.markdown))
+    if args.json:
+        records = peak_records(peak, threads)
+        write_json(args.json, {**environment(), "peak": peak, "runs": args.runs}, records)
+        print(f"wrote {len(records)} records to {args.json}", file=sys.stderr)
     return 0
 
 
@@ -281,7 +304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _add_timing_args(p)
     p.set_defaults(fn=_cmd_demo)
 
-    p = sub.add_parser("bench", help="benchmarks (needs torch)")
+    p = sub.add_parser("bench", help="benchmarks (kernels, model: need torch) and this machine's compute peaks")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser(
         "kernels",
@@ -310,6 +333,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--plot", metavar="FILE.png", help="also plot sparsecpu's speedup vs sparsity per shape (matplotlib)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for a README)")
     p.set_defaults(fn=_cmd_bench_kernels)
+
+    p = bench.add_parser(
+        "peak",
+        help="this machine's per-core fp32 FMA and int8 compute peaks (about a second; no torch needed)",
+        description="Times, on one thread, a loop of one arithmetic instruction on independent accumulators "
+        "for each ISA level this CPU has natively: vfmadd231ps ymm/zmm (fp32 FMA) and the exact u8 x s8 dot "
+        "of each int8 kernel level (vpmaddwd + vpaddd ymm/zmm, vpdpbusd zmm), best of --runs. Prints GOP/s "
+        "per core and x --threads, one op being one multiply or add of the 2*M*N*K that 'bench kernels' "
+        "counts, whose '% peak' column is stated against these figures. Levels the CPU lacks are listed "
+        "with the reason.",
+    )
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="thread count the per-core peaks are multiplied by (default: the CPUs this process may use)")
+    p.add_argument("--runs", type=_positive_int, default=20, help="timed runs per loop, best kept (default: 20)")
+    p.add_argument("--json", metavar="FILE", help="also write the table's records, the raw peaks and an environment "
+                   "header as JSON to FILE")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for a README)")
+    p.set_defaults(fn=_cmd_bench_peak)
 
     p = bench.add_parser(
         "model",

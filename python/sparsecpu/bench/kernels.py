@@ -25,7 +25,7 @@ import functools
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import sparsecpu
 
 from . import _ort
+from .peak import machine_peak, percent_of_peak
 from .timing import Timing, default_threads, time_interleaved
 
 __all__ = [
@@ -254,6 +255,7 @@ def run_kernel_cases(
     progress: Optional[Callable[[str], None]] = None,
     seed: int = 0,
     baselines: Sequence[str] = DEFAULT_BASELINES,
+    peak: Optional[Mapping[str, Any]] = None,
 ) -> List[Dict[str, Any]]:
     """Benchmarks every (threads, shape ``(N, K)``, M, sparsity) case; returns one record per (impl, case).
 
@@ -266,9 +268,13 @@ def run_kernel_cases(
     ``repeat``, ``error`` (why the impl is unavailable, else None), ``gops_effective`` (operations the
     impl performs / median, in 1e9/s), ``gops_dense`` (``2 M N K`` / median), and ``speedup``: for a
     baseline, its median over the median of sparsecpu of the same dtype from the same run (> 1:
-    sparsecpu is faster; None for sparsecpu's own records or when either is missing).
+    sparsecpu is faster; None for sparsecpu's own records or when either is missing), and ``pct_peak``:
+    ``gops_effective`` as a percentage of the per-core peak of the row's dtype x ``threads``
+    (:func:`sparsecpu.bench.peak.percent_of_peak`) from ``peak`` (default: this machine's, measured
+    once per process before the first case; None where the CPU has no native level of that kind).
     """
     thread_counts = list(threads) if threads is not None else [default_threads()]
+    peak = machine_peak() if peak is None else peak
     cases = [(t, nk, m, s) for t in thread_counts for nk in shapes for m in ms for s in sparsities]
     saved = torch.get_num_threads(), sparsecpu.get_num_threads()
     records: List[Dict[str, Any]] = []
@@ -286,6 +292,7 @@ def run_kernel_cases(
                     mine = ours.get(r["dtype"])
                     ok = not _INFO[r["impl"]].ours and mine is not None and r["median_s"] is not None
                     r["speedup"] = r["median_s"] / mine if ok else None
+                    r["pct_peak"] = percent_of_peak(r["gops_effective"], r["dtype"], t, peak)
                 records.extend(case)
                 if progress is not None:
                     elapsed = time.perf_counter() - start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import json
 import platform
@@ -12,18 +13,24 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import sparsecpu
 
-from .kernels import IMPLS
-
 __all__ = ["environment", "kernel_table", "plot_speedups", "render_table", "write_json"]
 
-_LABEL = {i.name: i.label for i in IMPLS}
-_OURS = {i.name for i in IMPLS if i.ours}
 KERNEL_FOOTNOTE = (
     "median and p10-p90 of the time per call over the interleaved repeats; GOP/s: operations performed "
-    "(sparse: stored entries only) / median; dense-eq: 2*M*N*K / median; speedup: that baseline's median / "
-    "sparsecpu's of the same dtype (> 1: sparsecpu faster). sparsecpu and torch qdynamic / ORT qdynamic "
-    "quantize x inside the call."
+    "(sparse: stored entries only) / median; % peak: GOP/s / (this machine's per-core int8 or fp32 FMA peak "
+    "of the best native level, 'sparsecpu bench peak', x threads); dense-eq: 2*M*N*K / median; speedup: "
+    "that baseline's median / sparsecpu's of the same dtype (> 1: sparsecpu faster). sparsecpu and torch "
+    "qdynamic / ORT qdynamic quantize x inside the call."
 )
+
+
+@functools.lru_cache(maxsize=None)
+def _impls() -> Tuple[Any, Dict[str, str], frozenset]:
+    """``(IMPLS, label by name, names of sparsecpu's own)``, imported on first use: the kernel
+    benchmark needs torch, environment() and render_table() (``sparsecpu bench peak``) do not."""
+    from .kernels import IMPLS
+
+    return IMPLS, {i.name: i.label for i in IMPLS}, frozenset(i.name for i in IMPLS if i.ours)
 _INT_MM_NOTE = "torch._int_mm gets pre-quantized int8 x and returns raw int32."
 
 
@@ -92,12 +99,14 @@ def _num(v: Optional[float], fmt: str) -> str:
 
 def kernel_table(records: Sequence[Mapping[str, Any]], markdown: bool = False) -> str:
     """The kernel benchmark's table: one row per case and implementation (sparsecpu first), with the
-    median and p10-p90 in µs, effective and dense-equivalent GOP/s and, for baselines, sparsecpu's
-    speedup over them; followed by notes on implementations that could not run."""
+    median and p10-p90 in µs, effective GOP/s and its % of the machine's peak (``pct_peak``, "n/a" in
+    records without it), dense-equivalent GOP/s and, for baselines, sparsecpu's speedup over them;
+    followed by notes on implementations that could not run."""
+    impls, labels, ours = _impls()
     header = ["N x K", "M", "sparsity", "threads", "impl", "format", "median µs", "p10-p90 µs",
-              "GOP/s", "dense-eq GOP/s", "sparsecpu speedup"]
+              "GOP/s", "% peak", "dense-eq GOP/s", "sparsecpu speedup"]
     rows: List[List[str]] = []
-    order = {i.name: n for n, i in enumerate(IMPLS)}
+    order = {i.name: n for n, i in enumerate(impls)}
     cases: Dict[Tuple, List[Mapping[str, Any]]] = {}
     for r in records:
         cases.setdefault((r["N"], r["K"], r["M"], r["sparsity"], r["threads"]), []).append(r)
@@ -111,12 +120,13 @@ def kernel_table(records: Sequence[Mapping[str, Any]], markdown: bool = False) -
             ident = [f"{n}x{k}", str(m), f"{s:g}", str(t)] if first or markdown else ["", "", "", ""]
             first = False
             spread = f"{r['p10_s'] * 1e6:.1f}-{r['p90_s'] * 1e6:.1f}"
-            speedup = "—" if r["impl"] in _OURS else _num(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else "")
-            rows.append(ident + [_LABEL[r["impl"]], r["format"], f"{r['median_s'] * 1e6:.1f}", spread,
-                                 _num(r["gops_effective"], ".1f"), _num(r["gops_dense"], ".1f"), speedup])
+            speedup = "—" if r["impl"] in ours else _num(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else "")
+            rows.append(ident + [labels[r["impl"]], r["format"], f"{r['median_s'] * 1e6:.1f}", spread,
+                                 _num(r["gops_effective"], ".1f"), _num(r.get("pct_peak"), ".1f"),
+                                 _num(r["gops_dense"], ".1f"), speedup])
     out = render_table(header, rows, markdown, left=(0, 4, 5))
     footnote = KERNEL_FOOTNOTE + (" " + _INT_MM_NOTE if any(r["impl"] == "torch_int_mm" for r in records) else "")
-    notes = [footnote] + [f"not timed: {_LABEL[name]}: {why}" for name, why in skipped.items()]
+    notes = [footnote] + [f"not timed: {labels[name]}: {why}" for name, why in skipped.items()]
     if markdown:
         return out + "\n\n" + "\n".join(f"- {note}" for note in notes)
     return out + "\n" + "\n".join(textwrap.fill(note, 110, subsequent_indent="  ") for note in notes)
@@ -131,10 +141,11 @@ def plot_speedups(records: Sequence[Mapping[str, Any]], path: str, title: str = 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    impls, labels, _ = _impls()
     shapes = sorted({(r["N"], r["K"]) for r in records}, key=lambda nk: (nk[1] * nk[0], nk))
     panels_rows = sorted({(r["M"], r["threads"]) for r in records})
     sparsities = sorted({r["sparsity"] for r in records})
-    baselines = [i.name for i in IMPLS if not i.ours and any(r["impl"] == i.name and r.get("speedup")
+    baselines = [i.name for i in impls if not i.ours and any(r["impl"] == i.name and r.get("speedup")
                                                              for r in records)]
     if not baselines:
         raise ValueError("nothing to plot: no baseline ran beside sparsecpu of the same dtype")
@@ -142,7 +153,7 @@ def plot_speedups(records: Sequence[Mapping[str, Any]], path: str, title: str = 
     ncols, nrows = len(shapes), len(panels_rows)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 0.6, 3.4 * nrows + 1.4), squeeze=False,
                              sharey=True)
-    dtype_of = {i.name: i.dtype for i in IMPLS}
+    dtype_of = {i.name: i.dtype for i in impls}
     for row, (m, t) in enumerate(panels_rows):
         for col, (n, k) in enumerate(shapes):
             ax = axes[row][col]
@@ -153,7 +164,7 @@ def plot_speedups(records: Sequence[Mapping[str, Any]], path: str, title: str = 
                 if pts:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, marker="o", color=colors[b],
-                            label=f"sparsecpu {dtype_of[b]} vs {_LABEL[b]}")
+                            label=f"sparsecpu {dtype_of[b]} vs {labels[b]}")
             ax.axhline(1.0, color="0.4", lw=1, ls="--")
             ax.set_xticks(sparsities)
             ax.set_yscale("log", base=2)
