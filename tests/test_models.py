@@ -83,7 +83,13 @@ def test_gpt2_generate_with_kv_cache_after_sparsify():
     assert report[2].reason.endswith("; gelu_tanh fused; MLP block chained with c_proj")
     assert fp32.transformer.h[0].mlp.c_fc.activation == "gelu_tanh"
     assert isinstance(fp32.transformer.h[1].mlp, SparseMLP)
-    sparsecpu.sparsify(int8, dtype="int8")
+    report8 = sparsecpu.sparsify(int8, dtype="int8")
+    # Every default: the unpruned head tied to the token embedding runs dense int8; the embedding keeps fp32.
+    head = report8[-1]
+    assert head.name == "lm_head" and head.kernel == "dense int8"
+    assert head.reason.endswith("; weight tied to 'transformer.wte', which keeps it in fp32")
+    assert isinstance(int8.lm_head, SparseLinear) and int8.transformer.wte.weight.dtype == torch.float32
+    torch.testing.assert_close(int8.transformer.wte.weight, pruned.transformer.wte.weight, rtol=0, atol=0)
     kw = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=1)
     with torch.inference_mode():
         ref_ids = pruned.generate(prompt, **kw)

@@ -122,6 +122,13 @@ def _linear_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module, torch.Ten
             yield name, m, m.weight.detach().t()
 
 
+def _tied_to_embedding(model: nn.Module) -> dict:
+    """``{layer name: embedding name}`` for the linear layers whose weight is an embedding's tensor."""
+    embeddings = {m.weight.data_ptr(): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    return {name: embeddings[m.weight.data_ptr()] for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and m.weight.data_ptr() in embeddings}
+
+
 def _activation_kind(act: nn.Module) -> Optional[str]:
     if isinstance(act, nn.GELU):
         return "gelu" if act.approximate == "none" else "gelu_tanh"
@@ -243,7 +250,7 @@ def sparsify(
     dtype: str = "int8",
     min_sparsity: Optional[float] = None,
     format: str = "auto",
-    skip: Sequence[str] = ("lm_head",),
+    skip: Sequence[str] = (),
     outlier_threshold: Optional[float] = None,
     fuse_norm: bool = True,
     attention: bool = True,
@@ -277,8 +284,11 @@ def sparsify(
             vs torch fp32), crossovers measured on BERT-base shapes.
         format: ``"auto"`` (choose per layer as above), or a storage format forced on every layer
             not skipped, passed to :func:`sparsecpu.pack` (``"bsr"``: block-sparse).
-        skip: module names (qualified, last part, or glob) left untouched; by default the output
-            projection ``lm_head``, whose weight GPT-2 shares with the token embedding.
+        skip: module names (qualified, last part, or glob) left untouched (default: none). A layer
+            whose weight is tied to an embedding (GPT-2's ``lm_head`` and the token embedding) is
+            converted like any other (an unpruned ``lm_head`` runs dense int8 on the int8 path: on
+            GPT-2 decoding the largest single cost); the embedding keeps the fp32 weight, and the
+            report row says so. ``skip=("lm_head",)`` keeps the fp32 head.
         outlier_threshold: passed to :func:`sparsecpu.pack` when given.
         fuse_norm: fuse the residual add + LayerNorm of BERT-style output blocks (default True).
         attention: switch a Hugging Face model that uses transformers' SDPA attention (the default)
@@ -303,6 +313,7 @@ def sparsify(
         skip = (skip,)
     rows = []
     replace = []
+    tied = _tied_to_embedding(model)
     for name, module, weight in list(_linear_layers(model)):
         sp, block_sp = block_sparsity(weight)
         hit = _matches(name, skip)
@@ -319,6 +330,8 @@ def sparsify(
             block = _residual_norm_block(model, name, weight.shape[0]) if fuse_norm else None
             if block is not None:
                 reason += "; residual add + LayerNorm fused"
+            if name in tied:
+                reason += f"; weight tied to {tied[name]!r}, which keeps it in fp32"
             fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
             packed = pack(weight, dtype=dtype, format=fmt, outlier_threshold=outlier_threshold)
             replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused, block))
