@@ -275,6 +275,8 @@ py::dict info() {
   for (Op op : kAllOps) kernels[op_name(op)] = select_kernel(op, t).name;
   d["kernels"] = kernels;
   d["threads"] = get_num_threads();
+  const std::string omp = host_openmp();
+  d["threading"] = omp.empty() ? std::string("sparsecpu pool") : "host OpenMP (" + omp + ")";
   return d;
 }
 
@@ -393,5 +395,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("buf"), py::arg("m"));
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("set_host_openmp", &set_host_openmp, py::arg("on"));
   m.def("peak", &peak_py, py::arg("runs") = 20);
 }

@@ -1,9 +1,13 @@
 #include "core/threadpool.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -118,30 +122,136 @@ void ThreadPool::run(int n, const std::function<void(int)>& fn) {
 }
 
 int default_num_threads() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
+  static const int n = [] {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }();
+  return n;
 }
 
 namespace {
+
 std::mutex g_pool_mutex;
-std::unique_ptr<ThreadPool> g_pool;
+// Created on first use, and only while no OpenMP runtime is attached; a caller keeps the pool it
+// runs on alive while set_num_threads or attach_host_openmp replaces it.
+std::shared_ptr<ThreadPool> g_pool;
+std::atomic<int> g_threads{0};       // 0: not set yet (default_num_threads)
+
+std::shared_ptr<ThreadPool> pool() {
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  const int n = get_num_threads();
+  if (!g_pool || g_pool->size() != n) {
+    g_pool.reset();
+    g_pool = std::make_shared<ThreadPool>(n);
+  }
+  return g_pool;
+}
+
+// The host runtime's GOMP_parallel(fn, data, num_threads, flags): fn(data) on a team of num_threads
+// threads, the caller one of them, with a barrier at the end. libgomp's own ABI, which Intel's and
+// LLVM's runtimes also export.
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+struct HostOmp {
+  GompParallel parallel = nullptr;
+  std::string path;
+};
+std::mutex g_omp_mutex;
+std::atomic<const HostOmp*> g_omp{nullptr};
+std::atomic<bool> g_omp_on{true};
+std::atomic<unsigned long long> g_libs_seen{0};  // dlpi_adds at the last search for a runtime
+
+struct OmpJob {
+  const std::function<void(int)>* fn;
+  int n;
+  std::atomic<int> next{0};
+};
+
+void omp_body(void* data) {
+  OmpJob& job = *static_cast<OmpJob*>(data);
+  for (int t = job.next.fetch_add(1); t < job.n; t = job.next.fetch_add(1)) (*job.fn)(t);
+}
+
+int find_openmp(dl_phdr_info* info, size_t, void* out) {
+  const char* name = info->dlpi_name;
+  if (!name || !*name) return 0;
+  const char* base = std::strrchr(name, '/');
+  base = base ? base + 1 : name;
+  for (const char* lib : {"libgomp", "libiomp5", "libomp."}) {
+    if (std::strncmp(base, lib, std::strlen(lib)) == 0) {
+      *static_cast<std::string*>(out) = name;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+int loads_so_far(dl_phdr_info* info, size_t, void* out) {
+  *static_cast<unsigned long long*>(out) = info->dlpi_adds;
+  return 1;  // the first object carries the count
+}
+
+// The runtime to run on: attached once found, searched for again only when libraries were loaded.
+const HostOmp* host_runtime() {
+  if (const HostOmp* omp = g_omp.load(std::memory_order_acquire)) return omp;
+  if (!g_omp_on.load(std::memory_order_relaxed)) return nullptr;
+  unsigned long long adds = 0;
+  dl_iterate_phdr(&loads_so_far, &adds);
+  if (adds == g_libs_seen.load(std::memory_order_relaxed)) return nullptr;
+  std::lock_guard<std::mutex> lock(g_omp_mutex);
+  g_libs_seen.store(adds, std::memory_order_relaxed);
+  if (!g_omp_on.load()) return nullptr;
+  std::string path;
+  dl_iterate_phdr(&find_openmp, &path);
+  if (path.empty()) return nullptr;
+  // RTLD_NOLOAD: only a runtime already in the process; the handle is kept (the runtime stays loaded).
+  void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  const auto fn = handle ? reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel")) : nullptr;
+  if (!fn) return nullptr;
+  static HostOmp found;  // written once: never freed, a region may still run on it on another thread
+  if (!found.parallel) found = {fn, path};
+  g_omp.store(&found, std::memory_order_release);
+  std::lock_guard<std::mutex> pool_lock(g_pool_mutex);
+  g_pool.reset();  // sparsecpu's own workers are no longer needed
+  return &found;
+}
+
 }  // namespace
 
-ThreadPool& pool() {
-  std::lock_guard<std::mutex> lock(g_pool_mutex);
-  if (!g_pool) g_pool = std::make_unique<ThreadPool>(default_num_threads());
-  return *g_pool;
+void parallel_run(int n, const std::function<void(int)>& fn) {
+  if (n <= 0) return;
+  const int threads = get_num_threads();
+  const HostOmp* omp = n > 1 && threads > 1 ? host_runtime() : nullptr;
+  if (n == 1 || threads == 1) {
+    for (int t = 0; t < n; ++t) fn(t);
+  } else if (omp) {
+    OmpJob job{&fn, n};
+    omp->parallel(&omp_body, &job, static_cast<unsigned>(std::min(threads, n)), 0);
+  } else {
+    pool()->run(n, fn);
+  }
+}
+
+void set_host_openmp(bool on) {
+  std::lock_guard<std::mutex> lock(g_omp_mutex);
+  g_omp_on.store(on);
+  g_libs_seen.store(0);
+  if (!on) g_omp.store(nullptr, std::memory_order_release);
+}
+
+std::string host_openmp() {
+  const HostOmp* omp = host_runtime();
+  return omp ? omp->path : "";
 }
 
 void set_num_threads(int n) {
   if (n < 1 || n > 1024) throw std::invalid_argument("num_threads must be in [1, 1024], got " + std::to_string(n));
-  std::lock_guard<std::mutex> lock(g_pool_mutex);
-  if (g_pool && g_pool->size() == n) return;
-  g_pool.reset();
-  g_pool = std::make_unique<ThreadPool>(n);
+  g_threads.store(n);
 }
 
-int get_num_threads() { return pool().size(); }
+int get_num_threads() {
+  const int n = g_threads.load();
+  return n > 0 ? n : default_num_threads();
+}
 
 }  // namespace sparsecpu

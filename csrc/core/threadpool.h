@@ -1,11 +1,15 @@
-// One persistent pool of worker threads (no OpenMP: torch and ONNX Runtime each bring their own
-// runtime, and two of them spinning on 2 cores is slower than one).
+// Where sparsecpu's parallel work runs: its own persistent pool of worker threads, or, once attached,
+// the OpenMP runtime another library (torch) has already loaded into the process. sparsecpu does not
+// link OpenMP itself: a second runtime's threads spinning beside torch's on the same cores is what
+// made a sparsified model several times slower between torch ops; on torch's runtime, the threads
+// that spin after a torch op are the ones that pick up sparsecpu's next layer.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -46,10 +50,20 @@ class ThreadPool {
   bool stop_ = false;
 };
 
-// The process-wide pool; sized to the CPUs this process may run on until set_num_threads.
-ThreadPool& pool();
+// Runs fn(t) for every t in [0, n) on get_num_threads() threads (the caller among them) and returns
+// when all are done: on the host OpenMP runtime when attached, else on sparsecpu's pool.
+void parallel_run(int n, const std::function<void(int)>& fn);
 void set_num_threads(int n);
+// sparsecpu's thread count: set_num_threads, else the CPUs this process may run on.
 int get_num_threads();
 int default_num_threads();
+
+// With host_openmp on (the default), parallel_run uses an OpenMP runtime as soon as one is loaded into
+// the process (libgomp, libiomp5 or libomp, through their GOMP_parallel entry point): a new library
+// in the process is noticed at the next call, at the cost of one dl_iterate_phdr step per call until
+// then. Off: sparsecpu's own pool.
+void set_host_openmp(bool on);
+// The runtime parallel_run uses, or "" (sparsecpu's own pool).
+std::string host_openmp();
 
 }  // namespace sparsecpu

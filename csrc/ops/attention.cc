@@ -31,7 +31,7 @@ void attention(const AttnParams& p, const ParallelFor* parallel) {
   }
   const std::function<void(int)> task = [&](int bh) { kernel(p, bh, scratch_of_thread(floats)); };
   if (parallel) parallel->run(static_cast<int>(pairs), task);
-  else pool().run(static_cast<int>(pairs), task);
+  else parallel_run(static_cast<int>(pairs), task);
 }
 
 const char* attention_kernel_name() { return select_kernel(Op::attention_f32, active_target()).name; }

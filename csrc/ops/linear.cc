@@ -147,7 +147,7 @@ RowParams row_params(const LinearArgs& a, const float* bias) {
 // The pool the call splits its work over: the caller's (ONNX Runtime's intra-op pool) or sparsecpu's own.
 ParallelFor parallel_of(const LinearArgs& a) {
   if (a.parallel) return *a.parallel;
-  return {[](int n, const std::function<void(int)>& fn) { pool().run(n, fn); }, pool().size()};
+  return {&parallel_run, get_num_threads()};
 }
 
 bool has_post(const LinearArgs& a) { return a.residual != nullptr || a.norm; }

@@ -14,12 +14,34 @@ __version__ = "0.1.0"
 
 __all__ = ["PackedWeight", "pack", "linear", "info", "set_num_threads", "get_num_threads", "__version__"]
 
+_THREADING = ("auto", "pool")
+
+
+def _threading_from_env() -> None:
+    """``SPARSECPU_THREADING=auto`` (the default): sparsecpu's parallel work runs on the OpenMP
+    runtime torch loads into the process, from the first call after it is there, so that torch's
+    OpenMP threads, which spin for a while after every torch op, pick up sparsecpu's layers instead of
+    fighting sparsecpu's own threads for the cores. ``pool``: sparsecpu's own pool, always. Nothing
+    of torch's or OpenMP's configuration is changed."""
+    import os
+
+    mode = os.environ.get("SPARSECPU_THREADING", "") or "auto"
+    if mode not in _THREADING:
+        raise ValueError(f"SPARSECPU_THREADING must be one of {', '.join(_THREADING)}, got {mode!r}")
+    _C.set_host_openmp(mode == "auto")
+
+
+_threading_from_env()
+
 
 def info() -> dict:
     """What sparsecpu detected and will run: CPU, features, ISA level, kernel per op, threads.
 
     The level is the best the CPU and OS support, capped by the ``SPARSECPU_ISA`` environment
-    variable (``reference``, ``avx2``, ``avx512``, ``avx512_vnni``).
+    variable (``reference``, ``avx2``, ``avx512``, ``avx512_vnni``); ``emulated`` is True only under
+    :func:`sparsecpu.testing.isa` with an emulated AVX-512 level. ``threading`` says where the
+    parallel work runs: ``"sparsecpu pool"`` or ``"host OpenMP (<path>)"`` (torch's runtime, see
+    ``SPARSECPU_THREADING`` in the README).
 
     ``onnxruntime_library`` is the path of the ONNX Runtime custom-op library, or None when this
     installation was built without it; ``onnxruntime_library_error`` then says why and how to get it
@@ -32,7 +54,9 @@ def info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the size of sparsecpu's thread pool (default: the CPUs this process may run on)."""
+    """Sets how many threads sparsecpu's parallel work runs on (default: the CPUs this process may
+    run on), on its own pool or on torch's OpenMP runtime (``info()["threading"]``); torch's own
+    thread count is not changed."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
     if not 1 <= n <= 1024:
@@ -41,7 +65,7 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Size of sparsecpu's thread pool."""
+    """How many threads sparsecpu's parallel work runs on."""
     return _C.get_num_threads()
 
 

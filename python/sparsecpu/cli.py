@@ -21,8 +21,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"cpu:          {d['cpu']} ({d['vendor']})")
     print(f"features:     {' '.join(d['features'])}")
     print(f"detected isa: {d['detected_isa']}")
-    print(f"active isa:   {d['isa']}")
-    print(f"threads:      {d['threads']}")
+    print(f"active isa:   {d['isa']}{' (emulated)' if d['emulated'] else ''}")
+    print(f"threads:      {d['threads']} ({d['threading']})")
     for op, name in d["kernels"].items():
         print(f"  {op:<14} {name}")
     print(f"ort library:  {d['onnxruntime_library'] or 'NOT BUILT: ' + d['onnxruntime_library_error']}")
