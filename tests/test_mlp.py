@@ -62,7 +62,35 @@ def test_sparsify_leaves_blocks_it_cannot_chain():
     report = sparsecpu.sparsify(model, dtype="int8", skip=("transformer.h.0.mlp.c_proj",))
     assert type(model.transformer.h[0].mlp).__name__ == "GPT2MLP"
     assert isinstance(model.transformer.h[1].mlp, SparseMLP)
-    assert "chained" not in {r.name: r.reason for r in report}["transformer.h.0.mlp.c_fc"]
+    assert {r.name: r.reason for r in report}["transformer.h.0.mlp.c_fc"].endswith(
+        "; MLP block NOT chained: c_proj is not converted")
+
+
+def test_sparsify_says_why_a_changed_block_is_not_chained():
+    """A GPT-2 MLP block whose forward differs from the known one (as after a transformers release
+    that rewrites it) keeps running as it is, and the report says so."""
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+    class ScaledMLP(GPT2MLP):
+        def forward(self, hidden_states):
+            return 0.5 * self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+    model = _gpt2(3)
+    old = model.transformer.h[1].mlp
+    new = ScaledMLP(old.c_fc.nf, model.config).eval()
+    new.load_state_dict(old.state_dict())
+    model.transformer.h[1].mlp = new
+    ids = torch.randint(2, 300, (1, 9))
+    with torch.inference_mode():
+        ref = model(ids).logits
+    report = sparsecpu.sparsify(model, dtype="fp32", min_sparsity=0.0)
+    reasons = {r.name: r.reason for r in report}
+    assert reasons["transformer.h.1.mlp.c_fc"].endswith(
+        "; MLP block NOT chained: ScaledMLP.forward is not dropout(c_proj(act(c_fc(h))))")
+    assert reasons["transformer.h.0.mlp.c_fc"].endswith("; MLP block chained with c_proj")
+    assert type(model.transformer.h[1].mlp) is ScaledMLP and isinstance(model.transformer.h[0].mlp, SparseMLP)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_module_is_the_two_layers_in_a_row():

@@ -277,8 +277,10 @@ def test_sparsify_fuses_output_blocks_only(dtype):
         if dtype == "fp32":
             torch.testing.assert_close(fused(x), net(x), rtol=1e-4, atol=1e-4)
     lookalike = _pruned(Net(NormBeforeAdd), 6)
-    sparsecpu.sparsify(lookalike, dtype=dtype, min_sparsity=0.0)
+    report = sparsecpu.sparsify(lookalike, dtype=dtype, min_sparsity=0.0)
     assert type(lookalike.out) is NormBeforeAdd and isinstance(lookalike.out.dense, SparseLinear)
+    assert {r.name: r.reason for r in report}["out.dense"].endswith(
+        "; residual add + LayerNorm NOT fused: NormBeforeAdd.forward is not LayerNorm(dropout(dense(h)) + input_tensor)")
     kept = _pruned(Net(), 7)
     sparsecpu.sparsify(kept, dtype=dtype, skip=("out.dense",))
     assert type(kept.out) is OutputBlock

@@ -169,25 +169,25 @@ def _code_key(fn) -> Optional[tuple]:
 _OUTPUT_BLOCK_CODE = _code_key(_output_block_forward)
 
 
-def _residual_norm_block(model: nn.Module, name: str, out_features: int) -> Optional[nn.Module]:
-    """The parent of the linear layer ``name`` when it is a BERT-style output block: its forward is
-    ``LayerNorm(dropout(dense(h)) + input_tensor)`` (the same bytecode as ``_output_block_forward``:
-    Hugging Face's ``BertSelfOutput`` / ``BertOutput`` and their copies in other models), the layer
-    is its ``dense`` and ``LayerNorm`` an ``nn.LayerNorm`` over the layer's outputs."""
+def _residual_norm_block(model: nn.Module, name: str, out_features: int) -> Tuple[Optional[nn.Module], Optional[str]]:
+    """``(block, None)`` when the linear layer ``name`` is the ``dense`` of a BERT-style output block:
+    its forward is ``LayerNorm(dropout(dense(h)) + input_tensor)`` (the same bytecode as
+    ``_output_block_forward``: Hugging Face's ``BertSelfOutput`` / ``BertOutput`` and their copies in
+    other models) and ``LayerNorm`` an ``nn.LayerNorm`` over the layer's outputs. ``(None, why)`` when
+    the parent has that block's structure (``dense``, ``dropout``, ``LayerNorm``) but cannot be fused;
+    ``(None, None)`` when it is no such block."""
     parent_name, _, attr = name.rpartition(".")
-    if not parent_name:
-        return None  # the model itself: nothing to replace it in
+    if not parent_name or attr != "dense":
+        return None, None
     parent = model.get_submodule(parent_name)
-    norm = getattr(parent, "LayerNorm", None)
-    return (
-        parent
-        if attr == "dense"
-        and _code_key(getattr(type(parent), "forward", None)) == _OUTPUT_BLOCK_CODE
-        and isinstance(getattr(parent, "dropout", None), nn.Module)
-        and isinstance(norm, nn.LayerNorm)
-        and tuple(norm.normalized_shape) == (out_features,)
-        else None
-    )
+    if not all(isinstance(getattr(parent, a, None), nn.Module) for a in ("dropout", "LayerNorm")):
+        return None, None
+    norm = parent.LayerNorm
+    if _code_key(getattr(type(parent), "forward", None)) != _OUTPUT_BLOCK_CODE:
+        return None, f"{type(parent).__name__}.forward is not LayerNorm(dropout(dense(h)) + input_tensor)"
+    if not isinstance(norm, nn.LayerNorm) or tuple(norm.normalized_shape) != (out_features,):
+        return None, f"its LayerNorm is not an nn.LayerNorm over the {out_features} outputs"
+    return parent, None
 
 
 def _mlp_block_forward(self, hidden_states):
@@ -201,25 +201,28 @@ def _mlp_block_forward(self, hidden_states):
 _MLP_BLOCK_CODE = _code_key(_mlp_block_forward)
 
 
-def _mlp_block(model: nn.Module, name: str) -> Optional[nn.Module]:
-    """The parent of the converted layer ``name`` when it is the ``c_fc`` of a GPT-2-style MLP
-    block: the block's forward is ``dropout(c_proj(act(c_fc(h))))`` (the same bytecode as
+def _mlp_block(model: nn.Module, name: str) -> Tuple[Optional[nn.Module], Optional[str]]:
+    """``(block, None)`` when the converted layer ``name`` is the ``c_fc`` of a GPT-2-style MLP block:
+    the block's forward is ``dropout(c_proj(act(c_fc(h))))`` (the same bytecode as
     ``_mlp_block_forward``: Hugging Face's ``GPT2MLP`` and its copies), ``c_proj`` is converted too
-    and the activation was fused into ``c_fc`` (``act`` is ``nn.Identity``)."""
+    and the activation was fused into ``c_fc`` (``act`` is ``nn.Identity``). ``(None, why)`` when the
+    parent has that block's structure (``c_fc``, ``act``, ``c_proj``, ``dropout``) but cannot be
+    chained; ``(None, None)`` when it is no such block."""
     parent_name, _, attr = name.rpartition(".")
     if not parent_name or attr != "c_fc":
-        return None
+        return None, None
     parent = model.get_submodule(parent_name)
-    return (
-        parent
-        if _code_key(getattr(type(parent), "forward", None)) == _MLP_BLOCK_CODE
-        and isinstance(getattr(parent, "c_fc", None), SparseLinear)
-        and isinstance(getattr(parent, "c_proj", None), SparseLinear)
-        and parent.c_proj.in_features == parent.c_fc.out_features
-        and isinstance(getattr(parent, "act", None), nn.Identity)
-        and isinstance(getattr(parent, "dropout", None), nn.Module)
-        else None
-    )
+    if not all(isinstance(getattr(parent, a, None), nn.Module) for a in ("act", "c_proj", "dropout")):
+        return None, None
+    if _code_key(getattr(type(parent), "forward", None)) != _MLP_BLOCK_CODE:
+        return None, f"{type(parent).__name__}.forward is not dropout(c_proj(act(c_fc(h))))"
+    if not isinstance(parent.c_proj, SparseLinear):
+        return None, "c_proj is not converted"
+    if not isinstance(parent.act, nn.Identity):
+        return None, f"its activation {type(parent.act).__name__} is not fused into c_fc"
+    if parent.c_proj.in_features != parent.c_fc.out_features:
+        return None, "c_proj does not take c_fc's outputs"
+    return parent, None
 
 
 def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
@@ -327,9 +330,11 @@ def sparsify(
             fused = _activation_after(model, name)
             if fused is not None:
                 reason += f"; {fused[2]} fused"
-            block = _residual_norm_block(model, name, weight.shape[0]) if fuse_norm else None
+            block, why = _residual_norm_block(model, name, weight.shape[0]) if fuse_norm else (None, None)
             if block is not None:
                 reason += "; residual add + LayerNorm fused"
+            elif why is not None:
+                reason += f"; residual add + LayerNorm NOT fused: {why}"
             if name in tied:
                 reason += f"; weight tied to {tied[name]!r}, which keeps it in fp32"
             fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
@@ -348,7 +353,11 @@ def sparsify(
             setattr(model.get_submodule(grand), block_attr, fused_block)
     if fuse_mlp:
         for i, row in enumerate(rows):
-            mlp = _mlp_block(model, row.name)
+            if row.kernel == "kept":
+                continue
+            mlp, why = _mlp_block(model, row.name)
+            if why is not None:
+                rows[i] = _replace_fields(row, reason=row.reason + f"; MLP block NOT chained: {why}")
             if mlp is not None:
                 grand, _, block_attr = row.name.rpartition(".")[0].rpartition(".")
                 fused_mlp = SparseMLP(mlp.c_fc, mlp.act, mlp.c_proj, mlp.dropout).train(mlp.training)
