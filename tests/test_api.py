@@ -16,7 +16,8 @@ import sparsecpu
 from sparsecpu import testing
 
 LEVELS = testing.supported_isas()
-ALL_LEVELS = ["reference", "avx2", "avx512", "avx512_vnni"]
+ALL_LEVELS = ["reference", "avx2", "avx512", "avx512_vnni", "amx"]
+EMULATED_LEVELS = ["avx512:emulated", "avx512_vnni:emulated", "amx:emulated"]
 OPS = ["spmm_s8", "spmm_f32", "quant_u8", "transpose_f32", "gemm_s8", "spmm_s8_skinny", "quant_u8_rows", "add_act_f32",
        "spmm_f32_skinny", "add_norm_f32", "attention_f32"]
 
@@ -30,12 +31,15 @@ def test_exports():
 
 def test_info_keys_and_types():
     d = sparsecpu.info()
-    assert set(d) >= {"vendor", "cpu", "features", "detected_isa", "isa", "emulated", "kernels", "threads", "version"}
+    assert set(d) >= {"vendor", "cpu", "features", "detected_isa", "amx", "isa", "emulated", "kernels", "threads", "version"}
     assert isinstance(d["vendor"], str) and d["vendor"]
     assert isinstance(d["cpu"], str)
     assert isinstance(d["features"], list) and all(isinstance(f, str) for f in d["features"])
     assert d["detected_isa"] in ALL_LEVELS and d["isa"] in ALL_LEVELS
     assert ALL_LEVELS.index(d["isa"]) <= ALL_LEVELS.index(d["detected_isa"])
+    # "available" exactly when the amx level is detected; otherwise it says why not.
+    assert (d["amx"] == "available") == (d["detected_isa"] == "amx")
+    assert d["amx"] == "available" or (d["amx"].startswith("not used: ") and len(d["amx"]) > len("not used: "))
     assert d["emulated"] is False
     assert isinstance(d["kernels"], dict) and set(d["kernels"]) == set(OPS)
     assert all(isinstance(v, str) and v for v in d["kernels"].values())
@@ -58,6 +62,10 @@ def test_supported_isas_match_info():
         assert {"avx512f", "avx512bw"} <= set(d["features"])
     if "avx512_vnni" in LEVELS:
         assert "avx512_vnni" in d["features"]
+    if "amx" in LEVELS:
+        assert {"amx_tile", "amx_int8", "amx_bf16"} <= set(d["features"])
+    elif not {"amx_tile", "amx_int8", "amx_bf16"} <= set(d["features"]):
+        assert d["amx"].startswith("not used: the CPU has no AMX")
 
 
 def test_testing_isa_reference_switches_kernels():
@@ -78,8 +86,8 @@ def test_levels_native_then_emulated():
     assert levels[: len(LEVELS)] == LEVELS
     emulated = levels[len(LEVELS):]
     if "avx2" in LEVELS:
-        # Every AVX-512 level runs here, emulated, whether or not the CPU also has it natively.
-        assert emulated == ["avx512:emulated", "avx512_vnni:emulated"]
+        # Every AVX-512 and AMX level runs here, emulated, whether or not the CPU also has it natively.
+        assert emulated == EMULATED_LEVELS
     else:
         assert emulated == []
 
@@ -94,12 +102,16 @@ def test_testing_isa_each_level(level):
         assert d["isa"] == base and d["emulated"] == (suffix == "emulated")
         if level != "reference":
             assert not any(name.endswith("__ref") for name in kernels.values()), kernels
-            # AVX2 kernels say so; AVX-512 levels run AVX-512 kernels, all emulated at an emulated level.
-            tag = "avx2" if level == "avx2" else "avx512"
-            assert all(tag in name for name in kernels.values()), kernels
+            # AVX2 kernels say so; AVX-512 levels run AVX-512 kernels, all emulated at an emulated level;
+            # the amx level runs its AMX GEMM and, for the ops without an AMX kernel, the VNNI level's.
+            for op, name in kernels.items():
+                tag = "avx2" if level == "avx2" else "__amx" if base == "amx" and op == "gemm_s8" else "avx512"
+                assert tag in name, (op, kernels)
             assert all(name.endswith(":emulated") == (suffix == "emulated") for name in kernels.values()), kernels
-        if base == "avx512_vnni":
+        if base in ("avx512_vnni", "amx"):
             assert "vnni" in kernels["spmm_s8"]
+        if base == "amx":
+            assert kernels["gemm_s8"].startswith("gemm_s8_32x32__amx")
 
 
 def test_testing_isa_emulated_keyword():
@@ -114,7 +126,7 @@ def test_testing_isa_emulated_keyword():
 @pytest.mark.parametrize("bad", ["avx2:emulated", "reference:emulated"])
 def test_testing_isa_no_emulated_build(bad):
     top = sparsecpu.info()["isa"]
-    with pytest.raises(ValueError, match="only the avx512 and avx512_vnni levels have emulated builds"):
+    with pytest.raises(ValueError, match="only the avx512, avx512_vnni and amx levels have emulated builds"):
         with testing.isa(bad):
             pass
     assert sparsecpu.info()["isa"] == top
@@ -131,15 +143,16 @@ def test_testing_isa_nested_and_restored_on_error():
     assert sparsecpu.info()["isa"] == top
 
 
-def test_testing_isa_caps_at_the_cpu():
-    with testing.isa("avx512_vnni") as got:
-        assert got == LEVELS[-1]
+@pytest.mark.parametrize("level", ["avx512_vnni", "amx"])
+def test_testing_isa_caps_at_the_cpu(level):
+    with testing.isa(level) as got:
+        assert got == LEVELS[min(len(LEVELS), ALL_LEVELS.index(level) + 1) - 1]
 
 
 @pytest.mark.parametrize("bad", ["bogus", "AVX2", "", "avx512-vnni", "bogus:emulated", ":emulated"])
 def test_testing_isa_unknown(bad):
     top = sparsecpu.info()["isa"]
-    with pytest.raises(ValueError, match="reference, avx2, avx512, avx512_vnni"):
+    with pytest.raises(ValueError, match="reference, avx2, avx512, avx512_vnni, amx"):
         with testing.isa(bad):
             pass
     assert sparsecpu.info()["isa"] == top
@@ -175,7 +188,7 @@ def test_set_num_threads_errors(bad, exc):
 
 
 def _env(**overrides):
-    env = {k: v for k, v in os.environ.items() if k != "SPARSECPU_ISA"}
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARSECPU_ISA", "SPARSECPU_AMX_PERMISSION")}
     env.update(overrides)
     return env
 
@@ -205,7 +218,7 @@ def test_env_var_avx2(tmp_path):
 
 
 def test_env_var_above_cpu_caps_at_cpu(tmp_path):
-    r = _python("import sparsecpu; print(sparsecpu.info()['isa'])", tmp_path, SPARSECPU_ISA="avx512_vnni")
+    r = _python("import sparsecpu; print(sparsecpu.info()['isa'])", tmp_path, SPARSECPU_ISA="amx")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == LEVELS[-1]
 
@@ -226,6 +239,54 @@ def test_env_var_unknown_fails_import(bad, tmp_path):
         assert level in r.stderr, r.stderr
 
 
+_DENIED = """
+import json, numpy as np, sparsecpu
+from sparsecpu import testing
+rng = np.random.default_rng(5)
+w = rng.standard_normal((40, 130)).astype(np.float32)
+x = rng.standard_normal((20, 130)).astype(np.float32)
+p = sparsecpu.pack(w, format="dense")
+runs = {}
+for level in ("amx", "amx:emulated"):
+    if level in testing.levels() or level == "amx":
+        with testing.isa(level):
+            runs[level] = {"isa": sparsecpu.info()["isa"], "kernel": testing.kernel_for(p, 20),
+                           "s32": testing.spmm_s32(x, p).tolist()}
+print(json.dumps({"info": sparsecpu.info(), "levels": testing.levels(), "runs": runs}))
+"""
+
+
+@pytest.mark.parametrize("isa_env", ["", "amx"], ids=["default", "SPARSECPU_ISA=amx"])
+def test_amx_permission_refused_falls_back(isa_env, tmp_path):
+    """SPARSECPU_AMX_PERMISSION=deny makes the tile-data permission count as refused (as Linux refuses
+    it): dispatch never picks an AMX kernel natively, the level stops below amx, info() and `sparsecpu
+    info` say why, and the emulated amx level (no tile instruction runs) still works and agrees."""
+    r = _python(_DENIED, tmp_path, SPARSECPU_AMX_PERMISSION="deny", SPARSECPU_ISA=isa_env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    d = out["info"]
+    assert d["amx"].startswith("not used: ")
+    assert d["detected_isa"] != "amx" and d["isa"] == d["detected_isa"]
+    assert "amx" not in out["levels"]
+    assert not any("amx" in name for name in d["kernels"].values()), d["kernels"]
+    native = out["runs"]["amx"]
+    assert native["isa"] == d["detected_isa"] and "amx" not in native["kernel"]
+    if "amx:emulated" in out["levels"]:
+        emulated = out["runs"]["amx:emulated"]
+        assert emulated["kernel"] == "gemm_s8_32x32__amx:emulated"
+        assert emulated["s32"] == native["s32"]
+    here = sparsecpu.info()
+    if here["amx"] == "available":
+        # This machine uses AMX without the variable: the refused permission is what stopped it.
+        assert "SPARSECPU_AMX_PERMISSION=deny" in d["amx"], d["amx"]
+        assert d["detected_isa"] == "avx512_vnni"
+    else:
+        assert d["amx"] == here["amx"], "the reason that already applies here comes first"
+    cli = _python(["-m", "sparsecpu", "info"], tmp_path, SPARSECPU_AMX_PERMISSION="deny")
+    assert cli.returncode == 0, cli.stderr
+    assert f"amx:          {d['amx']}" in cli.stdout
+
+
 def test_cli_module_info_json(tmp_path):
     r = _python(["-m", "sparsecpu", "info", "--json"], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -240,6 +301,7 @@ def test_cli_module_info_text(tmp_path):
     r = _python(["-m", "sparsecpu", "info"], tmp_path, SPARSECPU_ISA="reference")
     assert r.returncode == 0, r.stderr
     assert "active isa:   reference" in r.stdout
+    assert f"amx:          {sparsecpu.info()['amx']}" in r.stdout
     assert "spmm_4x1_s8__ref" in r.stdout and sparsecpu.__version__ in r.stdout
 
 

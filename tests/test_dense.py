@@ -174,6 +174,25 @@ def test_dense_register_tile_edges(m, num_threads):
             check_levels(x, w, sparsecpu.pack(w, format="dense"), bias, "relu", "gemm_s8")
 
 
+@pytest.mark.parametrize("m", [1, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 97])
+def test_dense_amx_tile_edges(m, num_threads):
+    """Around the AMX tile (32 rows = 2 A tiles of 16, x 2 panels = 32 channels, K in steps of 64):
+    partial tiles of 1..31 rows (one or two A tiles configured with fewer rows; a whole and a partial
+    tile in one 64-row block, taken in alternating order by successive panel pairs), an odd panel at the
+    end of a range, K below 64 and 64 q + 1..63 (the last step reads a zero-padded copy of the panel's
+    remaining quads), N not a multiple of 32; with 2 threads the channel chunks end inside a panel pair
+    and each thread configures its own tiles. s32 bit-exact and outputs within tolerance at every level."""
+    rng = np.random.default_rng([SEED, 11, m])
+    for threads in (1, 2):
+        num_threads(threads)
+        for n, k in ((16, 64), (32, 63), (33, 65), (80, 1), (96, 200), (130, 257), (336, 300)):
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            w[32:48] = 0.0
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            check_levels(x, w, sparsecpu.pack(w, format="dense"), bias, "gelu_tanh", "gemm_s8")
+
+
 def test_dense_largest_k_s32_does_not_overflow():
     k = 65535
     rng = np.random.default_rng([SEED, 4])

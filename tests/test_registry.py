@@ -1,8 +1,8 @@
 """Every registered kernel this machine can run is run, at its own level, and checked against the
 reference: the registry is the list of what must be tested, so a kernel added to kernels.inc cannot
-go untested. Native entries run where the CPU has their level; each AVX-512 entry also has an
-emulated build (SIMDe for AVX2) that runs on any AVX2 CPU, and on a CPU with the level natively the
-two builds are checked against each other here too."""
+go untested. Native entries run where the CPU has their level; each AVX-512 and AMX entry also has an
+emulated build (for AVX2: SIMDe, and the tile machine for AMX) that runs on any AVX2 CPU, and on a CPU
+with the level natively the two builds are checked against each other here too."""
 
 from __future__ import annotations
 
@@ -30,19 +30,19 @@ def test_registry_is_ordered_and_complete():
     for e in ENTRIES:
         ops.setdefault(e["op"], []).append(e)
     assert set(ops) == set(sparsecpu.info()["kernels"])
-    order = ["reference", "avx2", "avx512", "avx512_vnni"]
+    order = ["reference", "avx2", "avx512", "avx512_vnni", "amx"]
     for op, entries in ops.items():
         natives = [e for e in entries if not e["emulated"]]
         # Best first, the reference last, one native kernel per level (a second would never be picked).
         ranks = [order.index(e["isa"]) for e in natives]
         assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(ranks), (op, natives)
         assert natives[-1]["isa"] == "reference" and natives[-1]["name"].endswith("__ref")
-        # Each AVX-512 kernel has its emulated build right after it, and nothing else is emulated.
+        # Each AVX-512 / AMX kernel has its emulated build right after it, and nothing else is emulated.
         for i, e in enumerate(entries):
             if e["emulated"]:
                 prev = entries[i - 1]
                 assert not prev["emulated"] and prev["isa"] == e["isa"] and e["name"] == prev["name"] + ":emulated"
-            elif e["isa"] in ("avx512", "avx512_vnni"):
+            elif e["isa"] in ("avx512", "avx512_vnni", "amx"):
                 assert entries[i + 1]["name"] == e["name"] + ":emulated"
 
 
@@ -146,7 +146,7 @@ def test_registered_kernel_runs_and_matches_reference(entry):
     assert np.count_nonzero(got) > got.size // 2, "mostly zeros: the check proves nothing"
 
 
-@pytest.mark.parametrize("level", ["avx512", "avx512_vnni"])
+@pytest.mark.parametrize("level", ["avx512", "avx512_vnni", "amx"])
 def test_native_and_emulated_builds_agree(level):
     """On a CPU with the level natively: the native and the emulated build of the same source give
     the same integers, and floats within a few ulps (SIMDe's rcp14 and exp may differ in the last bits)."""

@@ -16,6 +16,7 @@
 #include "core/cpu.h"
 #include "core/format.h"
 #include "core/threadpool.h"
+#include "kernels/amx/tilemachine.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
 
@@ -268,6 +269,7 @@ py::dict info() {
   d["cpu"] = c.brand;
   d["features"] = c.features;
   d["detected_isa"] = isa_name(c.best);
+  d["amx"] = c.amx;
   const Target t = active_target();
   d["isa"] = isa_name(t.isa);
   d["emulated"] = t.emulated;
@@ -302,13 +304,60 @@ py::list supported_isas() {
   return out;
 }
 
-// Every target this machine can run: its native levels, then (on an AVX2 CPU) each AVX-512 level emulated.
+// Every target this machine can run: its native levels, then (on an AVX2 CPU) each AVX-512 and AMX level emulated.
 py::list test_targets() {
   py::list out = supported_isas();
   if (emulation_available()) {
-    for (Isa isa : {Isa::avx512, Isa::avx512_vnni}) out.append(target_name({isa, true}));
+    for (Isa isa : {Isa::avx512, Isa::avx512_vnni, Isa::amx}) out.append(target_name({isa, true}));
   }
   return out;
+}
+
+// Test hook: runs a tile program on the calling thread's tile machine (kernels/amx/tilemachine.h), every
+// address an offset into `memory` (a writeable uint8 array), which no tile load or store may leave.
+// Instructions: ("ldtilecfg", off), ("sttilecfg", off), ("tilerelease",), ("tilezero", t),
+// ("tileloadd", t, off, stride), ("tilestored", t, off, stride), ("tdpbusd", c, a, b), ("tdpbf16ps", c, a, b).
+// A fault raises RuntimeError("#UD: ..." / "#GP: ..." / "#PF: ...") after the instructions before it ran.
+void amx_tile_program(const py::list& program, py::array& memory) {
+  namespace tm = amx::machine;
+  if (!emulation_available()) throw std::invalid_argument("the tile machine needs a CPU with AVX2, FMA and F16C");
+  // Taken as it is (no converted copy, which the program would write to in vain).
+  if (memory.ndim() != 1 || !memory.dtype().is(py::dtype::of<uint8_t>()) || !memory.writeable() ||
+      !(memory.flags() & py::array::c_style))
+    throw std::invalid_argument("memory must be a writeable contiguous 1-D uint8 array");
+  uint8_t* mem = static_cast<uint8_t*>(memory.mutable_data());
+  const int64_t size = memory.size();
+  auto config_at = [&](int64_t off) {
+    if (off < 0 || off + 64 > size) throw std::invalid_argument("a tile configuration must lie inside memory");
+    return mem + off;
+  };
+  const tm::MemoryWindow window(mem, static_cast<size_t>(size));
+  for (const py::handle& item : program) {
+    const py::tuple insn = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+    if (insn.size() == 0) throw std::invalid_argument("an empty instruction");
+    const std::string op = insn[0].cast<std::string>();
+    auto arg = [&](size_t i) {
+      if (i >= insn.size()) throw std::invalid_argument(op + ": missing operand " + std::to_string(i));
+      return insn[i].cast<int64_t>();
+    };
+    auto tile = [&](size_t i) { return static_cast<int>(arg(i)); };
+    if (op == "ldtilecfg") tm::ldtilecfg(config_at(arg(1)));
+    else if (op == "sttilecfg") tm::sttilecfg(config_at(arg(1)));
+    else if (op == "tilerelease") tm::tilerelease();
+    else if (op == "tilezero") tm::tilezero(tile(1));
+    // The window checks every row these touch; base + offset itself stays a plain address computation.
+    else if (op == "tileloadd") tm::tileloadd(tile(1), reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(mem) + arg(2)), arg(3));
+    else if (op == "tilestored") tm::tilestored(tile(1), reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(mem) + arg(2)), arg(3));
+    else if (op == "tdpbusd") tm::tdpbusd(tile(1), tile(2), tile(3));
+    else if (op == "tdpbf16ps") tm::tdpbf16ps(tile(1), tile(2), tile(3));
+    else throw std::invalid_argument("unknown tile instruction '" + op + "'");
+  }
+}
+
+// Test hook: the 16 x 64 bytes of the calling thread's tile t, configured or not.
+py::bytes amx_tile_data(int t) {
+  if (!emulation_available()) throw std::invalid_argument("the tile machine needs a CPU with AVX2, FMA and F16C");
+  return py::bytes(reinterpret_cast<const char*>(amx::machine::tile_data(t)), amx::kTileRows * amx::kTileBytes);
 }
 
 // {"fp32_fma": {...}, "int8": {...}}: each kind holds the entry of its best native level (isa,
@@ -397,4 +446,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("set_host_openmp", &set_host_openmp, py::arg("on"));
   m.def("peak", &peak_py, py::arg("runs") = 20);
+  m.def("_amx_tile_program", &amx_tile_program, py::arg("program"), py::arg("memory"));
+  m.def("_amx_tile_data", &amx_tile_data, py::arg("tile"));
 }

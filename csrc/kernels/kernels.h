@@ -35,7 +35,8 @@ struct SpmmParams {
 using SpmmFn = void (*)(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0);
 
 // Kernels that read the activations row-major (dense GEMM, skinny-M SpMM). int8: u8 x [M][ldx], ldx
-// a multiple of 4 whose columns >= K are zero; per-row quantization parameters in row order.
+// a multiple of 64 (an AMX tile reads whole 64-byte rows) whose columns >= K are zero; per-row
+// quantization parameters in row order.
 // fp32 (skinny SpMM): x itself, [M][ldx] with ldx >= K; xq and the quantization parameters unused.
 struct RowParams {
   PackedView w;
@@ -131,18 +132,18 @@ constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      O
 struct KernelEntry {
   Op op;
   Isa isa;          // lowest level the kernel needs
-  bool emulated;    // the SIMDe build of an AVX-512 kernel (runs on AVX2); name ends in ":emulated"
+  bool emulated;    // the emulated build of an AVX-512 / AMX kernel (runs on AVX2); name ends in ":emulated"
   const char* name;
   void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn / AddNormFn / AttnFn by op
   int mr;           // rows per tile (spmm, gemm), most rows per call (skinny) or 0
   int lanes;        // 32-bit lanes per vector (spmm), channels per tile (gemm, skinny) or 0
 };
 
-// Every kernel, best first within an op, the reference last; each AVX-512 kernel is followed by its
-// emulated build. Dispatch, tests and the benchmark all read this list.
+// Every kernel, best first within an op, the reference last; each AVX-512 and AMX kernel is followed by
+// its emulated build. Dispatch, tests and the benchmark all read this list.
 const KernelEntry* kernel_registry(int* count);
-// The best kernel of `op` for target `t`: at an emulated target the AVX-512 kernels are the emulated
-// builds, the ones below AVX-512 native.
+// The best kernel of `op` for target `t` (the first entry at or below its level): at an emulated target
+// the AVX-512 and AMX kernels are the emulated builds, the ones below AVX-512 native.
 const KernelEntry& select_kernel(Op op, Target t);
 // select_kernel for a call that is about to run the kernel: counted per entry, so that the tests can
 // check that every registered kernel was run (kernel_calls).
@@ -166,7 +167,7 @@ const char* op_name(Op op);
   void name(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta, float eps);
 #define SPARSECPU_ATTN(op, isa, name) void name(const AttnParams& p, int64_t bh, float* scratch);
 #include "kernels/kernels.inc"
-// The emulated builds of the AVX-512 kernels (declared for every name; defined for those only).
+// The emulated builds of the AVX-512 and AMX kernels (declared for every name; defined for those only).
 namespace emulated {
 #include "kernels/kernels.inc"
 }  // namespace emulated

@@ -7,11 +7,12 @@ namespace sparsecpu {
 
 namespace {
 
-// An entry, and after an AVX-512 one (SPARSECPU_EMULATED_<isa> expands its argument) the emulated build.
+// An entry, and after an AVX-512 or AMX one (SPARSECPU_EMULATED_<isa> expands its argument) the emulated build.
 #define SPARSECPU_EMULATED_reference(...)
 #define SPARSECPU_EMULATED_avx2(...)
 #define SPARSECPU_EMULATED_avx512(...) __VA_ARGS__
 #define SPARSECPU_EMULATED_avx512_vnni(...) __VA_ARGS__
+#define SPARSECPU_EMULATED_amx(...) __VA_ARGS__
 #define SPARSECPU_ENTRY(op, isa, name, mr, lanes)                                    \
   {Op::op, Isa::isa, false, #name, reinterpret_cast<void*>(&name), mr, lanes},       \
   SPARSECPU_EMULATED_##isa({Op::op, Isa::isa, true, #name ":emulated",               \

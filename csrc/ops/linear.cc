@@ -195,7 +195,7 @@ Target set_target(Target want) {
     if (!emulatable(want.isa))
       throw std::invalid_argument(std::string("the ") + isa_name(want.isa) + " level has no emulated build");
     if (!emulation_available())
-      throw std::invalid_argument("emulated AVX-512 levels need a CPU with AVX2, FMA and F16C");
+      throw std::invalid_argument("the emulated AVX-512 and AMX levels need a CPU with AVX2, FMA and F16C");
     t = want;
   }
   target_state().store(encode(t));

@@ -38,8 +38,11 @@ def info() -> dict:
     """What sparsecpu detected and will run: CPU, features, ISA level, kernel per op, threads.
 
     The level is the best the CPU and OS support, capped by the ``SPARSECPU_ISA`` environment
-    variable (``reference``, ``avx2``, ``avx512``, ``avx512_vnni``); ``emulated`` is True only under
-    :func:`sparsecpu.testing.isa` with an emulated AVX-512 level. ``threading`` says where the
+    variable (``reference``, ``avx2``, ``avx512``, ``avx512_vnni``, ``amx``); ``emulated`` is True only
+    under :func:`sparsecpu.testing.isa` with an emulated AVX-512 or AMX level. ``amx`` is
+    ``"available"`` when the ``amx`` level is detected, else ``"not used: <why>"``: the CPU lacks AMX,
+    the OS has not enabled the tile state, or Linux refused the process the tile-data permission
+    (``SPARSECPU_AMX_PERMISSION=deny`` refuses it on purpose, for tests). ``threading`` says where the
     parallel work runs: ``"sparsecpu pool"`` or ``"host OpenMP (<path>)"`` (torch's runtime, see
     ``SPARSECPU_THREADING`` in the README).
 

@@ -21,6 +21,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"cpu:          {d['cpu']} ({d['vendor']})")
     print(f"features:     {' '.join(d['features'])}")
     print(f"detected isa: {d['detected_isa']}")
+    print(f"amx:          {d['amx']}")
     print(f"active isa:   {d['isa']}{' (emulated)' if d['emulated'] else ''}")
     print(f"threads:      {d['threads']} ({d['threading']})")
     for op, name in d["kernels"].items():

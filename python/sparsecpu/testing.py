@@ -2,10 +2,11 @@
 
 Not part of the stable API; the test suite and bug reports use them.
 
-Levels: ``"reference"``, ``"avx2"``, ``"avx512"``, ``"avx512_vnni"``. Every AVX-512 kernel is also
-built against SIMDe for AVX2 (the same source, emulated: slow, exact), so on any AVX2 CPU the
-AVX-512 levels can be tested as ``"avx512:emulated"`` / ``"avx512_vnni:emulated"``, and on a CPU that
-has them natively the two builds can be checked against each other.
+Levels: ``"reference"``, ``"avx2"``, ``"avx512"``, ``"avx512_vnni"``, ``"amx"``. Every AVX-512 and AMX
+kernel is also built for AVX2 (the same source, emulated: slow, exact; AVX-512 through SIMDe, the AMX
+tiles on sparsecpu's own tile machine), so on any AVX2 CPU those levels can be tested as
+``"avx512:emulated"`` / ``"avx512_vnni:emulated"`` / ``"amx:emulated"``, and on a CPU that has them
+natively the two builds can be checked against each other.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def supported_isas() -> List[str]:
 
 def levels() -> List[str]:
     """Every level this machine can test, lowest first: the native ones (:func:`supported_isas`),
-    then, on a CPU with AVX2, each AVX-512 level emulated (``"avx512_vnni:emulated"``)."""
+    then, on a CPU with AVX2, each AVX-512 and AMX level emulated (``"avx512_vnni:emulated"``,
+    ``"amx:emulated"``)."""
     return list(_C.test_targets())
 
 
@@ -36,8 +38,10 @@ def isa(level: str, emulated: bool = False) -> Iterator[str]:
     """Sets the kernel level inside the ``with`` block; yields the level in force.
 
     A native level is capped at the CPU (like ``SPARSECPU_ISA``). ``emulated=True``, or a level
-    written ``"avx512_vnni:emulated"``, runs that AVX-512 level's emulated kernels instead, on any
-    CPU with AVX2 (``ValueError`` elsewhere, and for the levels below AVX-512).
+    written ``"avx512_vnni:emulated"``, runs that AVX-512 or AMX level's emulated kernels instead, on
+    any CPU with AVX2 (``ValueError`` elsewhere, and for the levels below AVX-512). At ``"amx"``
+    only the ops that have an AMX kernel run one (the dense int8 GEMM); the others run the level
+    below's (``avx512_vnni``), as dispatch picks the best kernel at or below the level.
     """
     if emulated and not level.endswith(":emulated"):
         level += ":emulated"
