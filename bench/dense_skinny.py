@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 import sparsecpu
-from sparsecpu.bench.kernels import pruned_weight, time_interleaved
+from sparsecpu.bench.kernels import pruned_weight
+from sparsecpu.bench.timing import time_interleaved
 
 SHAPES = ((768, 768), (3072, 768), (768, 3072))  # N x K
 

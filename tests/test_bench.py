@@ -1,9 +1,12 @@
 """The benchmark harness (sparsecpu.bench) on tiny cases: pruning, implementation set-up and checks,
-interleaved timing, record schema, tables, plot, and the model benchmark. No test asserts a timing."""
+interleaved timing, one worker process per implementation, record schema, tables, plot. No test
+asserts a timing."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import pytest
 
@@ -15,6 +18,7 @@ import sparsecpu  # noqa: E402
 from sparsecpu import bench  # noqa: E402
 from sparsecpu.bench import _ort, kernels  # noqa: E402
 from sparsecpu.bench import peak as peak_mod  # noqa: E402
+from sparsecpu.bench import workers as workers_mod  # noqa: E402
 
 KERNEL_KEYS = {"op": str, "impl": str, "dtype": str, "format": str, "M": int, "N": int, "K": int,
                "sparsity": float, "threads": int, "repeat": int}
@@ -72,23 +76,82 @@ def test_build_impls_refuses_a_wrong_sparsecpu_kernel(monkeypatch):
         bench.build_impls(8, 8, 4, 0.5, baselines=[])
 
 
-def test_wrong_or_unavailable_baselines_are_reported_not_timed(monkeypatch):
-    monkeypatch.setattr(_ort, "missing", lambda: "onnxruntime is not installed (pip install onnxruntime)")
+def _csr_off_by_2x():
+    """Patches ``kernels._setup`` (here, or in a worker as its initializer): torch_csr's output 2x off."""
     real_setup = kernels._setup
 
-    def setup(name, w, x, threads):  # a CSR baseline whose output is off by 2x
+    def setup(name, w, x, threads):
         fn, fmt, ops, to_output = real_setup(name, w, x, threads)
         return fn, fmt, ops, (lambda y: 2 * to_output(y)) if name == "torch_csr" else to_output
 
-    monkeypatch.setattr(kernels, "_setup", setup)
+    kernels._setup = setup
+
+
+def _faults():
+    """A worker initializer. 8-row weight: torch_csr's output 2x off, torch_linear's worker killed while
+    it sets up. 12-row weight: torch_linear raising while it sets up, torch_csr's worker exiting at its
+    first call after the output check (while timed)."""
+    real_setup = kernels._setup
+
+    def setup(name, w, x, threads):
+        n = w.shape[0]
+        if name == "torch_linear":
+            if n == 8:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("injected set-up failure")
+        fn, fmt, ops, to_output = real_setup(name, w, x, threads)
+        if name == "torch_csr" and n == 8:
+            return fn, fmt, ops, lambda y: 2 * to_output(y)
+        if name == "torch_csr":
+            calls = []
+
+            def dying():
+                calls.append(1)
+                if len(calls) > 1:
+                    os._exit(3)
+                return fn()
+
+            return dying, fmt, ops, to_output
+        return fn, fmt, ops, to_output
+
+    kernels._setup = setup
+
+
+def test_wrong_or_unavailable_baselines_are_reported_not_timed(monkeypatch):
+    monkeypatch.setattr(_ort, "missing", lambda: "onnxruntime is not installed (pip install onnxruntime)")
+    monkeypatch.setattr(kernels, "_setup", kernels._setup)
+    _csr_off_by_2x()
     impls = {im.name: im for im in bench.build_impls(8, 8, 4, 0.5, dtypes=["fp32"],
                                                       baselines=["ort_fp32", "torch_csr", "torch_linear"])}
     assert impls["ort_fp32"].fn is None and "onnxruntime is not installed" in impls["ort_fp32"].error
     assert impls["torch_csr"].fn is None and "output differs from F.linear" in impls["torch_csr"].error
     assert impls["torch_linear"].fn is not None and impls["sparsecpu_fp32"].fn is not None
-    records = bench.run_kernel_cases([(8, 8)], [4], [0.5], ["fp32"], [1], repeat=1, baselines=["ort_fp32", "torch_csr"])
-    assert {r["impl"]: r["median_s"] is None for r in records} == {"sparsecpu_fp32": False, "ort_fp32": True,
-                                                                  "torch_csr": True}
+
+
+def test_failing_workers_are_reported_and_the_others_go_on(monkeypatch):
+    # Each implementation runs in its own worker: the faults are injected there (the initializer), and
+    # a missing package is found here, before any worker starts.
+    monkeypatch.setattr(_ort, "missing", lambda: "onnxruntime is not installed (pip install onnxruntime)")
+    monkeypatch.setenv("SPARSECPU_BENCH_TEST_MARKER", "1")  # the parent's environment reaches every worker
+    records = bench.run_kernel_cases([(8, 8), (12, 8)], [4], [0.5], ["fp32"], [1], repeat=2,
+                                     baselines=["ort_fp32", "torch_csr", "torch_linear"], initializer=_faults)
+    by = {(r["N"], r["impl"]): r for r in records}
+    assert [r["impl"] for r in records] == ["sparsecpu_fp32", "torch_linear", "torch_csr", "ort_fp32"] * 2
+    for n in (8, 12):
+        assert by[n, "sparsecpu_fp32"]["error"] is None and by[n, "sparsecpu_fp32"]["median_s"] > 0
+        assert "onnxruntime is not installed" in by[n, "ort_fp32"]["error"]
+        assert by[n, "ort_fp32"]["pid"] is None  # no worker was started for it
+    assert "output differs from F.linear" in by[8, "torch_csr"]["error"]
+    assert by[12, "torch_csr"]["error"].startswith("failed while timed: worker process")
+    assert by[12, "torch_csr"]["error"].endswith("(torch_csr) exited with status 3")
+    assert by[8, "torch_linear"]["error"].endswith("(torch_linear) was killed by SIGKILL")
+    # The next case gets a fresh worker, which answers.
+    assert by[12, "torch_linear"]["error"] == "ValueError: injected set-up failure"
+    assert by[12, "torch_linear"]["pid"] != by[8, "torch_linear"]["pid"]
+    for r in records:
+        assert (r["median_s"] is None) == (r["error"] is not None), r
+        if r["torch_threads"] is not None:  # the worker could answer
+            assert r["env"]["SPARSECPU_BENCH_TEST_MARKER"] == "1" and r["torch_threads"] == 1
     table = bench.kernel_table(records)
     assert "not timed: ORT MatMul fp32: onnxruntime is not installed" in table
     assert "not timed: torch CSR: output differs" in table
@@ -124,6 +187,7 @@ def test_kernel_records_schema(records):
     for r in records:
         for key, typ in KERNEL_KEYS.items():
             assert isinstance(r[key], typ), (key, r[key])
+        assert set(workers_mod.FACT_KEYS) <= set(r)
         assert r["op"] == "linear" and r["impl"] in impls and r["threads"] == 1 and r["repeat"] == 2
         if r["error"] is None:
             assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"]
@@ -146,6 +210,67 @@ def test_kernel_records_schema(records):
             assert r["speedup"] is None
         else:
             assert r["speedup"] == pytest.approx(r["median_s"] / ours["median_s"])
+
+
+def test_each_implementation_runs_in_its_own_worker_at_its_defaults(records):
+    # One worker per implementation (one pid each, kept for every case), none of them this process.
+    pids = {}
+    for r in records:
+        if r["pid"] is not None:
+            pids.setdefault(r["impl"], set()).add(r["pid"])
+    assert set(pids) == {i.name for i in bench.IMPLS if not (i.name.startswith("ort_") and not HAVE_ORT)}
+    assert all(len(p) == 1 for p in pids.values()), pids
+    assert len({p for ps in pids.values() for p in ps} | {os.getpid()}) == len(pids) + 1
+    parent_env = workers_mod.relevant_env()
+    for r in records:
+        if r["pid"] is None:  # onnxruntime missing: no worker
+            assert r["impl"].startswith("ort_") and not HAVE_ORT
+            continue
+        # The threads asked (1) in torch; nothing else set: the worker's environment is this one's.
+        assert r["torch_threads"] == 1 and isinstance(r["torch_interop_threads"], int)
+        assert r["env"] == parent_env
+        assert ("OMP_WAIT_POLICY" in r["env"]) == ("OMP_WAIT_POLICY" in os.environ)
+        assert isinstance(r["sparsecpu_threads"], int) and isinstance(r["sparsecpu_threading"], str)
+        if r["impl"].startswith("sparsecpu_"):
+            # torch is loaded there as here: sparsecpu runs where it runs in this process.
+            assert r["sparsecpu_threads"] == 1 and r["sparsecpu_threading"] == sparsecpu.info()["threading"]
+        if r["impl"].startswith("ort_"):
+            assert r["ort_intra_op_threads"] == 1
+        else:
+            assert r["ort_intra_op_threads"] is None
+
+
+def _append(state, path, name):
+    """A worker set-up for the round-robin test: each call appends ``name`` to the file ``path``."""
+
+    def fn():
+        with open(path, "a") as f:
+            f.write(name)
+
+    state["fns"]["f"] = fn
+
+
+def test_workers_are_timed_round_robin(tmp_path):
+    order = tmp_path / "order"
+    path = str(order)
+    ws = {name: workers_mod.Worker(name, 1, use_torch=False) for name in "ab"}
+    try:
+        setups = workers_mod.run_all(ws, {name: (_append, dict(path=path, name=name)) for name in ws}, jobs=2)
+        assert setups == {"a": None, "b": None}
+        assert not order.exists()  # set up, not called
+        timings, errors = workers_mod.time_round_robin(ws, "f", repeat=3, min_time=0.0, settle=0.0)
+        assert errors == {} and set(timings) == {"a", "b"}
+        assert all(t.calls_per_repeat == 1 and 0 < t.p10_s <= t.median_s <= t.p90_s for t in timings.values())
+        # As in one process: warm-up of each worker in turn, then repeat r of a, of b, then repeat r + 1.
+        assert order.read_text() == "aaabbb" * 4
+        facts = {name: w.facts() for name, w in ws.items()}
+        assert facts["a"]["pid"] != facts["b"]["pid"] and os.getpid() not in (facts["a"]["pid"], facts["b"]["pid"])
+        with pytest.raises(workers_mod.WorkerError, match="KeyError"):
+            ws["a"].call("batch", "nope", 1, 0.0, True)
+    finally:
+        for w in ws.values():
+            w.close()
+    assert not any(w.process.is_alive() for w in ws.values())
 
 
 def test_kernel_table_text_and_markdown(records):

@@ -1,9 +1,11 @@
 """The model benchmark (sparsecpu.bench.model) on tiny transformers configs: loading, 4x1 pruning,
-the torch int8 baseline for GPT-2's Conv1D, forward and generate() records, ONNX Runtime rows."""
+the torch int8 baseline for GPT-2's Conv1D, forward and generate() records, ONNX Runtime rows, one
+worker process per row."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,8 +15,10 @@ import _util
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import sparsecpu  # noqa: E402
 from sparsecpu.bench import _ort  # noqa: E402
 from sparsecpu.bench import model as model_bench  # noqa: E402
+from sparsecpu.bench import workers  # noqa: E402
 
 HAVE_ORT = _ort.missing() is None
 
@@ -72,7 +76,7 @@ def test_load_model_rejects_unknown_names(tmp_path):
 
 def _check_model_record(r):
     for key in ("op", "model", "impl", "dtype", "format", "M", "N", "K", "sparsity", "threads", "median_s",
-                "p10_s", "p90_s", "repeat", "tokens_per_s", "speedup", "error"):
+                "p10_s", "p90_s", "repeat", "tokens_per_s", "speedup", "error", *workers.FACT_KEYS):
         assert key in r, key
     if r["error"] is None:
         assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"] and r["tokens_per_s"] > 0
@@ -80,14 +84,51 @@ def _check_model_record(r):
         assert r["median_s"] is None
 
 
+def _check_workers(recs, threads):
+    """Each row ran in a worker of its own at the threads asked, with this process's environment."""
+    pids = {}
+    for r in recs:
+        pids.setdefault(r["impl"], set()).add(r["pid"])
+        assert r["env"] == workers.relevant_env()
+        assert ("OMP_WAIT_POLICY" in r["env"]) == ("OMP_WAIT_POLICY" in os.environ)
+        if "ort" in r["impl"]:  # ONNX Runtime rows: the session's threads; no torch in that process
+            assert r["ort_intra_op_threads"] == threads and r["torch_threads"] is None
+        else:
+            assert r["torch_threads"] == threads and r["ort_intra_op_threads"] is None
+            assert isinstance(r["torch_interop_threads"], int)
+        if r["impl"].startswith("sparsecpu_torch_"):
+            assert r["sparsecpu_threads"] == threads and r["sparsecpu_threading"] == sparsecpu.info()["threading"]
+    assert all(len(p) == 1 for p in pids.values()), pids  # forward and generate(): the same worker
+    assert len({p for ps in pids.values() for p in ps} | {os.getpid()}) == len(pids) + 1
+
+
+def _fp32_sparsify_fails():
+    """A worker initializer: ``sparsecpu.sparsify(..., dtype="fp32")`` raises."""
+    real = sparsecpu.sparsify
+
+    def sparsify(model, dtype="int8", **kw):
+        if dtype == "fp32":
+            raise RuntimeError("injected failure")
+        return real(model, dtype=dtype, **kw)
+
+    sparsecpu.sparsify = sparsify
+
+
 def test_model_bench_gpt2_forward_and_generate(tmp_path):
-    wanted = ["torch_fp32", "torch_dynamic_int8", "sparsecpu_torch_int8"]
+    wanted = ["torch_fp32", "torch_dynamic_int8", "sparsecpu_torch_fp32", "sparsecpu_torch_int8"]
     lines = []
     recs = model_bench.run_model_bench(_tiny("gpt2", tmp_path), sparsity=0.5, seq=6, batch=2, threads=1, repeat=2,
-                                       prompt=3, new_tokens=4, impls=wanted, progress=lines.append)
+                                       prompt=3, new_tokens=4, impls=wanted, progress=lines.append,
+                                       initializer=_fp32_sparsify_fails)
     assert [(r["op"], r["impl"]) for r in recs] == [("model", n) for n in wanted] + [("generate", n) for n in wanted]
     for r in recs:
         _check_model_record(r)
+    _check_workers(recs, threads=1)
+    # A row that fails says why; the others run.
+    for r in recs:
+        assert (r["error"] is None) == (r["impl"] != "sparsecpu_torch_fp32"), r
+    assert [r["error"] for r in recs if r["impl"] == "sparsecpu_torch_fp32"] == ["RuntimeError: injected failure"] * 2
+    assert any("sparsecpu torch fp32 not run: RuntimeError: injected failure" in line for line in lines)
     fwd = {r["impl"]: r for r in recs if r["op"] == "model"}
     gen = {r["impl"]: r for r in recs if r["op"] == "generate"}
     assert fwd["torch_fp32"]["M"] == 12 and fwd["torch_fp32"]["speedup"] == 1.0
@@ -100,6 +141,7 @@ def test_model_bench_gpt2_forward_and_generate(tmp_path):
     assert gen["sparsecpu_torch_int8"]["tokens_per_s"] > 0
     table = model_bench.model_table(recs)
     assert "forward pass" in table and "generate()" in table and "torch qdynamic int8" in table
+    assert "not run: sparsecpu torch fp32: RuntimeError: injected failure" in table
     assert any("pruned" in line for line in lines)
     with pytest.raises(ValueError, match="unknown model implementations"):
         model_bench.run_model_bench(_tiny("gpt2", tmp_path), impls=["onnx"])
@@ -114,6 +156,7 @@ def test_model_bench_bert_in_onnx_runtime(tmp_path):
     for r in recs:
         _check_model_record(r)
         assert r["error"] is None, r["error"]
+    _check_workers(recs, threads=1)
     # The exported graph computes what the torch model does; ORT's int8 form stays close.
     assert by["ort_fp32"]["cosine"] > 0.9999
     assert by["ort_dynamic_int8"]["cosine"] > 0.95

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 
 import sparsecpu  # noqa: E402
 from sparsecpu.bench import DEFAULT_BASELINES  # noqa: E402
+from sparsecpu.bench.workers import FACT_KEYS, relevant_env  # noqa: E402
 from sparsecpu.cli import main  # noqa: E402
 
 RECORD_KEYS = {"op", "impl", "dtype", "format", "M", "N", "K", "sparsity", "threads", "median_s", "p10_s",
@@ -23,10 +24,31 @@ RECORD_KEYS = {"op", "impl", "dtype", "format", "M", "N", "K", "sparsity", "thre
 HEADER_KEYS = {"cpu", "detected_isa", "isa", "sparsecpu", "torch", "onnxruntime", "date", "command"}
 
 
+def _env():
+    return {k: v for k, v in os.environ.items() if k != "SPARSECPU_ISA"}
+
+
 def _run(args, tmp_path, script=None):
     cmd = [script, *args] if script else [sys.executable, "-m", "sparsecpu", *args]
-    env = {k: v for k, v in os.environ.items() if k != "SPARSECPU_ISA"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
+
+
+def _check_workers(records, threads):
+    """One worker process per implementation, with the command's environment and the threads asked."""
+    pids = {}
+    for rec in records:
+        assert set(FACT_KEYS) <= set(rec)
+        if rec["pid"] is None:  # no worker: a package is missing
+            assert rec["error"] is not None
+            continue
+        pids.setdefault(rec["impl"], set()).add(rec["pid"])
+        assert rec["env"] == relevant_env(_env())  # e.g. no OMP_WAIT_POLICY unless the command had it
+        assert rec["torch_threads"] in (threads, None) and rec["ort_intra_op_threads"] in (threads, None)
+        assert (rec["ort_intra_op_threads"] is not None) == ("ort" in rec["impl"] and rec["error"] is None)
+        if rec["impl"].startswith("sparsecpu"):
+            assert rec["sparsecpu_threads"] == threads and rec["sparsecpu_threading"]
+    assert all(len(p) == 1 for p in pids.values()), pids
+    assert len({p for ps in pids.values() for p in ps}) == len(pids)
 
 
 def test_bench_kernels_json_plot_and_table(tmp_path):
@@ -49,6 +71,8 @@ def test_bench_kernels_json_plot_and_table(tmp_path):
         assert (rec["N"], rec["K"]) in {(8, 16), (12, 20)} and rec["sparsity"] in (0.5, 0.75)
         assert (rec["median_s"] is None) == (rec["error"] is not None)
     assert all(rec["median_s"] > 0 for rec in records if rec["impl"].startswith("sparsecpu"))
+    _check_workers(records, threads=1)
+    assert all(rec["torch_threads"] == 1 for rec in records if rec["pid"] is not None)
     # % peak: every timed row, against the peak measured in the same run (in the header).
     peak = doc["header"]["peak"]
     assert set(peak) == {"fp32_fma", "int8"}
@@ -161,6 +185,7 @@ def test_bench_model_tiny_config(tmp_path):
         assert rec["op"] == "model" and rec["M"] == 16 and rec["batch"] == 2 and rec["seq"] == 8
         assert (rec["median_s"] is None) == (rec["error"] is not None)
     assert recs["torch_fp32"]["median_s"] > 0 and recs["torch_dynamic_int8"]["median_s"] > 0
+    _check_workers(doc["records"], threads=1)
     for name in ("ort_fp32", "ort_dynamic_int8"):  # run, or say why not
         assert recs[name]["median_s"] is not None or "onnx" in recs[name]["error"]
     # Rows that did not run are listed with the reason.

@@ -280,7 +280,8 @@ def _dtype(text: str) -> str:
 def _add_timing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=_csv(_positive_int, "thread counts like 1,2"), default=None,
-        help="thread counts for torch and sparsecpu, comma-separated (default: the CPUs this process may use)",
+        help="thread counts, comma-separated: torch.set_num_threads (and sparsecpu's, ONNX Runtime's intra-op "
+        "threads) in every implementation's worker process (default: the CPUs this process may use)",
     )
     p.add_argument("--repeat", type=_positive_int, default=15, help="timed repeats per implementation (default: 15)")
 
@@ -313,8 +314,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         description="Times sparsecpu.linear (int8, fp32; float32 torch x in, y out) on weights pruned in 4x1 "
         "blocks against, in the same interleaved run: F.linear on the weight stored dense, torch "
         "quantize_dynamic int8 Linear, torch CSR sparse matmul, ONNX Runtime MatMul (fp32 and "
-        "quantize_dynamic int8) and, on request, torch._int_mm. Prints a table with sparsecpu's speedup "
-        "over each baseline and the effective and dense-equivalent GOP/s; progress goes to stderr.",
+        "quantize_dynamic int8) and, on request, torch._int_mm. Each implementation runs in a worker process of "
+        "its own, at its library's defaults but for the thread count; the workers are timed round-robin. Prints a "
+        "table with sparsecpu's speedup over each baseline and the effective and dense-equivalent GOP/s; progress "
+        "goes to stderr.",
     )
     p.add_argument("--shapes", type=_shapes, default=None,
                    help="weight shapes N x K (out x in) and/or presets bert-base, bert-large, gpt2, comma-separated "
@@ -359,8 +362,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         description="Builds a transformers model from its config (random weights, no download) or a local "
         "directory, prunes its linear layers in 4x1 blocks, and times the forward pass in torch fp32, torch "
         "quantize_dynamic int8, ONNX Runtime fp32 and quantize_dynamic int8 (exported with torch.onnx.export), "
-        "and sparsecpu's torch and ONNX Runtime paths where installed: latency median/p90, throughput, speedup "
-        "and output cosine vs torch fp32. For GPT-2 also tokens/s of greedy generate().",
+        "and sparsecpu's torch and ONNX Runtime paths where installed, each in a worker process of its own, "
+        "timed round-robin: latency median/p90, throughput, speedup and output cosine vs torch fp32. For GPT-2 "
+        "also tokens/s of greedy generate().",
     )
     p.add_argument("--model", default="bert-base", metavar="NAME|PATH",
                    help="bert-base, bert-large, distilbert, gpt2, or a directory with a config.json (default: bert-base)")
@@ -368,7 +372,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seq", type=_positive_int, default=128, help="sequence length (default: 128)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size (default: 1)")
     p.add_argument("--threads", type=_positive_int, default=None,
-                   help="threads for torch, sparsecpu and ONNX Runtime (default: the CPUs this process may use)")
+                   help="threads for torch, sparsecpu and ONNX Runtime in every row's worker process (default: the "
+                   "CPUs this process may use)")
     p.add_argument("--repeat", type=_positive_int, default=10, help="timed repeats per implementation (default: 10)")
     p.add_argument("--prompt", type=_positive_int, default=32, help="prompt tokens for generate() (default: 32)")
     p.add_argument("--new-tokens", type=_positive_int, default=64, help="tokens generate() adds (default: 64)")

@@ -1,5 +1,6 @@
 """Benchmark harness behind ``sparsecpu bench``: pruned test weights, interleaved timing, kernel and
-model comparisons against PyTorch and ONNX Runtime, tables, JSON and plots.
+model comparisons against PyTorch and ONNX Runtime (each implementation in a worker process of its own,
+``workers``), tables, JSON and plots.
 
 The kernel and model benchmarks need torch; the ONNX Runtime baselines need onnx and onnxruntime, plots
 need matplotlib, the model benchmark needs transformers (``pip install sparsecpu[bench]``). The machine's

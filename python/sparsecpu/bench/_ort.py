@@ -7,7 +7,7 @@ import io
 import logging
 import os
 import tempfile
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -101,3 +101,31 @@ def quantize_dynamic_bytes(model: bytes) -> bytes:
         quantize_dynamic(src, dst)
         with open(dst, "rb") as f:
             return f.read()
+
+
+def setup_model_row(state: Dict[str, Any], name: str, src: str, tmp: str, threads: int,
+                    inputs: Mapping[str, np.ndarray]) -> None:
+    """In the worker of ``bench model``'s ONNX Runtime row ``name`` (no torch there): turns the exported
+    model ``src`` into that row's session with ``threads`` intra-op threads and stores its run on
+    ``inputs`` (those the graph declares) under ``"forward"``. ``ort_fp32``: ``src`` itself;
+    ``ort_dynamic_int8``: after :func:`quantize_dynamic`; ``sparsecpu_ort_<dtype>``: after
+    ``sparsecpu.onnx.convert``, run by ``sparsecpu.onnx.session``. Files go to ``tmp``."""
+    if name == "ort_fp32":
+        sess = session(src, threads)
+    elif name == "ort_dynamic_int8":
+        dst = os.path.join(tmp, "model.int8.onnx")
+        quantize_dynamic(src, dst)
+        sess = session(dst, threads)
+    elif name.startswith("sparsecpu_ort_"):
+        import sparsecpu.onnx
+
+        dtype = name[len("sparsecpu_ort_"):]
+        dst = os.path.join(tmp, f"model.sparsecpu.{dtype}.onnx")
+        with quiet():
+            sparsecpu.onnx.convert(src, dst, dtype=dtype)
+        sess = sparsecpu.onnx.session(dst, threads)
+    else:
+        raise ValueError(f"not an ONNX Runtime row: {name!r}")
+    feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+    state["fns"]["forward"] = lambda: sess.run(None, feed)
+    state["facts"]["ort_intra_op_threads"] = sess.get_session_options().intra_op_num_threads

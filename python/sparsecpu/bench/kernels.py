@@ -36,7 +36,8 @@ import sparsecpu
 
 from . import _ort
 from .peak import machine_peak, percent_of_peak
-from .timing import Timing, default_threads, time_interleaved
+from .timing import Timing, default_threads
+from .workers import FACT_KEYS, Worker, WorkerError, run_all, start_workers, time_round_robin
 
 __all__ = [
     "BASELINES",
@@ -191,6 +192,53 @@ class _Unavailable(Exception):
     """An implementation that cannot run here, with the reason."""
 
 
+def _check_names(dtypes: Sequence[str], baselines: Sequence[str]) -> None:
+    unknown = set(dtypes) - {"int8", "fp32"}
+    if unknown:
+        raise ValueError(f"dtypes must be 'int8' and/or 'fp32', got {sorted(unknown)}")
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; expected some of {list(BASELINES)}")
+
+
+def _selected(dtypes: Sequence[str], baselines: Sequence[str]) -> List[ImplInfo]:
+    """sparsecpu and the requested baselines of ``dtypes``, in :data:`IMPLS` order."""
+    return [i for i in IMPLS if i.dtype in dtypes and (i.ours or i.name in baselines)]
+
+
+def _case_inputs(n: int, k: int, m: int, sparsity: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(w, x, F.linear(x, w))`` of a case; the same in every process for the same arguments."""
+    w = pruned_weight(n, k, sparsity, seed)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1))
+    return w, x, F.linear(x, w)
+
+
+def _build(info: ImplInfo, w: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, threads: int) -> Impl:
+    """One implementation of a case set up and checked against ``ref``. A wrong sparsecpu result raises
+    ``RuntimeError``; a wrong or unavailable baseline comes back with ``fn=None`` and the reason in
+    ``error``."""
+    m, (n, k) = x.shape[0], w.shape
+    fn, fmt, ops, error = None, "dense", 2.0 * m * n * k, None
+    try:
+        fn, fmt, ops, to_output = _setup(info.name, w, x, threads)
+        err = _error(to_output(fn()), ref)
+    except _Unavailable as e:
+        error = str(e)
+    except RuntimeError as e:  # e.g. _int_mm builds that want M > 16
+        if info.ours:
+            raise
+        error = f"{type(e).__name__}: {e}"
+    else:
+        if not err <= _TOLERANCE[info.dtype]:
+            error = (f"output differs from F.linear: relative error {err:.3g} > {_TOLERANCE[info.dtype]:g} "
+                     f"(shape {tuple(ref.shape)}); not timed")
+            if info.ours:
+                raise RuntimeError(f"{info.name} {error}")
+    if error is not None:
+        fn = None
+    return Impl(info.name, info.label, info.dtype, fmt, fn, ops, error)
+
+
 def build_impls(
     n: int,
     k: int,
@@ -201,7 +249,9 @@ def build_impls(
     baselines: Sequence[str] = DEFAULT_BASELINES,
     threads: Optional[int] = None,
 ) -> List[Impl]:
-    """Sets up one case: an ``N x K`` weight pruned to ``sparsity`` in 4x1 blocks and ``x [M, K]``.
+    """Sets up one case in this process: an ``N x K`` weight pruned to ``sparsity`` in 4x1 blocks and
+    ``x [M, K]`` (for timing in one process, e.g. the pytest-benchmark suite in ``bench/``;
+    :func:`run_kernel_cases` sets up each implementation in a worker process of its own instead).
 
     Returns sparsecpu and the requested ``baselines``, restricted to ``dtypes``, in :data:`IMPLS`
     order, with packing, quantization and session creation already done. ``threads`` sizes ONNX
@@ -209,40 +259,26 @@ def build_impls(
     are set to). Each output is checked against ``F.linear`` first: a wrong sparsecpu result raises
     ``RuntimeError``; a wrong or failing baseline comes back with ``fn=None`` and the reason in ``error``.
     """
-    unknown = set(dtypes) - {"int8", "fp32"}
-    if unknown:
-        raise ValueError(f"dtypes must be 'int8' and/or 'fp32', got {sorted(unknown)}")
-    unknown = set(baselines) - set(BASELINES)
-    if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; expected some of {list(BASELINES)}")
+    _check_names(dtypes, baselines)
     threads = threads or default_threads()
-    w = pruned_weight(n, k, sparsity, seed)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1))
-    ref = F.linear(x, w)
-    impls = []
-    for info in IMPLS:
-        if info.dtype not in dtypes or not (info.ours or info.name in baselines):
-            continue
-        fn, fmt, ops, error = None, "dense", 2.0 * m * n * k, None
-        try:
-            fn, fmt, ops, to_output = _setup(info.name, w, x, threads)
-            err = _error(to_output(fn()), ref)
-        except _Unavailable as e:
-            error = str(e)
-        except RuntimeError as e:  # e.g. _int_mm builds that want M > 16
-            if info.ours:
-                raise
-            error = f"{type(e).__name__}: {e}"
-        else:
-            if not err <= _TOLERANCE[info.dtype]:
-                error = (f"output differs from F.linear: relative error {err:.3g} > {_TOLERANCE[info.dtype]:g} "
-                         f"(shape {tuple(ref.shape)}); not timed")
-                if info.ours:
-                    raise RuntimeError(f"{info.name} {error}")
-        if error is not None:
-            fn = None
-        impls.append(Impl(info.name, info.label, info.dtype, fmt, fn, ops, error))
-    return impls
+    w, x, ref = _case_inputs(n, k, m, sparsity, seed)
+    return [_build(info, w, x, ref, threads) for info in _selected(dtypes, baselines)]
+
+
+def _worker_case(state: Dict[str, Any], name: str, n: int, k: int, m: int, sparsity: float, seed: int,
+                 threads: int) -> Dict[str, Any]:
+    """In ``name``'s worker: sets up the case (the previous one is dropped first) and stores the call to
+    time under ``"linear"``; returns what the record needs (``format``, ``ops``, ``error``)."""
+    state["fns"].clear()
+    state["facts"].clear()
+    with torch.inference_mode():
+        w, x, ref = _case_inputs(n, k, m, sparsity, seed)
+        impl = _build(_INFO[name], w, x, ref, threads)
+    if impl.fn is not None:
+        state["fns"]["linear"] = impl.fn
+        if name.startswith("ort_"):  # fn is functools.partial(session.run, ...): the session's own setting
+            state["facts"]["ort_intra_op_threads"] = impl.fn.func.__self__.get_session_options().intra_op_num_threads
+    return {"format": impl.format, "ops": impl.ops, "error": impl.error}
 
 
 def run_kernel_cases(
@@ -256,12 +292,21 @@ def run_kernel_cases(
     seed: int = 0,
     baselines: Sequence[str] = DEFAULT_BASELINES,
     peak: Optional[Mapping[str, Any]] = None,
+    initializer: Optional[Callable[[], Any]] = None,
 ) -> List[Dict[str, Any]]:
     """Benchmarks every (threads, shape ``(N, K)``, M, sparsity) case; returns one record per (impl, case).
 
-    ``threads`` defaults to ``[default_threads()]``; for each count torch, sparsecpu and ONNX Runtime's
-    intra-op pool are set to it (torch's and sparsecpu's settings are restored afterwards).
-    ``progress``, if given, receives one line per finished case.
+    Each implementation runs in a worker process of its own (:mod:`sparsecpu.bench.workers`), started
+    once per thread count: torch at its defaults with ``torch.set_num_threads(t)``, sparsecpu's workers
+    also ``sparsecpu.set_num_threads(t)``, ONNX Runtime sessions with ``t`` intra-op threads; this
+    process's own settings are not touched. For each case every worker builds the same weight and ``x``
+    (same seed), sets up its implementation and checks its output against ``F.linear``; then the
+    workers are timed round-robin (:func:`~sparsecpu.bench.workers.time_round_robin`). A sparsecpu
+    implementation that fails its set-up raises ``RuntimeError``; a baseline that fails (its package
+    missing, a wrong output, an exception, its worker dying) gets a record with the reason in
+    ``error`` and the others go on. ``threads`` defaults to ``[default_threads()]``; ``progress``, if
+    given, receives one line per finished case; ``initializer``, if given, is a picklable (module-level)
+    callable each worker runs once at start-up (for tests).
 
     Record keys: ``op`` ("linear"), ``impl``, ``dtype``, ``format``, ``M``, ``N``, ``K``, ``sparsity``,
     ``threads``, ``median_s``, ``p10_s``, ``p90_s`` (None if unavailable), ``calls_per_repeat``,
@@ -272,47 +317,93 @@ def run_kernel_cases(
     ``gops_effective`` as a percentage of the per-core peak of the row's dtype x ``threads``
     (:func:`sparsecpu.bench.peak.percent_of_peak`) from ``peak`` (default: this machine's, measured
     once per process before the first case; None where the CPU has no native level of that kind).
+    Each record also says how its worker ran (:data:`~sparsecpu.bench.workers.FACT_KEYS`): ``pid``,
+    ``env`` (the ``OMP_*``, ``GOMP_*``, ``KMP_*``, ``MKL_*``, ``SPARSECPU_*`` variables set there),
+    ``torch_threads``, ``torch_interop_threads``, ``sparsecpu_threads``, ``sparsecpu_threading``
+    (``sparsecpu.info()["threading"]``) and ``ort_intra_op_threads`` (ONNX Runtime rows, else None);
+    all None but ``pid`` where the worker could not answer, all None where none was started.
     """
+    _check_names(dtypes, baselines)
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     thread_counts = list(threads) if threads is not None else [default_threads()]
     peak = machine_peak() if peak is None else peak
+    selected = _selected(dtypes, baselines)
+    # Packages missing here are missing in the workers too: no process is started for those rows.
+    ort_missing = _ort.missing() if any(i.name.startswith("ort_") for i in selected) else None
+    unavailable = {i.name: ort_missing for i in selected if i.name.startswith("ort_") and ort_missing}
+    names = [i.name for i in selected if i.name not in unavailable]
     cases = [(t, nk, m, s) for t in thread_counts for nk in shapes for m in ms for s in sparsities]
-    saved = torch.get_num_threads(), sparsecpu.get_num_threads()
     records: List[Dict[str, Any]] = []
     start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            for i, (t, (n, k), m, s) in enumerate(cases, 1):
-                torch.set_num_threads(t)
-                sparsecpu.set_num_threads(t)
-                impls = build_impls(n, k, m, s, dtypes, seed, baselines, threads=t)
-                timings = time_interleaved({im.name: im.fn for im in impls if im.fn is not None}, repeat)
-                case = [_record(im, timings.get(im.name), n, k, m, s, t, repeat) for im in impls]
-                ours = {r["dtype"]: r["median_s"] for r in case if _INFO[r["impl"]].ours}
-                for r in case:
-                    mine = ours.get(r["dtype"])
-                    ok = not _INFO[r["impl"]].ours and mine is not None and r["median_s"] is not None
-                    r["speedup"] = r["median_s"] / mine if ok else None
-                    r["pct_peak"] = percent_of_peak(r["gops_effective"], r["dtype"], t, peak)
-                records.extend(case)
-                if progress is not None:
-                    elapsed = time.perf_counter() - start
-                    eta = elapsed / i * (len(cases) - i)
-                    parts = ", ".join(f"{r['impl']} {_us(r['median_s'])}" for r in case)
-                    progress(f"[{i}/{len(cases)} {elapsed:.0f}s, ~{eta:.0f}s left] {n}x{k} M={m} "
-                             f"sparsity={s:g} threads={t}: {parts}")
-    finally:
-        torch.set_num_threads(saved[0])
-        sparsecpu.set_num_threads(saved[1])
+    for t in thread_counts:
+        workers = start_workers(names, t, lambda name: _INFO[name].ours, initializer)
+        try:
+            for n, k in shapes:
+                for m in ms:
+                    for s in sparsities:
+                        case = _run_case(workers, selected, unavailable, n, k, m, s, t, repeat, seed, peak, initializer)
+                        records.extend(case)
+                        if progress is not None:
+                            i = len(records) // len(selected)
+                            elapsed = time.perf_counter() - start
+                            eta = elapsed / i * (len(cases) - i)
+                            parts = ", ".join(f"{r['impl']} {_us(r['median_s'])}" for r in case)
+                            progress(f"[{i}/{len(cases)} {elapsed:.0f}s, ~{eta:.0f}s left] {n}x{k} M={m} "
+                                     f"sparsity={s:g} threads={t}: {parts}")
+        finally:
+            for w in workers.values():
+                w.close()
     return records
 
 
-def _record(im: Impl, timing: Optional[Timing], n: int, k: int, m: int, s: float, t: int, repeat: int) -> Dict[str, Any]:
+def _run_case(workers: Dict[str, Worker], selected: Sequence[ImplInfo], unavailable: Mapping[str, str], n: int, k: int,
+              m: int, s: float, t: int, repeat: int, seed: int, peak: Mapping[str, Any],
+              initializer: Optional[Callable[[], Any]]) -> List[Dict[str, Any]]:
+    """One case of :func:`run_kernel_cases`: set up in every worker (a worker that died in an earlier
+    case is replaced first), timed round-robin; its records in :data:`IMPLS` order."""
+    for name, w in list(workers.items()):
+        if w.dead:
+            w.close()
+            workers[name] = Worker(name, t, t if _INFO[name].ours else None, initializer)
+    calls = {name: (_worker_case, dict(name=name, n=n, k=k, m=m, sparsity=s, seed=seed, threads=t)) for name in workers}
+    setups = run_all(workers, calls, jobs=default_threads())
+    impls: Dict[str, Dict[str, Any]] = {}
+    for info in selected:
+        got = setups.get(info.name)
+        if isinstance(got, WorkerError):
+            if info.ours:
+                raise RuntimeError(f"{info.name} could not be set up for {n}x{k} M={m} sparsity={s:g}: {got}")
+            got = {"error": str(got)}
+        elif got is None:
+            got = {"error": unavailable[info.name]}
+        impls[info.name] = {"format": "dense", "ops": 2.0 * m * n * k, **got}
+    timed = {name: workers[name] for name, im in impls.items() if im["error"] is None}
+    timings, failed = time_round_robin(timed, "linear", repeat)
+    facts = {name: w.facts() for name, w in workers.items()}
+    case = []
+    for info in selected:
+        im = impls[info.name]
+        error = im["error"] or failed.get(info.name)
+        case.append(_record(info, im["format"], im["ops"], error, timings.get(info.name), n, k, m, s, t, repeat,
+                            facts.get(info.name, dict.fromkeys(FACT_KEYS))))
+    ours = {r["dtype"]: r["median_s"] for r in case if _INFO[r["impl"]].ours}
+    for r in case:
+        mine = ours.get(r["dtype"])
+        ok = not _INFO[r["impl"]].ours and mine is not None and r["median_s"] is not None
+        r["speedup"] = r["median_s"] / mine if ok else None
+        r["pct_peak"] = percent_of_peak(r["gops_effective"], r["dtype"], t, peak)
+    return case
+
+
+def _record(info: ImplInfo, fmt: str, ops: float, error: Optional[str], timing: Optional[Timing], n: int, k: int,
+            m: int, s: float, t: int, repeat: int, facts: Mapping[str, Any]) -> Dict[str, Any]:
     med = timing.median_s if timing else None
     return {
         "op": "linear",
-        "impl": im.name,
-        "dtype": im.dtype,
-        "format": im.format,
+        "impl": info.name,
+        "dtype": info.dtype,
+        "format": fmt,
         "M": m,
         "N": n,
         "K": k,
@@ -323,9 +414,10 @@ def _record(im: Impl, timing: Optional[Timing], n: int, k: int, m: int, s: float
         "p90_s": timing.p90_s if timing else None,
         "calls_per_repeat": timing.calls_per_repeat if timing else None,
         "repeat": repeat,
-        "gops_effective": im.ops / med / 1e9 if med else None,
+        "gops_effective": ops / med / 1e9 if med else None,
         "gops_dense": 2.0 * m * n * k / med / 1e9 if med else None,
-        "error": im.error,
+        "error": error,
+        **{key: facts.get(key) for key in FACT_KEYS},
     }
 
 

@@ -5,14 +5,14 @@ random weights, nothing downloaded) or a local directory (its weights if it has 
 ``nn.Linear`` / GPT-2 ``Conv1D`` whose weight is not tied to an embedding is pruned to the requested
 fraction of zero 4x1 blocks (4 output channels x 1 input channel, smallest L2 norm first, per layer).
 
-Rows (each timed on the same inputs, interleaved round-robin):
+Rows (each in a worker process of its own, on the same inputs, timed interleaved round-robin):
 
 - ``torch_fp32``: the pruned model as it is.
 - ``torch_dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` of its ``nn.Linear`` layers
   (GPT-2's ``Conv1D`` layers are turned into the equivalent ``nn.Linear`` first, else it would
   quantize nothing).
-- ``sparsecpu_torch_fp32`` / ``sparsecpu_torch_int8``: ``sparsecpu.sparsify(model, dtype=..., skip=())``
-  (GPT-2's unpruned ``lm_head`` runs dense int8 on the int8 path).
+- ``sparsecpu_torch_fp32`` / ``sparsecpu_torch_int8``: ``sparsecpu.sparsify(model, dtype=...)`` with its
+  defaults (GPT-2's unpruned ``lm_head`` runs dense int8 on the int8 path).
 - ``ort_fp32``: the model exported with ``torch.onnx.export`` and run in ONNX Runtime.
 - ``ort_dynamic_int8``: that graph after ONNX Runtime's ``quantize_dynamic``.
 - ``sparsecpu_ort_fp32`` / ``sparsecpu_ort_int8``: ``sparsecpu.onnx.convert(src, dst, dtype=...)``
@@ -24,7 +24,7 @@ tokens/s.
 
 from __future__ import annotations
 
-import copy
+import math
 import os
 import tempfile
 import time
@@ -32,15 +32,16 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import sparsecpu
 
 from . import _ort
 from .report import render_table
-from .timing import default_threads, time_interleaved
+from .timing import default_threads
+from .workers import FACT_KEYS, Worker, WorkerError, run_all, time_round_robin
 
 __all__ = ["MODEL_IMPLS", "MODEL_PRESETS", "ModelImpl", "load_model", "model_table", "prune_4x1_", "run_model_bench"]
 
@@ -88,16 +89,14 @@ def load_model(model: str, seed: int = 0) -> Tuple[nn.Module, Any, bool]:
     """
     import transformers
 
+    _check_model(model)
     path = None
     if model in MODEL_PRESETS:
         model_type, fields = MODEL_PRESETS[model]
         config = transformers.AutoConfig.for_model(model_type, **fields)
-    elif os.path.isfile(os.path.join(model, "config.json")):
+    else:
         path = model
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    else:
-        raise ValueError(f"--model must be one of {sorted(MODEL_PRESETS)} or a directory with a config.json, "
-                         f"got {model!r}")
     architectures = getattr(config, "architectures", None) or []
     causal = config.model_type in _CAUSAL_TYPES or any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in architectures)
     cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
@@ -157,17 +156,11 @@ def _export(model: nn.Module, causal: bool, ids: torch.Tensor, mask: torch.Tenso
                           output_names=["output"], opset_version=_ort.OPSET, dynamo=True, verbose=False)
 
 
-def _ort_runner(sess: Any, ids: torch.Tensor, mask: torch.Tensor) -> Callable[[], Any]:
-    """A zero-argument call of ``sess`` on the inputs it declares."""
-    available = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    feed = {i.name: available[i.name] for i in sess.get_inputs()}
-    return lambda: sess.run(None, feed)
-
-
-def _cosine(y: Any, ref: torch.Tensor) -> float:
-    # float64: over millions of logits a float32 dot product drifts past 1.0 for identical outputs.
-    y = torch.as_tensor(y[0] if isinstance(y, list) else y).double().flatten()
-    return float(F.cosine_similarity(y, ref.double().flatten(), dim=0))
+def _check_model(model: str) -> None:
+    """Raises ``ValueError`` unless ``model`` is a preset name or a directory with a ``config.json``."""
+    if model not in MODEL_PRESETS and not os.path.isfile(os.path.join(model, "config.json")):
+        raise ValueError(f"--model must be one of {sorted(MODEL_PRESETS)} or a directory with a config.json, "
+                         f"got {model!r}")
 
 
 def run_model_bench(
@@ -182,18 +175,31 @@ def run_model_bench(
     impls: Optional[Sequence[str]] = None,
     progress: Optional[Callable[[str], None]] = None,
     seed: int = 0,
+    initializer: Optional[Callable[[], Any]] = None,
 ) -> List[Dict[str, Any]]:
     """Benchmarks ``model`` (see :func:`load_model`) pruned to ``sparsity`` on ``batch x seq`` random
     tokens; for a causal LM also greedy generation of ``new_tokens`` after a ``prompt``-token prompt
     (batch 1). ``impls`` restricts the rows (names of :data:`MODEL_IMPLS`; default: all that this
-    installation can run). torch, sparsecpu and ONNX Runtime's intra-op pool use ``threads``.
+    installation can run).
+
+    Each row runs in a worker process of its own (:mod:`sparsecpu.bench.workers`): torch at its
+    defaults with ``torch.set_num_threads(threads)`` (ONNX Runtime rows do not load torch), sparsecpu's
+    rows also ``sparsecpu.set_num_threads(threads)``, ONNX Runtime sessions with ``threads`` intra-op
+    threads (default: the CPUs this process may use); this process's settings are not touched. One
+    more worker builds and prunes the model once, saves it for the torch rows to load, and exports it
+    with ``torch.onnx.export`` for the ONNX Runtime rows. A row whose set-up or run fails gets its
+    error in its record; the others go on. ``initializer``: a picklable (module-level) callable each
+    worker runs once at start-up (for tests).
 
     Returns one record per row and op (``"model"`` for the forward pass, ``"generate"``): ``op``,
     ``model``, ``impl``, ``dtype``, ``format``, ``M`` (tokens per call), ``N``/``K`` (None),
     ``batch``, ``seq``, ``sparsity``, ``threads``, ``median_s``, ``p10_s``, ``p90_s``, ``repeat``,
     ``tokens_per_s``, ``sequences_per_s`` (forward), ``new_tokens``/``prompt_tokens`` (generate),
     ``speedup`` (torch fp32's median / this one's, same run), ``cosine`` (forward output vs torch
-    fp32's) and ``error`` (why the row did not run, else None).
+    fp32's, computed here from the outputs the workers return), ``error`` (why the row did not run,
+    else None), and how its worker ran (:data:`~sparsecpu.bench.workers.FACT_KEYS`: ``pid``, ``env``,
+    ``torch_threads``, ``torch_interop_threads``, ``sparsecpu_threads``, ``sparsecpu_threading``,
+    ``ort_intra_op_threads``; all None where no worker ran the row).
     """
     names = [i.name for i in MODEL_IMPLS]
     wanted = list(impls) if impls is not None else names
@@ -203,124 +209,187 @@ def run_model_bench(
     for name, value in (("seq", seq), ("batch", batch), ("repeat", repeat), ("prompt", prompt), ("new_tokens", new_tokens)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    _check_model(model)
     say = progress or (lambda line: None)
     threads = threads or default_threads()
-    saved = torch.get_num_threads(), sparsecpu.get_num_threads()
-    torch.set_num_threads(threads)
-    sparsecpu.set_num_threads(threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="sparsecpu-bench-") as tmp:
-            return _run(model, sparsity, seq, batch, threads, repeat, prompt, new_tokens, wanted, say, seed, tmp)
-    finally:
-        torch.set_num_threads(saved[0])
-        sparsecpu.set_num_threads(saved[1])
+    with tempfile.TemporaryDirectory(prefix="sparsecpu-bench-") as tmp:
+        return _run(model, sparsity, seq, batch, threads, repeat, prompt, new_tokens, wanted, say, seed, tmp,
+                    initializer)
 
 
-def _run(model_name, sparsity, seq, batch, threads, repeat, prompt, new_tokens, wanted, say, seed, tmp):
+# --- in the workers ---------------------------------------------------------------------------------
+
+
+def _prepare(state: Dict[str, Any], model: str, sparsity: float, seed: int, batch: int, seq: int, prompt: int,
+             path: str) -> Dict[str, Any]:
+    """In the preparing worker: builds and prunes the model, saves it (the whole module, pickled) to
+    ``path`` for the torch rows, and draws the inputs every row gets (numpy arrays)."""
     t0 = time.perf_counter()
-    say(f"building {model_name} ...")
-    base, config, causal = load_model(model_name, seed)
+    base, config, causal = load_model(model, seed)
     params = sum(p.numel() for p in base.parameters())
     pruned = prune_4x1_(base, sparsity)
-    say(f"{model_name}: {params / 1e6:.1f}M parameters, {pruned} linear layers pruned to {sparsity:g} "
-        f"zero 4x1 blocks ({time.perf_counter() - t0:.0f}s)")
+    torch.save(base, path)
     g = torch.Generator().manual_seed(seed + 1)
-    vocab = config.vocab_size
-    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
+    state["export"] = base, causal, ids, mask
+    out = {"params": params, "pruned": pruned, "causal": causal, "eos_token_id": config.eos_token_id,
+           "inputs": {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, "gen_ids": None,
+           "seconds": time.perf_counter() - t0}
+    if causal:
+        out["gen_ids"] = torch.randint(0, config.vocab_size, (1, prompt), generator=g).numpy()
+    return out
 
+
+def _export_prepared(state: Dict[str, Any], path: str) -> None:
+    """In the preparing worker, after :func:`_prepare`: ``torch.onnx.export`` of that model to ``path``."""
+    base, causal, ids, mask = state.pop("export")
+    _export(base, causal, ids, mask, path)
+
+
+def _setup_torch_row(state: Dict[str, Any], name: str, path: str, inputs: Mapping[str, Any], causal: bool,
+                     gen_ids: Any, new_tokens: int, pad_token_id: int) -> None:
+    """In the worker of torch row ``name``: loads the pruned model from ``path``, turns it into that
+    row's form, and stores its forward pass (``"forward"``) and, for a causal LM, greedy generation
+    (``"generate"``)."""
+    m = torch.load(path, weights_only=False)  # the module the preparing worker pickled, tied weights and all
+    with torch.inference_mode():
+        if name == "torch_dynamic_int8":
+            _conv1d_as_linear_(m)
+            m = torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
+        elif name.startswith("sparsecpu_torch_"):
+            sparsecpu.sparsify(m, dtype=name[len("sparsecpu_torch_"):])  # as a user calls it: every default
+        elif name != "torch_fp32":
+            raise ValueError(f"not a torch row: {name!r}")
+    ids, mask = torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"])
+    fwd = _Forward(m, causal)
+    state["fns"]["forward"] = lambda: fwd(ids, mask)
+    if causal:
+        gen = torch.from_numpy(gen_ids)
+        # No end-of-sequence token: every run makes exactly new_tokens tokens (min_new_tokens would do
+        # it too, but by masking the whole vocabulary with torch.isin at every step: ~0.5 ms a token of
+        # logits processing that is no model's work).
+        kwargs = dict(input_ids=gen, attention_mask=torch.ones_like(gen), max_new_tokens=new_tokens,
+                      do_sample=False, eos_token_id=None, pad_token_id=pad_token_id)
+        state["fns"]["generate"] = lambda: m.generate(**kwargs)
+
+
+# --- in this process ----------------------------------------------------------------------------------
+
+
+def _cosine(y: np.ndarray, ref: np.ndarray) -> float:
+    # float64: over millions of logits a float32 dot product drifts past 1.0 for identical outputs. Plain
+    # numpy (no BLAS): no thread pool of this process spins beside the workers.
+    y, ref = y.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    if y.shape != ref.shape:
+        raise ValueError(f"output has {y.size} values, torch fp32's {ref.size}")
+    norms = math.sqrt(float(np.sum(y * y)) * float(np.sum(ref * ref)))
+    return float(np.sum(y * ref)) / max(norms, 1e-8)
+
+
+def _run(model_name, sparsity, seq, batch, threads, repeat, prompt, new_tokens, wanted, say, seed, tmp, initializer):
+    t0 = time.perf_counter()
     errors: Dict[str, str] = {}
-    modules: Dict[str, nn.Module] = {}
-    fns: Dict[str, Callable[[], Any]] = {}
-
-    def attempt(name: str, setup: Callable[[], None]) -> None:
-        if name not in wanted:
-            return
-        say(f"setting up {_LABEL[name]} ...")
+    ort_rows = [n for n in wanted if "ort" in n]
+    reason = _ort.missing() if ort_rows else None
+    if reason is not None:
+        errors.update(dict.fromkeys(ort_rows, reason))
+        ort_rows = []
+    torch_rows = [n for n in wanted if "ort" not in n]
+    say(f"building {model_name} ...")
+    # Everything starts at once: the workers import torch / onnxruntime while the model is built.
+    prep = Worker("prepare", threads, None, initializer)
+    workers: Dict[str, Worker] = {}
+    try:
+        for n in torch_rows + ort_rows:
+            ours = n.startswith("sparsecpu_")
+            workers[n] = Worker(n, threads, threads if ours else None, initializer, use_torch="ort" not in n)
         try:
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # deprecations of torch.ao.quantization, qint8 tensors
-                setup()
-        except Exception as e:  # noqa: BLE001 -- one row failing must not stop the others; its error is reported
-            errors[name] = f"{type(e).__name__}: {e}"
-            fns.pop(name, None)
-            modules.pop(name, None)
-            say(f"  {_LABEL[name]} not run: {errors[name]}")
-
-    def torch_row(name: str, m: nn.Module) -> None:
-        modules[name] = m
-        fwd = _Forward(m, causal)
-        fns[name] = lambda: fwd(ids, mask)
-
-    attempt("torch_fp32", lambda: torch_row("torch_fp32", base))
-
-    def dynamic_int8() -> None:
-        m = copy.deepcopy(base)
-        _conv1d_as_linear_(m)
-        torch_row("torch_dynamic_int8", torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8))
-
-    attempt("torch_dynamic_int8", dynamic_int8)
-    for dtype in ("fp32", "int8"):
-        name = f"sparsecpu_torch_{dtype}"
-
-        def sparsified(name: str = name, dtype: str = dtype) -> None:
-            m = copy.deepcopy(base)
-            # skip=(): GPT-2's lm_head (not pruned) becomes dense int8 on the int8 path.
-            sparsecpu.sparsify(m, dtype=dtype, skip=())
-            torch_row(name, m)
-
-        attempt(name, sparsified)
-
-    onnx_names = [n for n in wanted if "ort" in n]
-    if onnx_names:
-        reason = _ort.missing()
-        fp32_path = os.path.join(tmp, "model.onnx")
-        if reason is None:
+            prepared = prep.call("run", _prepare, model=model_name, sparsity=sparsity, seed=seed, batch=batch,
+                                 seq=seq, prompt=prompt, path=os.path.join(tmp, "model.pt"))
+        except WorkerError as e:
+            raise RuntimeError(f"could not build {model_name}: {e}") from None
+        causal = prepared["causal"]
+        say(f"{model_name}: {prepared['params'] / 1e6:.1f}M parameters, {prepared['pruned']} linear layers pruned to "
+            f"{sparsity:g} zero 4x1 blocks ({prepared['seconds']:.0f}s)")
+        eos = prepared["eos_token_id"]
+        torch_args = dict(path=os.path.join(tmp, "model.pt"), inputs=prepared["inputs"], causal=causal,
+                          gen_ids=prepared["gen_ids"], new_tokens=new_tokens,
+                          pad_token_id=eos if eos is not None else 0)
+        onnx_path = os.path.join(tmp, "model.onnx")
+        calls = {}
+        if ort_rows:  # first: the ONNX Runtime rows wait for it
             say("exporting to ONNX (torch.onnx.export) ...")
-            try:
-                _export(base, causal, ids, mask, fp32_path)
-            except Exception as e:  # noqa: BLE001 -- export of an arbitrary model may fail; ORT rows are skipped
-                reason = f"torch.onnx.export failed: {type(e).__name__}: {e}"
-        if reason is not None:
-            for n in onnx_names:
-                errors[n] = reason
+            calls["prepare"] = (_export_prepared, dict(path=onnx_path))
+        calls.update({n: (_setup_torch_row, dict(name=n, **torch_args)) for n in torch_rows})
+        if torch_rows:
+            say(f"setting up {', '.join(_LABEL[n] for n in torch_rows)} (one worker process each) ...")
+        setups = run_all({**workers, "prepare": prep}, calls, jobs=default_threads())
+        prep.close()
+        if ort_rows:
+            exported = setups.pop("prepare")
+            if isinstance(exported, WorkerError):
+                errors.update(dict.fromkeys(ort_rows, f"torch.onnx.export failed: {exported}"))
+                for n in ort_rows:
+                    workers.pop(n).close()
+                ort_rows = []
+            else:
+                say(f"setting up {', '.join(_LABEL[n] for n in ort_rows)} (one worker process each) ...")
+                ort_calls = {}
+                for n in ort_rows:
+                    row_tmp = os.path.join(tmp, n)
+                    os.makedirs(row_tmp)
+                    ort_calls[n] = (_ort.setup_model_row, dict(name=n, src=onnx_path, tmp=row_tmp, threads=threads,
+                                                               inputs=prepared["inputs"]))
+                setups.update(run_all(workers, ort_calls, jobs=default_threads()))
+        for n in wanted:
+            if isinstance(setups.get(n), WorkerError):
+                errors[n] = str(setups[n])
+                say(f"  {_LABEL[n]} not run: {errors[n]}")
+        ready = {n: workers[n] for n in wanted if n in workers and n not in errors}
+        return _measure(model_name, ready, workers, errors, causal, wanted, batch, seq, sparsity, threads, repeat,
+                        prompt, new_tokens, say, t0)
+    finally:
+        prep.close()
+        for w in workers.values():
+            w.close()
+
+
+def _measure(model_name, ready, workers, errors, causal, wanted, batch, seq, sparsity, threads, repeat, prompt,
+             new_tokens, say, t0):
+    """Cosines, interleaved timing of the forward pass (and of generate() for a causal LM), records."""
+    cosines: Dict[str, float] = {}
+    if "torch_fp32" in ready:
+        try:
+            ref = ready["torch_fp32"].call("output", "forward")
+        except WorkerError as e:
+            errors["torch_fp32"] = str(e)
+            ready.pop("torch_fp32")
         else:
-
-            def ort_row(name: str, path: str) -> None:
-                fns[name] = _ort_runner(_ort.session(path, threads), ids, mask)
-
-            attempt("ort_fp32", lambda: ort_row("ort_fp32", fp32_path))
-
-            def ort_int8() -> None:
-                dst = os.path.join(tmp, "model.int8.onnx")
-                _ort.quantize_dynamic(fp32_path, dst)
-                ort_row("ort_dynamic_int8", dst)
-
-            attempt("ort_dynamic_int8", ort_int8)
-            for dtype in ("fp32", "int8"):
-                name = f"sparsecpu_ort_{dtype}"
-
-                def converted(name: str = name, dtype: str = dtype) -> None:
-                    import sparsecpu.onnx
-
-                    dst = os.path.join(tmp, f"model.sparsecpu.{dtype}.onnx")
-                    with _ort.quiet():
-                        sparsecpu.onnx.convert(fp32_path, dst, dtype=dtype)
-                    fns[name] = _ort_runner(sparsecpu.onnx.session(dst, threads), ids, mask)
-
-                attempt(name, converted)
+            for n, w in list(ready.items()):
+                try:
+                    cosines[n] = _cosine(ref if n == "torch_fp32" else w.call("output", "forward"), ref)
+                except WorkerError as e:
+                    errors[n] = str(e)
+                    ready.pop(n)
 
     def rounds(done: int) -> None:
         say(f"  round {done}/{repeat} ({time.perf_counter() - t0:.0f}s)")
 
+    say(f"timing the forward pass of {len(ready)} implementations, {repeat} repeats ...")
+    timings, failed = time_round_robin(ready, "forward", repeat, settle_by_calls=False, progress=rounds)
+    errors.update(failed)
+    gen_timings: Dict[str, Any] = {}
+    gens = {n: w for n, w in ready.items() if "ort" not in n and n not in errors}
+    if causal:
+        say(f"timing generate() of {new_tokens} tokens after a {prompt}-token prompt, {len(gens)} implementations, "
+            f"{repeat} repeats ...")
+        gen_timings, gen_failed = time_round_robin(gens, "generate", repeat, settle_by_calls=False, progress=rounds)
+    facts = {n: w.facts() for n, w in workers.items()}
+
     records: List[Dict[str, Any]] = []
     common = {"model": model_name, "N": None, "K": None, "batch": batch, "seq": seq, "sparsity": sparsity,
               "threads": threads, "repeat": repeat}
-    with torch.inference_mode():
-        ref = fns["torch_fp32"]() if "torch_fp32" in fns else None
-        cosines = {n: _cosine(fn(), ref) for n, fn in fns.items()} if ref is not None else {}
-        say(f"timing the forward pass of {len(fns)} implementations, {repeat} repeats ...")
-        timings = time_interleaved(fns, repeat, settle_by_calls=False, progress=rounds)
     for impl in MODEL_IMPLS:
         if impl.name not in wanted:
             continue
@@ -331,39 +400,33 @@ def _run(model_name, sparsity, seq, batch, threads, repeat, prompt, new_tokens, 
                         "p90_s": t.p90_s if t else None,
                         "sequences_per_s": batch / t.median_s if t else None,
                         "tokens_per_s": batch * seq / t.median_s if t else None,
-                        "cosine": cosines.get(impl.name), "error": errors.get(impl.name)})
+                        "cosine": cosines.get(impl.name), "error": errors.get(impl.name),
+                        **_facts(facts, impl.name)})
     _add_speedups(records)
 
     if causal:
-        gen_ids = torch.randint(0, vocab, (1, prompt), generator=g)
-        # No end-of-sequence token: every run makes exactly new_tokens tokens (min_new_tokens would do
-        # it too, but by masking the whole vocabulary with torch.isin at every step: ~0.5 ms a token of
-        # logits processing that is no model's work).
-        kwargs = dict(input_ids=gen_ids, attention_mask=torch.ones_like(gen_ids), max_new_tokens=new_tokens,
-                      do_sample=False, eos_token_id=None,
-                      pad_token_id=config.eos_token_id if config.eos_token_id is not None else 0)
-        gens = {n: (lambda m=m: m.generate(**kwargs)) for n, m in modules.items()}
-        say(f"timing generate() of {new_tokens} tokens after a {prompt}-token prompt, {len(gens)} implementations, "
-            f"{repeat} repeats ...")
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # generation-config advice
-            timings = time_interleaved(gens, repeat, settle_by_calls=False, progress=rounds)
         gen_records = []
         for impl in MODEL_IMPLS:
             if impl.name not in wanted or "ort" in impl.name:
                 continue
-            t = timings.get(impl.name)
+            t = gen_timings.get(impl.name)
             gen_records.append({"op": "generate", "impl": impl.name, "dtype": impl.dtype, "format": impl.format,
                                 "M": 1, **common, "batch": 1, "seq": prompt + new_tokens,
                                 "prompt_tokens": prompt, "new_tokens": new_tokens,
                                 "median_s": t.median_s if t else None, "p10_s": t.p10_s if t else None,
                                 "p90_s": t.p90_s if t else None,
                                 "tokens_per_s": new_tokens / t.median_s if t else None,
-                                "error": errors.get(impl.name)})
+                                "error": errors.get(impl.name) or gen_failed.get(impl.name),
+                                **_facts(facts, impl.name)})
         _add_speedups(gen_records)
         records.extend(gen_records)
     say(f"done ({time.perf_counter() - t0:.0f}s)")
     return records
+
+
+def _facts(facts: Mapping[str, Mapping[str, Any]], name: str) -> Dict[str, Any]:
+    got = facts.get(name, {})
+    return {key: got.get(key) for key in FACT_KEYS}
 
 
 def _add_speedups(records: List[Dict[str, Any]]) -> None:

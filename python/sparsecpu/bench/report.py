@@ -42,7 +42,8 @@ def _version(module: str) -> Optional[str]:
 
 
 def environment(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """The JSON header of a run: CPU model, detected and active ISA, kernels, library versions, date."""
+    """The JSON header of a run: CPU model, detected and active ISA, kernels, library versions, date, and
+    the threading environment variables set (``env``, see :func:`sparsecpu.bench.workers.relevant_env`)."""
     d = sparsecpu.info()
     env = {
         "cpu": d["cpu"],
@@ -65,6 +66,9 @@ def environment(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is not None:
         env["torch_quantized_engine"] = torch.backends.quantized.engine
+    from .workers import relevant_env
+
+    env["env"] = relevant_env()  # what every worker process inherits (each record lists its own)
     return env
 
 
