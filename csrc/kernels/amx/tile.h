@@ -63,12 +63,12 @@ inline void dpbf16ps() {
 inline void load_config(const TileConfig& c) { __asm__ volatile("ldtilecfg %0" : : "m"(c)); }
 inline void store_config(TileConfig* c) { __asm__ volatile("sttilecfg %0" : "=m"(*c)); }
 inline void release() { __asm__ volatile("tilerelease" ::: "memory"); }
-// The "m" operand of unknown size (GCC's documented form for "reads memory from p on") orders the load
-// after the stores that fill what it reads, without a full memory clobber in the K loop.
+// The "memory" clobber orders the load after the stores that fill what it reads (an "m" operand of
+// unknown size would say less, but clang rejects it).
 template <int T>
 inline void load(const void* p, int64_t stride) {
   check_tile_number<T>();
-  __asm__ volatile("tileloadd (%0,%1,1), %%tmm%c3" : : "r"(p), "r"(stride), "m"(*(const char(*)[])p), "i"(T));
+  __asm__ volatile("tileloadd (%0,%1,1), %%tmm%c2" : : "r"(p), "r"(stride), "i"(T) : "memory");
 }
 template <int T>
 inline void store(void* p, int64_t stride) {
