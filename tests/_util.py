@@ -361,7 +361,8 @@ HEADER_OFFSETS = {
     "outlier_threshold": 72, "reserved": 76,
 }
 DTYPE_CODES = {"int8": 1, "fp32": 2}
-FORMAT_CODES = {"bsr": 1, "dense": 2}
+FORMAT_CODES = {"bsr": 1, "dense": 2, "panel": 3}
+PANEL_STEP = 64
 DENSE_PANEL = 16
 ALIGN = 64
 
@@ -412,6 +413,32 @@ def layout_dense(n: int, k: int) -> Dict[str, int]:
     return out
 
 
+def layout_panel(n: int, nnzb: int) -> Dict[str, int]:
+    """Sections of the panel format: col_ptr (in "row_ptr"), u16 columns, nnzb x 16 int8 values, scales, sums."""
+    panels = -(-n // DENSE_PANEL)
+    cursor = HEADER.size
+    out = {"groups": groups_of(n), "panels": panels, "panel": True}
+
+    def place(name, nbytes):
+        nonlocal cursor
+        start = round_up(cursor, ALIGN)
+        out[name] = start
+        cursor = start + nbytes
+
+    place("row_ptr", (panels + 1) * 4)
+    place("col_idx", nnzb * 2)
+    place("values", nnzb * DENSE_PANEL)
+    place("w_scale", panels * DENSE_PANEL * 4)
+    place("w_sum", panels * DENSE_PANEL * 4)
+    out["total"] = round_up(cursor, ALIGN)
+    return out
+
+
+def panel_index(b: int, c: int) -> int:
+    """Offset of stored column ``b`` (position in col_idx), channel ``c % 16`` in the panel values."""
+    return (b // 4) * 64 + (c % DENSE_PANEL) * 4 + b % 4
+
+
 def dense_index(kq: int, c: int, k: int) -> int:
     """Offset of channel ``c``, input column ``k`` in the dense panels."""
     return ((c // DENSE_PANEL) * kq + k // 4) * DENSE_PANEL * 4 + (c % DENSE_PANEL) * 4 + k % 4
@@ -432,6 +459,8 @@ class Buffer:
         h = b.header
         if h["format"] == FORMAT_CODES["dense"]:
             b.offsets = layout_dense(h["n"], h["k"])
+        elif h["format"] == FORMAT_CODES["panel"]:
+            b.offsets = layout_panel(h["n"], h["nnzb"])
         else:
             b.offsets = layout(h["dtype"], h["n"], h["index_bytes"], h["nnzb"])
         return b
@@ -456,7 +485,9 @@ class Buffer:
 
     @property
     def row_ptr(self) -> np.ndarray:
-        return self._view("row_ptr", np.uint32, self.groups + 1)
+        # Panel format: col_ptr, one entry per panel and one more.
+        tiles = self.offsets["panels"] if "panel" in self.offsets else self.groups
+        return self._view("row_ptr", np.uint32, tiles + 1)
 
     @property
     def col_idx(self) -> np.ndarray:
@@ -466,7 +497,8 @@ class Buffer:
     @property
     def values(self) -> np.ndarray:
         dt = np.int8 if self.header["dtype"] == 1 else np.float32
-        return self._view("values", dt, self.header["nnzb"] * 4)
+        per = DENSE_PANEL if "panel" in self.offsets else 4
+        return self._view("values", dt, self.header["nnzb"] * per)
 
     def _channels(self) -> int:
         return self.dense_channels if "panels" in self.offsets else 4 * self.groups

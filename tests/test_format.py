@@ -324,7 +324,8 @@ CORRUPTIONS = [
     ("magic-of-nothing", DTYPES, ("raw", lambda r: bytes(len(r))), r"bad magic"),
     ("version-3", DTYPES, _set("version", 3), r"version 3 is not supported"),
     ("version-0", DTYPES, _set("version", 0), r"version 0 is not supported"),
-    ("format-code", DTYPES, _set("format", 3), r"unknown format code 3"),
+    ("format-code", DTYPES, _set("format", 4), r"unknown format code 4"),
+    ("format-panel-on-bsr-data", DTYPES, _set("format", 3), r"panel format with dtype fp32|block 4x1 is not supported \(16x1\)"),
     ("format-dense-on-bsr-data", DTYPES, _set("format", 2), r"dense format with dtype fp32|block 4x1 is not supported"),
     ("outlier-threshold-nan", ["int8"], _set("outlier_threshold", float("nan")), r"outlier threshold is not finite"),
     ("outlier-threshold-negative", ["int8"], _set("outlier_threshold", -1.0), r"outlier threshold is not finite"),
@@ -465,3 +466,181 @@ def test_torch_load_default_weights_only_with_safe_globals(tmp_path):
     assert loaded == packed
     x = np.random.default_rng(8).standard_normal((5, 40)).astype(np.float32)
     np.testing.assert_array_equal(sparsecpu.linear(x, loaded), sparsecpu.linear(x, packed))
+
+
+# ---------------------------------------------------------------------------------------------
+# The panel format (16 output channels share their kept input columns, 64 at a time: AMX B tiles).
+
+# N = 36: panel 0 keeps every other column (75 of K = 150: 2 steps, 53 padding columns), panel 1 keeps
+# none (an empty panel), panel 2 (channels 32..35, 12 padding channels) keeps 3 columns (61 padding).
+PANEL_N, PANEL_K = 36, 150
+PANEL_COLS = {0: list(range(0, PANEL_K, 2)), 1: [], 2: [5, 77, 149]}
+
+
+def panel_weight() -> np.ndarray:
+    rng = np.random.default_rng(1616)
+    w = np.zeros((PANEL_N, PANEL_K), np.float32)
+    for p, cols in PANEL_COLS.items():
+        rows = slice(16 * p, min(PANEL_N, 16 * p + 16))
+        w[rows, cols] = rng.uniform(0.5, 1.5, (rows.stop - rows.start, len(cols))) * rng.choice([-1, 1], (rows.stop - rows.start, len(cols)))
+    return w
+
+
+def _panel_raw() -> bytes:
+    return sparsecpu.pack(panel_weight(), dtype="int8", format="panel").to_bytes()
+
+
+def _kept_4x1(w: np.ndarray) -> int:
+    n, k = w.shape
+    g = -(-n // 4)
+    nz = np.zeros((4 * g, k), bool)
+    nz[:n] = w != 0
+    return int(nz.reshape(g, 4, k).any(axis=1).sum())
+
+
+def test_panel_layout_byte_by_byte():
+    w = panel_weight()
+    p = sparsecpu.pack(w, dtype="int8", format="panel")
+    assert (p.format, p.block, p.dtype, p.shape) == ("panel", (16, 1), "int8", (PANEL_N, PANEL_K))
+    b = _util.Buffer.of(p.to_bytes())
+    h = b.header
+    assert (h["format"], h["block_n"], h["block_k"], h["index_bytes"], h["version"]) == (3, 16, 1, 2, 2)
+    assert b.row_ptr.tolist() == [0, 128, 128, 192] and h["nnzb"] == 192 == p.stored_blocks
+    assert h["kept_blocks"] == _kept_4x1(w) == p.kept_blocks
+    assert h["total_bytes"] == len(p.to_bytes()) == b.offsets["total"]
+    cols = b.col_idx.tolist()
+    assert cols[:75] == PANEL_COLS[0] and cols[75:128] == [148] * 53
+    assert cols[128:131] == PANEL_COLS[2] and cols[131:] == [149] * 61
+    scale = np.ones(48, np.float32)
+    amax = np.abs(w).max(axis=1)
+    scale[:PANEL_N] = np.where(amax > 0, amax / 127, 1.0)  # an all-zero channel: 1, as padding channels
+    np.testing.assert_allclose(b.w_scale, scale, rtol=1e-6)
+    q = np.zeros((48, PANEL_K), np.int64)
+    q[:PANEL_N] = np.clip(np.rint(w / scale[:PANEL_N, None]), -127, 127)
+    vals = b.values
+    for panel, (b0, b1) in enumerate([(0, 128), (128, 128), (128, 192)]):
+        for pos in range(b0, b1):
+            padding = pos > b0 and cols[pos] == cols[pos - 1]
+            for c in range(16):
+                want = 0 if padding else q[16 * panel + c, cols[pos]]
+                assert vals[_util.panel_index(pos, c)] == want, (panel, pos, c)
+    np.testing.assert_array_equal(b.w_sum, q.sum(axis=1))
+    np.testing.assert_allclose(p.to_dense(), q[:PANEL_N] * scale[:PANEL_N, None], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, k, density", [(1, 1, 1.0), (16, 64, 1.0), (17, 65, 0.3), (40, 200, 0.1), (5, 3, 0.0), (0, 7, 0.5), (9, 0, 0.5)])
+def test_panel_packs_any_4x1_weight_as_its_union(n, k, density):
+    """A 4x1-pruned weight packs as panels holding the union of their 4 groups' columns: the same
+    dequantized weight, kept blocks and density as the bsr packing."""
+    w, _ = _util.pruned_weight(np.random.default_rng([n, k]), n, k, density)
+    p = sparsecpu.pack(w, dtype="int8", format="panel")
+    q = sparsecpu.pack(w, dtype="int8", format="bsr")
+    np.testing.assert_array_equal(p.to_dense(), q.to_dense())
+    assert p.kept_blocks == q.kept_blocks and p.density == q.density
+    b = _util.Buffer.of(p.to_bytes())
+    for panel in range(-(-n // 16)):
+        c0, c1 = b.row_ptr[panel], b.row_ptr[panel + 1]
+        union = np.flatnonzero(w[16 * panel: 16 * panel + 16].any(axis=0)).tolist() if n else []
+        assert b.col_idx[c0:c1].tolist()[: len(union)] == union
+        assert c1 - c0 == -(-len(union) // 64) * 64
+
+
+def test_panel_pack_arguments():
+    w = panel_weight()
+    assert sparsecpu.pack(w, block=(16, 1)) == sparsecpu.pack(w, format="panel")
+    assert sparsecpu.pack(w, block=(16, 1), format="panel").format == "panel"
+    with pytest.raises(ValueError, match="needs dtype='int8'"):
+        sparsecpu.pack(w, dtype="fp32", format="panel")
+    with pytest.raises(ValueError, match="block=\\(16, 1\\) is the panel format's block"):
+        sparsecpu.pack(w, block=(16, 1), format="bsr")
+    with pytest.raises(ValueError, match="block must be"):
+        sparsecpu.pack(w, block=(8, 1))
+    with pytest.raises(ValueError, match="K <= 65535"):
+        sparsecpu.pack(np.zeros((2, 65536), np.float32), format="panel")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sparsecpu.pack(np.full((2, 3), np.nan, np.float32), format="panel")
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_panel_round_trips(protocol, tmp_path):
+    p = sparsecpu.pack(panel_weight(), format="panel", outlier_threshold=6.0)
+    x = np.random.default_rng(3).standard_normal((5, PANEL_K)).astype(np.float32)
+    for q in (pickle.loads(pickle.dumps(p, protocol=protocol)), PackedWeight.from_bytes(p.to_bytes()),
+              PackedWeight(bytearray(p.to_bytes()))):
+        assert q == p and q.format == "panel" and q.outlier_threshold == 6.0
+        np.testing.assert_array_equal(q.to_dense(), p.to_dense())
+        np.testing.assert_array_equal(sparsecpu.linear(x, q), sparsecpu.linear(x, p))
+    torch.save({"w": p}, tmp_path / "p.pt")
+    assert torch.load(tmp_path / "p.pt", weights_only=False)["w"] == p
+
+
+PANEL_CORRUPTIONS = [
+    ("truncated", ("raw", lambda r: r[:-64]), r"length is \d+ bytes"),
+    ("version-1", _set("version", 1), r"unknown format code 3"),
+    ("dtype-fp32", _set("dtype", 2), r"panel format with dtype fp32"),
+    ("block-4x1", _set("block_n", 4), r"block 4x1 is not supported \(16x1\)"),
+    ("as-bsr", _set("format", 1), r"block 16x1 is not supported \(4x1\)"),
+    ("as-dense", _set("format", 2), r"block 16x1 is not supported \(1x1\)"),
+    ("index-width", _set("index_bytes", 4), r"index width 4 of a panel weight"),
+    ("nnzb-not-multiple-of-64", _set("nnzb", 100), r"column count 100 is not a multiple of 64"),
+    ("nnzb-grown", _set("nnzb", 256), r"length is \d+ bytes"),
+    ("nnzb-huge", _set("nnzb", 2**62), r"overflow|length is"),
+    ("kept-exceeds", _set("kept_blocks", 9 * PANEL_K + 1), r"kept block count exceeds the number of blocks"),
+    ("kept-header", lambda b: b.set_header("kept_blocks", b.header["kept_blocks"] - 1), r"header counts \d+ kept blocks, the data holds"),
+    ("col-ptr-0", _arr("row_ptr", 0, 64), r"col_ptr\[0\] is 64"),
+    ("col-ptr-end", _arr("row_ptr", 3, 128), r"col_ptr does not end at the column count"),
+    ("col-ptr-decreasing", _arr("row_ptr", 2, 64), r"col_ptr of panel 1 is out of range or decreasing"),
+    ("col-ptr-past-end", _arr("row_ptr", 3, 256), r"col_ptr of panel 2 is out of range"),
+    ("col-ptr-not-multiple-of-64", _arr("row_ptr", 1, 100), r"panel 0 holds a column count that is not a multiple of 64"),
+    ("col-out-of-range", _arr("col_idx", 0, PANEL_K), r"column index 150 out of range \(K = 150\)"),
+    ("col-max-u16", _arr("col_idx", 130, 65535), r"column index 65535 out of range"),
+    ("cols-unsorted", _arr("col_idx", 2, 1), r"column indices of panel 0 are not sorted"),
+    ("cols-unsorted-panel-2", _arr("col_idx", 129, 4), r"column indices of panel 2 are not sorted"),
+    ("padding-not-repeating", _arr("col_idx", 100, 3), r"padding column of panel 0 does not repeat its last column"),
+    ("padding-64-columns", _arr("col_idx", slice(1, 128), 0), r"panel 0 holds 64 or more padding columns"),
+    ("padding-column-value", _arr("values", _util.panel_index(100, 0), 1), r"nonzero padding value at channel 0, stored column 100"),
+    ("padding-channel-value", _arr("values", _util.panel_index(128, 5), 1), r"nonzero padding value at channel 37"),
+    ("w-sum", _arr("w_sum", 0, 12345), r"weight sum of channel 0 does not match"),
+    ("w-sum-padding-channel", _arr("w_sum", 40, 1), r"weight sum of channel 40 does not match"),
+    ("w-sum-via-value", lambda b: b.values.__setitem__(_util.panel_index(3, 7), b.values[_util.panel_index(3, 7)] // 2 + 1), r"weight sum of channel 7"),
+    ("scale-nan", _arr("w_scale", 2, np.nan), r"channel 2 has a scale that is not finite and > 0"),
+    ("scale-padding-channel", _arr("w_scale", 45, 0.0), r"channel 45 has a scale"),
+]
+
+
+@pytest.mark.parametrize("edit, match", [pytest.param(e, m, id=name) for name, e, m in PANEL_CORRUPTIONS])
+def test_panel_corrupt_buffer_rejected(edit, match):
+    raw = _panel_raw()
+    if isinstance(edit, tuple):
+        bad = edit[1](raw)
+    else:
+        b = _util.Buffer.of(raw)
+        edit(b)
+        bad = b.tobytes()
+    with pytest.raises(ValueError, match=match) as info:
+        PackedWeight.from_bytes(bad)
+    assert str(info.value).startswith("invalid packed weight: ")
+
+
+def test_panel_random_corruption_never_crashes():
+    rng = np.random.default_rng(1617)
+    base = np.frombuffer(_panel_raw(), np.uint8)
+    x = rng.standard_normal((3, PANEL_K)).astype(np.float32)
+    rejected = accepted = 0
+    for _ in range(300):
+        b = base.copy()
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(0, 80)) if rng.random() < 0.5 else int(rng.integers(0, b.size))
+            b[i] = rng.integers(0, 256)
+        try:
+            p = PackedWeight(b)
+        except ValueError:
+            rejected += 1
+            continue
+        accepted += 1
+        assert np.isfinite(p.to_dense()).all()
+        if p.shape[1] == PANEL_K:
+            y = sparsecpu.linear(x, p)
+            assert y.shape == (3, p.shape[0]) and np.isfinite(y).all()
+    # Most bytes are values (a changed one breaks its channel's sum) or checked header fields.
+    assert rejected > 100 and accepted >= 5

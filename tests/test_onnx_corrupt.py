@@ -104,6 +104,21 @@ def test_bad_attributes_fail_session_creation(attrs, match, tmp_path):
     _expect_session_error(path, match)
 
 
+@pytest.mark.parametrize(
+    "attrs, match",
+    [
+        ({}, r"attribute format = bsr does not match the packed weight \(panel\)"),
+        ({"format": "panel"}, r"attribute 'format' must be bsr or dense, got 'panel'"),
+    ],
+)
+def test_panel_weight_is_rejected_cleanly(attrs, match, tmp_path):
+    """The custom op does not run the panel format (AMX-only, item 4 of issue 16): a panel-packed
+    weight fails session creation with a clear error, whatever the node's format attribute says."""
+    panel = sparsecpu.pack(weight(), dtype="int8", format="panel").to_bytes()
+    path = save(sparse_linear_model(panel, N, K, dtype="int8", attrs=attrs), tmp_path / "m.onnx")
+    _expect_session_error(path, match)
+
+
 def test_bias_of_the_wrong_length(tmp_path):
     path = save(sparse_linear_model(packed("int8"), N, K, dtype="int8", bias=np.ones(N + 1, np.float32)), tmp_path / "m.onnx")
     _expect_session_error(path, r"bias must be a float tensor of shape \[12\], got \[13\]")

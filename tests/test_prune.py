@@ -125,3 +125,27 @@ def test_bad_arguments():
         sparsecpu.prune.keep_masks(m, {"0": masks["2"]})
     with pytest.raises(TypeError, match="dict"):
         sparsecpu.prune.keep_masks(m, list(masks.values()))
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_16x1_blocks_pack_as_panels_at_their_density(scope):
+    """block=(16, 1), the panel format's block: whole 16-channel blocks (N = 30 and 12: the last one
+    partial) with exact counts, and pack(block=(16, 1)) stores exactly the kept blocks' columns."""
+    m = _model(2)
+    masks = sparsecpu.prune(m, sparsity=0.75, block=(16, 1), scope=scope, skip=())
+    total = pruned = 0
+    for name, mask in masks.items():
+        kept = _blocks_of(mask.float(), 16) > 0
+        padded = nn.functional.pad(mask.float(), (0, 0, 0, -mask.shape[0] % 16)).view(-1, 16, mask.shape[1])
+        assert torch.equal(padded[:-1].amin(1) > 0, kept[:-1])
+        assert torch.equal(padded[-1, : mask.shape[0] - 16 * (kept.shape[0] - 1)].amin(0) > 0, kept[-1])
+        total += kept.numel()
+        pruned += (~kept).sum().item()
+        if scope == "layer":
+            assert (~kept).sum().item() == round(0.75 * kept.numel())
+        p = sparsecpu.pack(m.get_submodule(name).weight.detach(), block=(16, 1))
+        assert p.format == "panel" and p.block == (16, 1)
+        assert p.stored_blocks == sum(-(-int(r.sum()) // 64) * 64 for r in kept)
+        assert p.kept_blocks == int(_blocks_of(mask.float(), 4).gt(0).sum())
+    if scope == "global":
+        assert pruned == round(0.75 * total)

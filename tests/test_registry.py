@@ -46,10 +46,18 @@ def test_registry_is_ordered_and_complete():
                 assert entries[i + 1]["name"] == e["name"] + ":emulated"
 
 
+# Ops of an AMX-only format: below the amx level they run their reference kernel (the panel format is
+# packed for the AMX tiles; a machine without them uses bsr or dense).
+AMX_ONLY_OPS = {"spmm_panel_s8"}
+
+
 def test_every_level_has_its_own_kernels():
     """At an AVX-512 level (native or emulated) every op runs an AVX-512 kernel, not an AVX2 one."""
     for op in sparsecpu.info()["kernels"]:
         levels = {e["isa"] for e in ENTRIES if e["op"] == op and not e["emulated"]}
+        if op in AMX_ONLY_OPS:
+            assert levels == {"reference", "amx"}, (op, levels)
+            continue
         assert {"reference", "avx2", "avx512"} <= levels, (op, levels)
 
 
@@ -77,6 +85,12 @@ def _fp32_bsr(rng, m):
 def _int8_dense(rng):
     p = sparsecpu.pack(rng.standard_normal((37, 70)).astype(np.float32), dtype="int8", format="dense")
     x = rng.standard_normal((13, 70)).astype(np.float32)
+    return lambda: testing.spmm_s32(x, p)
+
+
+def _int8_panel(rng):
+    p = sparsecpu.pack(_pruned(rng, 37, 150), dtype="int8", format="panel")
+    x = rng.standard_normal((21, 150)).astype(np.float32)
     return lambda: testing.spmm_s32(x, p)
 
 
@@ -119,8 +133,9 @@ CALLS = {
     "add_act_f32": _outliers,
     "add_norm_f32": _residual_norm,
     "attention_f32": _attention,
+    "spmm_panel_s8": _int8_panel,
 }
-EXACT = {"spmm_s8", "quant_u8", "spmm_s8_skinny", "quant_u8_rows", "gemm_s8"}
+EXACT = {"spmm_s8", "quant_u8", "spmm_s8_skinny", "quant_u8_rows", "gemm_s8", "spmm_panel_s8"}
 
 
 def test_every_op_has_a_call():

@@ -46,7 +46,9 @@ py::dict describe(const PackedView& v, size_t nbytes) {
   d["k"] = v.k;
   d["dtype"] = dtype_name(v.dtype);
   d["format"] = format_name(v.format);
-  d["block"] = v.format == Format::dense ? py::make_tuple(1, 1) : py::make_tuple(4, 1);
+  d["block"] = v.format == Format::dense   ? py::make_tuple(1, 1)
+               : v.format == Format::panel ? py::make_tuple(16, 1)
+                                           : py::make_tuple(4, 1);
   d["outlier_threshold"] = v.outlier_threshold;
   d["stored_blocks"] = v.nnzb;
   d["kept_blocks"] = v.kept_blocks;
@@ -58,14 +60,16 @@ py::dict describe(const PackedView& v, size_t nbytes) {
 U8Array pack(const F32Array& w, const std::string& dtype, const std::string& format, float outlier_threshold) {
   if (w.ndim() != 2) throw std::invalid_argument("weight must be 2-D (N x K)");
   const DType dt = parse_dtype(dtype);
-  if (format != "bsr" && format != "dense") throw std::invalid_argument("format must be 'bsr' or 'dense'");
-  if (format == "dense" && dt != DType::int8) throw std::invalid_argument("format 'dense' needs dtype 'int8'");
+  if (format != "bsr" && format != "dense" && format != "panel")
+    throw std::invalid_argument("format must be 'bsr', 'dense' or 'panel'");
+  if (format != "bsr" && dt != DType::int8) throw std::invalid_argument("format '" + format + "' needs dtype 'int8'");
   std::vector<uint8_t> buf;
   {
     py::gil_scoped_release release;
     const uint64_t n = static_cast<uint64_t>(w.shape(0)), k = static_cast<uint64_t>(w.shape(1));
-    buf = format == "dense" ? pack_dense(w.data(), n, k, outlier_threshold)
-                            : pack_bsr(w.data(), n, k, dt, outlier_threshold);
+    buf = format == "dense"   ? pack_dense(w.data(), n, k, outlier_threshold)
+          : format == "panel" ? pack_panel(w.data(), n, k, outlier_threshold)
+                              : pack_bsr(w.data(), n, k, dt, outlier_threshold);
   }
   U8Array out(static_cast<py::ssize_t>(buf.size()));
   std::memcpy(out.mutable_data(), buf.data(), buf.size());

@@ -89,7 +89,14 @@ uint64_t dense_at(uint64_t kq, uint64_t c, uint64_t kk) {
 }  // namespace
 
 const char* dtype_name(DType d) { return d == DType::int8 ? "int8" : "fp32"; }
-const char* format_name(Format f) { return f == Format::dense ? "dense" : "bsr"; }
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::dense: return "dense";
+    case Format::panel: return "panel";
+    case Format::bsr: break;
+  }
+  return "bsr";
+}
 
 bool compute_layout(DType dtype, uint64_t n, uint64_t index_bytes, uint64_t nnzb, Layout* out) {
   Layout l;
@@ -115,6 +122,22 @@ bool compute_layout_dense(uint64_t n, uint64_t k, Layout* out) {
   const uint64_t panels = (n + kDensePanel - 1) / kDensePanel, kq = (k + kDenseQuad - 1) / kDenseQuad;
   uint64_t cursor = sizeof(Header), bytes;
   if (mul_ovf(panels * kq, kDensePanel * kDenseQuad, &bytes) || !place(&cursor, bytes, &l.values)) return false;
+  if (!place(&cursor, panels * kDensePanel * 4, &l.w_scale)) return false;
+  if (!place(&cursor, panels * kDensePanel * 4, &l.w_sum)) return false;
+  if (add_ovf(cursor, kAlign - 1, &l.total)) return false;
+  l.total &= ~(kAlign - 1);
+  *out = l;
+  return true;
+}
+
+bool compute_layout_panel(uint64_t n, uint64_t nnzb, Layout* out) {
+  Layout l;
+  l.groups = (n + 3) / 4;
+  const uint64_t panels = (n + kDensePanel - 1) / kDensePanel;
+  uint64_t cursor = sizeof(Header), bytes;
+  if (mul_ovf(panels + 1, 4, &bytes) || !place(&cursor, bytes, &l.row_ptr)) return false;
+  if (mul_ovf(nnzb, 2, &bytes) || !place(&cursor, bytes, &l.col_idx)) return false;
+  if (mul_ovf(nnzb, kDensePanel, &bytes) || !place(&cursor, bytes, &l.values)) return false;
   if (!place(&cursor, panels * kDensePanel * 4, &l.w_scale)) return false;
   if (!place(&cursor, panels * kDensePanel * 4, &l.w_sum)) return false;
   if (add_ovf(cursor, kAlign - 1, &l.total)) return false;
@@ -237,6 +260,69 @@ std::vector<uint8_t> pack_dense(const float* w, uint64_t n, uint64_t k, float ou
   return buf;
 }
 
+std::vector<uint8_t> pack_panel(const float* w, uint64_t n, uint64_t k, float outlier_threshold) {
+  check_dims(n, k, DType::int8);
+  check_threshold(outlier_threshold, DType::int8);
+  check_finite(w, n * k);
+  const uint64_t panels = (n + kDensePanel - 1) / kDensePanel;
+  const std::vector<float> scale = channel_scales(w, n, k, panels * kDensePanel);
+  // Quantized once: a column is kept by a panel if any of its channels holds a nonzero int8 value.
+  std::vector<int8_t> q(n * k);
+  for (uint64_t c = 0; c < n; ++c) {
+    for (uint64_t kk = 0; kk < k; ++kk) q[c * k + kk] = static_cast<int8_t>(quantize_weight(w[c * k + kk], scale[c]));
+  }
+  std::vector<uint32_t> col_ptr(panels + 1, 0);
+  std::vector<uint16_t> cols;
+  for (uint64_t p = 0; p < panels; ++p) {
+    const uint64_t start = cols.size();
+    for (uint64_t kk = 0; kk < k; ++kk) {
+      bool nz = false;
+      for (uint64_t c = p * kDensePanel; c < std::min(n, (p + 1) * kDensePanel); ++c) nz |= q[c * k + kk] != 0;
+      if (nz) cols.push_back(static_cast<uint16_t>(kk));
+    }
+    while ((cols.size() - start) % kPanelStep) cols.push_back(cols.back());
+    if (cols.size() > UINT32_MAX) throw std::invalid_argument("too many columns for the format");
+    col_ptr[p + 1] = static_cast<uint32_t>(cols.size());
+  }
+  const uint64_t nnzb = cols.size();
+  Layout l;
+  if (!compute_layout_panel(n, nnzb, &l)) throw std::invalid_argument("weight too large to pack");
+  std::vector<uint8_t> buf(l.total, 0);
+  int8_t* vals = reinterpret_cast<int8_t*>(buf.data() + l.values);
+  std::vector<int32_t> wsum(panels * kDensePanel, 0);
+  for (uint64_t p = 0; p < panels; ++p) {
+    for (uint64_t b = col_ptr[p]; b < col_ptr[p + 1]; ++b) {
+      if (b > col_ptr[p] && cols[b] == cols[b - 1]) break;  // padding from here on: zeros
+      for (uint64_t c = p * kDensePanel; c < std::min(n, (p + 1) * kDensePanel); ++c) {
+        const int8_t v = q[c * k + cols[b]];
+        vals[(b / 4) * 64 + (c % kDensePanel) * 4 + b % 4] = v;
+        wsum[c] += v;
+      }
+    }
+  }
+  Header h = make_header(Format::panel, DType::int8, n, k, outlier_threshold);
+  h.block_n = static_cast<uint32_t>(kDensePanel);
+  h.block_k = 1;
+  h.index_bytes = 2;
+  h.nnzb = nnzb;
+  for (uint64_t g = 0; g < (n + 3) / 4; ++g) {
+    for (uint64_t kk = 0; kk < k; ++kk) {
+      bool nz = false;
+      for (uint64_t c = 4 * g; c < std::min(n, 4 * g + 4); ++c) nz |= q[c * k + kk] != 0;
+      h.kept_blocks += nz;
+    }
+  }
+  h.total_bytes = l.total;
+  std::memcpy(buf.data(), &h, sizeof(h));
+  std::memcpy(buf.data() + l.row_ptr, col_ptr.data(), col_ptr.size() * 4);
+  if (nnzb) std::memcpy(buf.data() + l.col_idx, cols.data(), nnzb * 2);
+  if (panels > 0) {
+    std::memcpy(buf.data() + l.w_scale, scale.data(), panels * kDensePanel * 4);
+    std::memcpy(buf.data() + l.w_sum, wsum.data(), panels * kDensePanel * 4);
+  }
+  return buf;
+}
+
 PackedView view_trusted(const uint8_t* data, size_t size) {
   if (size < sizeof(Header)) bad("buffer of " + std::to_string(size) + " bytes is shorter than the header");
   if (reinterpret_cast<uintptr_t>(data) % alignof(uint64_t)) bad("buffer is not 8-byte aligned");
@@ -252,13 +338,15 @@ PackedView view_trusted(const uint8_t* data, size_t size) {
     h.reserved = 0;
   }
   const bool dense = h.format == static_cast<uint32_t>(Format::dense);
-  if (h.format != static_cast<uint32_t>(Format::bsr) && !(dense && h.version >= 2))
+  const bool panel = h.format == static_cast<uint32_t>(Format::panel);
+  if (h.format != static_cast<uint32_t>(Format::bsr) && !((dense || panel) && h.version >= 2))
     bad("unknown format code " + std::to_string(h.format));
   if (h.dtype != static_cast<uint32_t>(DType::int8) && h.dtype != static_cast<uint32_t>(DType::fp32))
     bad("unknown dtype code " + std::to_string(h.dtype));
   const DType dtype = static_cast<DType>(h.dtype);
   if (dense && dtype != DType::int8) bad("dense format with dtype fp32 (dense weights are int8)");
-  const uint32_t bn = dense ? 1 : 4;
+  if (panel && dtype != DType::int8) bad("panel format with dtype fp32 (panel weights are int8)");
+  const uint32_t bn = dense ? 1 : panel ? static_cast<uint32_t>(kDensePanel) : 4;
   if (h.block_n != bn || h.block_k != 1)
     bad("block " + std::to_string(h.block_n) + "x" + std::to_string(h.block_k) + " is not supported (" +
         std::to_string(bn) + "x1)");
@@ -274,6 +362,11 @@ PackedView view_trusted(const uint8_t* data, size_t size) {
     if (h.index_bytes != 0 || h.nnzb != 0) bad("dense format with a block index");
     if (h.kept_blocks > groups * h.k) bad("kept block count exceeds the number of blocks");
     if (!compute_layout_dense(h.n, h.k, &l)) bad("section sizes overflow");
+  } else if (panel) {
+    if (h.index_bytes != 2) bad("index width " + std::to_string(h.index_bytes) + " of a panel weight (expected 2)");
+    if (h.nnzb % kPanelStep) bad("column count " + std::to_string(h.nnzb) + " is not a multiple of 64");
+    if (h.kept_blocks > groups * h.k) bad("kept block count exceeds the number of blocks");
+    if (!compute_layout_panel(h.n, h.nnzb, &l)) bad("section sizes overflow");
   } else {
     if (h.index_bytes != index_bytes_for(h.k))
       bad("index width " + std::to_string(h.index_bytes) + " does not match K = " + std::to_string(h.k));
@@ -286,7 +379,7 @@ PackedView view_trusted(const uint8_t* data, size_t size) {
         " (header says " + std::to_string(h.total_bytes) + ")");
   PackedView v;
   v.dtype = dtype;
-  v.format = dense ? Format::dense : Format::bsr;
+  v.format = dense ? Format::dense : panel ? Format::panel : Format::bsr;
   v.outlier_threshold = h.outlier_threshold;
   v.n = h.n;
   v.k = h.k;
@@ -303,6 +396,7 @@ PackedView view_trusted(const uint8_t* data, size_t size) {
     v.panels = (h.n + kDensePanel - 1) / kDensePanel;
     v.kq = (h.k + kDenseQuad - 1) / kDenseQuad;
   }
+  if (panel) v.panels = (h.n + kDensePanel - 1) / kDensePanel;
   return v;
 }
 
@@ -338,12 +432,75 @@ void validate_dense(const PackedView& v) {
     bad("header counts " + std::to_string(v.kept_blocks) + " kept blocks, the data holds " + std::to_string(kept));
 }
 
+// Offset of stored column b (position in col_idx), channel c % 16 of its panel, in the panel values.
+uint64_t panel_at(uint64_t b, uint64_t c) { return (b / 4) * 64 + (c % kDensePanel) * 4 + b % 4; }
+
+// Panel buffers: column offsets, the order and range of every panel's columns, padding columns and
+// channels zero, scales positive, sums and the kept-block count matching.
+void validate_panel(const PackedView& v) {
+  const int8_t* vals = static_cast<const int8_t*>(v.values);
+  const uint16_t* cols = static_cast<const uint16_t*>(v.col_idx);
+  const uint32_t* ptr = v.row_ptr;
+  if (ptr[0] != 0) bad("col_ptr[0] is " + std::to_string(ptr[0]) + ", expected 0");
+  for (uint64_t p = 0; p < v.panels; ++p) {
+    if (ptr[p + 1] < ptr[p] || ptr[p + 1] > v.nnzb)
+      bad("col_ptr of panel " + std::to_string(p) + " is out of range or decreasing");
+    if ((ptr[p + 1] - ptr[p]) % kPanelStep)
+      bad("panel " + std::to_string(p) + " holds a column count that is not a multiple of 64");
+  }
+  if (ptr[v.panels] != v.nnzb) bad("col_ptr does not end at the column count");
+  std::vector<int64_t> sum(v.panels * kDensePanel, 0);
+  std::vector<uint8_t> nz;
+  uint64_t kept = 0;
+  for (uint64_t p = 0; p < v.panels; ++p) {
+    const uint64_t b0 = ptr[p], b1 = ptr[p + 1];
+    uint64_t real = b1 - b0;  // columns before the padding
+    for (uint64_t b = b0; b < b1; ++b) {
+      const uint64_t c = cols[b];
+      if (c >= v.k) bad("column index " + std::to_string(c) + " out of range (K = " + std::to_string(v.k) + ")");
+      if (b == b0) continue;
+      const uint64_t prev = cols[b - 1];
+      if (real == b1 - b0) {
+        if (c < prev) bad("column indices of panel " + std::to_string(p) + " are not sorted");
+        if (c == prev) real = b - b0;
+      } else if (c != prev) {
+        bad("padding column of panel " + std::to_string(p) + " does not repeat its last column");
+      }
+    }
+    if (b1 - b0 - real >= kPanelStep) bad("panel " + std::to_string(p) + " holds 64 or more padding columns");
+    for (uint64_t b = b0; b < b1; ++b) {
+      const bool padding = b - b0 >= real;
+      nz.assign(kDensePanel / 4, 0);
+      for (uint64_t c = 0; c < kDensePanel; ++c) {
+        const int8_t q = vals[panel_at(b, c)];
+        const uint64_t ch = p * kDensePanel + c;
+        if (q != 0 && (padding || ch >= v.n))
+          bad("nonzero padding value at channel " + std::to_string(ch) + ", stored column " + std::to_string(b));
+        sum[ch] += q;
+        nz[c / 4] |= q != 0;
+      }
+      for (uint8_t x : nz) kept += x;
+    }
+  }
+  for (uint64_t c = 0; c < v.panels * kDensePanel; ++c) {
+    const float s = v.w_scale[c];
+    if (!(std::isfinite(s) && s > 0)) bad("channel " + std::to_string(c) + " has a scale that is not finite and > 0");
+    if (sum[c] != v.w_sum[c]) bad("weight sum of channel " + std::to_string(c) + " does not match its values");
+  }
+  if (kept != v.kept_blocks)
+    bad("header counts " + std::to_string(v.kept_blocks) + " kept blocks, the data holds " + std::to_string(kept));
+}
+
 }  // namespace
 
 PackedView validate(const uint8_t* data, size_t size) {
   PackedView v = view_trusted(data, size);
   if (v.format == Format::dense) {
     validate_dense(v);
+    return v;
+  }
+  if (v.format == Format::panel) {
+    validate_panel(v);
     return v;
   }
   if (v.row_ptr[0] != 0) bad("row_ptr[0] is " + std::to_string(v.row_ptr[0]) + ", expected 0");
@@ -395,6 +552,18 @@ void unpack_dense(const PackedView& v, float* out) {
     }
     return;
   }
+  if (v.format == Format::panel) {
+    // Padding columns repeat a kept one with zero weights: adding them changes nothing.
+    const int8_t* vals = static_cast<const int8_t*>(v.values);
+    const uint16_t* cols = static_cast<const uint16_t*>(v.col_idx);
+    for (uint64_t p = 0; p < v.panels; ++p) {
+      for (uint64_t b = v.row_ptr[p]; b < v.row_ptr[p + 1]; ++b) {
+        for (uint64_t c = p * kDensePanel; c < std::min(v.n, (p + 1) * kDensePanel); ++c)
+          out[c * v.k + cols[b]] += vals[panel_at(b, c)] * v.w_scale[c];
+      }
+    }
+    return;
+  }
   for (uint64_t g = 0; g < v.groups; ++g) {
     for (uint64_t b = v.row_ptr[g]; b < v.row_ptr[g + 1]; ++b) {
       const uint64_t kk = col_at(v.col_idx, v.index_bytes, b);
@@ -416,6 +585,19 @@ void weight_column(const PackedView& v, uint64_t k, float* out) {
   if (v.format == Format::dense) {
     const int8_t* vals = static_cast<const int8_t*>(v.values);
     for (uint64_t c = 0; c < v.n; ++c) out[c] = vals[dense_at(v.kq, c, k)] * v.w_scale[c];
+    return;
+  }
+  if (v.format == Format::panel) {
+    const int8_t* vals = static_cast<const int8_t*>(v.values);
+    const uint16_t* cols = static_cast<const uint16_t*>(v.col_idx);
+    for (uint64_t p = 0; p < v.panels; ++p) {
+      // Sorted columns: the first stored at k, if any (later repeats are padding, zero).
+      const uint16_t* lo = std::lower_bound(cols + v.row_ptr[p], cols + v.row_ptr[p + 1], k);
+      if (lo == cols + v.row_ptr[p + 1] || *lo != k) continue;
+      const uint64_t b = static_cast<uint64_t>(lo - cols);
+      for (uint64_t c = p * kDensePanel; c < std::min(v.n, (p + 1) * kDensePanel); ++c)
+        out[c] = vals[panel_at(b, c)] * v.w_scale[c];
+    }
     return;
   }
   for (uint64_t g = 0; g < v.groups; ++g) {

@@ -1,4 +1,4 @@
-// Packed weight format: one self-describing byte buffer, in one of two formats.
+// Packed weight format: one self-describing byte buffer, in one of three formats.
 //
 // Format::bsr (block-sparse rows) layout (little-endian; every section starts at a multiple of 64 bytes):
 //   Header (80 bytes, see below)
@@ -18,6 +18,21 @@
 //   w_scale   float[16P]             channels >= N: 1
 //   w_sum     int32[16P]             channels >= N: 0
 //
+// Format::panel (int8 only; version 2 and later) layout: block-sparse in 16x1 blocks for AMX tiles.
+//   Header    block 16x1, index_bytes 2, nnzb = stored columns (padding included, a multiple of 64 per
+//             panel); kept_blocks counts the nonzero 4x1 blocks (for density, as the other formats)
+//   col_ptr   uint32[P + 1]          P = ceil(N / 16) panels of 16 output channels; column offsets
+//   col_idx   uint16[nnzb]           per panel: the input columns kept by any of its 16 channels, strictly
+//                                    increasing, then padding up to a multiple of 64 that repeats the last
+//                                    kept column (fewer than 64 padding columns; an empty panel stores none)
+//   values    int8[nnzb / 64][16][16][4]  per panel and 64-column step one AMX B tile: 16 K-quads x 16
+//                                    channels x 4 columns (the dense format's VNNI order); stored column b
+//                                    (global position in col_idx) of channel c at (b / 4) * 64 + 4 c + b % 4;
+//                                    padding columns and channels >= N hold zeros
+//   w_scale   float[16P]             channels >= N: 1
+//   w_sum     int32[16P]             channels >= N: 0
+// The 64 columns of a step are what one tile row of u8 activations holds: a kernel gathers them from x.
+//
 // Version 2 added outlier_threshold to the header (version 1 buffers, BSR only, are still read: their
 // sections sit at the same offsets, and they have no outlier columns).
 #pragma once
@@ -34,10 +49,12 @@ constexpr uint32_t kFormatVersion = 2;
 constexpr uint64_t kMaxK_int8 = 65535;
 constexpr uint64_t kMaxDim = uint64_t(1) << 31;
 
-enum class Format : uint32_t { bsr = 1, dense = 2 };
+enum class Format : uint32_t { bsr = 1, dense = 2, panel = 3 };
 // Channels per panel and input columns per VNNI dword of the dense format.
 constexpr uint64_t kDensePanel = 16;
 constexpr uint64_t kDenseQuad = 4;
+// Input columns per step of the panel format: one 64-byte tile row of u8 activations.
+constexpr uint64_t kPanelStep = 64;
 enum class DType : uint32_t { int8 = 1, fp32 = 2 };
 
 struct Header {
@@ -69,20 +86,22 @@ struct Layout {
 bool compute_layout(DType dtype, uint64_t n, uint64_t index_bytes, uint64_t nnzb, Layout* out);
 // Dense format: values, w_scale and w_sum; row_ptr and col_idx are empty (offset 0).
 bool compute_layout_dense(uint64_t n, uint64_t k, Layout* out);
+// Panel format: row_ptr holds col_ptr (P + 1 entries), col_idx the u16 columns, values nnzb * 16 bytes.
+bool compute_layout_panel(uint64_t n, uint64_t nnzb, Layout* out);
 
 // A validated view into a packed buffer (no ownership).
 struct PackedView {
   DType dtype;
   uint64_t n, k, groups, nnzb, kept_blocks;
   uint32_t index_bytes;
-  const uint32_t* row_ptr;
+  const uint32_t* row_ptr;  // panel: col_ptr, P + 1 column offsets
   const void* col_idx;
   const void* values;
   const float* w_scale;    // null for fp32
   const int32_t* w_sum;    // null for fp32
   Format format = Format::bsr;
   float outlier_threshold = 0.0f;  // 0: off
-  uint64_t panels = 0, kq = 0;     // dense: ceil(N / 16) panels of ceil(K / 4) VNNI dwords
+  uint64_t panels = 0, kq = 0;     // dense: ceil(N / 16) panels of ceil(K / 4) VNNI dwords; panel: P, 0
 };
 
 // Packs a dense row-major N x K float matrix already pruned in 4x1 blocks. Throws std::invalid_argument
@@ -91,6 +110,10 @@ std::vector<uint8_t> pack_bsr(const float* w, uint64_t n, uint64_t k, DType dtyp
 
 // Packs a row-major N x K float matrix as dense int8 panels (same scales as pack_bsr).
 std::vector<uint8_t> pack_dense(const float* w, uint64_t n, uint64_t k, float outlier_threshold = 0.0f);
+
+// Packs a row-major N x K float matrix in the panel format (int8, same scales as pack_bsr): any pruning
+// works (a 4x1-pruned weight keeps the union of its 4 groups' columns; 16x1 keeps exactly its blocks).
+std::vector<uint8_t> pack_panel(const float* w, uint64_t n, uint64_t k, float outlier_threshold = 0.0f);
 
 // Full validation of an untrusted buffer: header, sizes, every index, ordering, scales and sums.
 // Throws std::invalid_argument with a message naming what is wrong.

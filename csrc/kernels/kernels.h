@@ -54,7 +54,7 @@ struct RowParams {
   bool stream_weights;     // dense: the weight is too large for the caches, prefetch it (a hint only)
 };
 
-// Dense GEMM: channel panels [c0, c1) (16 channels each) for rows [m0, m1).
+// Dense GEMM and panel SpMM (the panel format): channel panels [c0, c1) (16 channels each) for rows [m0, m1).
 // Skinny SpMM (int8 and fp32): channel groups [c0, c1) (4 channels each) for rows [m0, m1), m1 - m0 <= 8.
 using RowFn = void (*)(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1);
 
@@ -124,10 +124,12 @@ enum class Op : int {
   spmm_f32_skinny = 8,
   add_norm_f32 = 9,
   attention_f32 = 10,
+  spmm_panel_s8 = 11,
 };
 constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      Op::transpose_f32,
                           Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32,
-                          Op::spmm_f32_skinny, Op::add_norm_f32, Op::attention_f32};
+                          Op::spmm_f32_skinny, Op::add_norm_f32, Op::attention_f32,
+                          Op::spmm_panel_s8};
 
 struct KernelEntry {
   Op op;

@@ -75,11 +75,13 @@ Scratch& scratch() {
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Group boundaries that give every chunk about the same work: stored blocks plus a fixed cost
-// per group for its epilogue (equal nonzeros, not equal rows).
+// Tile boundaries that give every chunk about the same work: stored blocks (bsr: per 4-channel group;
+// panel: stored columns per 16-channel panel, from its column offsets) plus a fixed cost per tile for
+// its epilogue (equal nonzeros, not equal rows).
 std::vector<int64_t> balanced_chunks(const PackedView& w, int chunks) {
-  constexpr int64_t kGroupCost = 8;
-  const int64_t G = static_cast<int64_t>(w.groups);
+  const bool panel = w.format == Format::panel;
+  const int64_t kGroupCost = panel ? 32 : 8;
+  const int64_t G = static_cast<int64_t>(panel ? w.panels : w.groups);
   auto cost = [&](int64_t g) { return static_cast<int64_t>(w.row_ptr[g]) + kGroupCost * g; };
   const int64_t total = cost(G);
   std::vector<int64_t> bounds(chunks + 1, G);
@@ -325,13 +327,15 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
 }
 
 
-// Dense int8 (any M) and skinny int8 BSR (M <= kSkinnyRows): activations quantized row-major,
-// kernels vectorized over output channels. Same outlier contract as linear_kmajor.
+// Dense int8 and panel int8 (any M) and skinny int8 BSR (M <= kSkinnyRows): activations quantized
+// row-major, kernels vectorized over output channels (or gathering columns into AMX tiles: panel).
+// Same outlier contract as linear_kmajor.
 bool linear_rows(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const PackedView& w = a.w;
   const Target isa = active_target();
-  const bool dense = w.format == Format::dense;
-  const KernelEntry& ke = use_kernel(dense ? Op::gemm_s8 : Op::spmm_s8_skinny, isa);
+  const bool panel = w.format == Format::panel;
+  const bool dense = w.format == Format::dense || panel;  // 16-channel panels
+  const KernelEntry& ke = use_kernel(panel ? Op::spmm_panel_s8 : dense ? Op::gemm_s8 : Op::spmm_s8_skinny, isa);
   const auto kernel = reinterpret_cast<RowFn>(ke.fn);
   const auto quant = reinterpret_cast<QuantFn>(use_kernel(Op::quant_u8_rows, isa).fn);
   const int64_t K = static_cast<int64_t>(w.k), M = a.M;
@@ -345,7 +349,7 @@ bool linear_rows(const LinearArgs& a, bool check_outliers, bool& post_done) {
   RowParams p = row_params(a, padded_bias(s, a, padded));
   // A dense weight past the last-level cache (a GPT-2 lm_head: 38.6 MB) comes from memory at every call.
   constexpr uint64_t kStreamFromBytes = uint64_t(16) << 20;
-  p.stream_weights = dense && static_cast<uint64_t>(w.panels) * 64 * w.kq >= kStreamFromBytes;
+  p.stream_weights = w.format == Format::dense && static_cast<uint64_t>(w.panels) * 64 * w.kq >= kStreamFromBytes;
   p.xq = s.get<uint8_t>(1, M * ldx);
   p.ldx = ldx;
   float* scale = s.get<float>(2, M);
@@ -353,7 +357,10 @@ bool linear_rows(const LinearArgs& a, bool check_outliers, bool& post_done) {
   float* absmax = check_outliers ? s.get<float>(6, M) : nullptr;
   p.x_scale = scale;
   p.x_zp = zp;
-  const uint64_t macs = (dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq : 4 * w.nnzb) * static_cast<uint64_t>(M);
+  const uint64_t macs = (panel   ? kDensePanel * w.nnzb
+                         : dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq
+                                 : 4 * w.nnzb) *
+                        static_cast<uint64_t>(M);
   const int threads = macs < kMinParallelMacs ? 1 : tp.threads;
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
   // By rows only when the 64-row units share out evenly (M = 65 would leave one thread 1 row).
@@ -419,7 +426,7 @@ bool linear_int8_or_fp32(const LinearArgs& a, bool check_outliers, bool& post_do
     linear_f32_skinny(a);
     return true;
   }
-  const bool rows = a.w.dtype == DType::int8 && (a.w.format == Format::dense || a.M <= kSkinnyRows);
+  const bool rows = a.w.dtype == DType::int8 && (a.w.format != Format::bsr || a.M <= kSkinnyRows);
   return rows ? linear_rows(a, check_outliers, post_done) : linear_kmajor(a, check_outliers, post_done);
 }
 
@@ -503,6 +510,7 @@ const char* kernel_for(const PackedView& w, int64_t M) {
   const Target isa = active_target();
   if (w.dtype == DType::fp32) return select_kernel(M <= kSkinnyRows ? Op::spmm_f32_skinny : Op::spmm_f32, isa).name;
   if (w.format == Format::dense) return select_kernel(Op::gemm_s8, isa).name;
+  if (w.format == Format::panel) return select_kernel(Op::spmm_panel_s8, isa).name;
   return select_kernel(M <= kSkinnyRows ? Op::spmm_s8_skinny : Op::spmm_s8, isa).name;
 }
 

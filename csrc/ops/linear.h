@@ -1,7 +1,7 @@
 // The linear op, written once for every front door (pybind11 module, ONNX Runtime custom op):
-// y = act(x W^T + b) with W a packed weight: 4x1 block-sparse (int8 or fp32) or dense int8,
+// y = act(x W^T + b) with W a packed weight: 4x1 block-sparse (int8 or fp32), dense int8 or panel int8,
 // optionally followed by a residual add and a LayerNorm over the output channels.
-// The kernel is chosen by format and M: dense GEMM; for BSR (int8 or fp32) the skinny kernel
+// The kernel is chosen by format and M: dense GEMM; panel SpMM; for BSR (int8 or fp32) the skinny kernel
 // (vectorized over channels) when M <= 8, else the SpMM tile (vectorized over rows).
 #pragma once
 #include <cstdint>

@@ -51,7 +51,9 @@ def prune(
     Args:
         model: changed in place.
         sparsity: fraction of blocks to zero, in ``[0, 1]``.
-        block: block shape ``(out, in)``; ``(1, 1)`` is unstructured pruning.
+        block: block shape ``(out, in)``; ``(1, 1)`` is unstructured pruning, ``(16, 1)`` the block of the
+            ``"panel"`` format (``pack(..., block=(16, 1))``, the AMX kernel): a weight pruned so keeps
+            exactly its density there, where a 4x1-pruned one keeps the union of its groups' columns.
         scope: ``"global"`` ranks the blocks of all layers together (layers that matter less lose
             more); ``"layer"`` prunes each layer to ``sparsity``.
         skip: module names (qualified, last part, or glob) left dense; by default ``lm_head``,

@@ -1,4 +1,5 @@
-"""Packed weights: the 4x1 block-sparse format and the dense int8 format behind sparsecpu's kernels."""
+"""Packed weights: the 4x1 block-sparse format, the dense int8 format and the int8 panel format (16x1
+blocks, for AMX tiles) behind sparsecpu's kernels."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from ._convert import as_numpy_f32
 __all__ = ["PackedWeight", "pack"]
 
 _DTYPES = ("int8", "fp32")
-_FORMATS = ("auto", "bsr", "dense")
+_FORMATS = ("auto", "bsr", "dense", "panel")
+_BLOCKS = ((4, 1), (16, 1))
 
 # format="auto": an int8 weight whose 4x1-block density is at least this is packed dense. Measured on
 # the reference machine (AMD EPYC Zen 3, AVX2) on the BERT-base shapes (768x768, 3072x768, 768x3072)
@@ -38,7 +40,8 @@ def block_density(weight: np.ndarray) -> float:
 
 class PackedWeight:
     """An ``N x K`` weight packed for sparsecpu: block-sparse in 4x1 blocks (4 output channels x 1
-    input channel, ``format == "bsr"``) or dense int8 (``format == "dense"``).
+    input channel, ``format == "bsr"``), dense int8 (``format == "dense"``) or int8 panels of 16 output
+    channels sharing their kept input columns (``format == "panel"``, 16x1 blocks, for AMX tiles).
 
     The whole weight lives in one self-describing byte buffer (versioned header, block row
     pointers, column indices, values, per-channel int8 scales) that is validated whenever a
@@ -97,13 +100,15 @@ class PackedWeight:
 
     @property
     def format(self) -> str:
-        """Storage format: ``"bsr"`` (block-sparse rows over groups of 4 output channels) or ``"dense"``
-        (int8 panels of 16 channels in VNNI order, every value stored)."""
+        """Storage format: ``"bsr"`` (block-sparse rows over groups of 4 output channels), ``"dense"``
+        (int8 panels of 16 channels in VNNI order, every value stored) or ``"panel"`` (int8 panels of 16
+        channels storing only the input columns any of them keeps, 64 at a time: AMX B tiles)."""
         return self._meta["format"]
 
     @property
     def block(self) -> Tuple[int, int]:
-        """Block shape: ``(4, 1)`` (4 output channels x 1 input channel) for ``"bsr"``, ``(1, 1)`` for ``"dense"``."""
+        """Block shape: ``(4, 1)`` (4 output channels x 1 input channel) for ``"bsr"``, ``(1, 1)`` for
+        ``"dense"``, ``(16, 1)`` for ``"panel"``."""
         return tuple(self._meta["block"])
 
     @property
@@ -114,7 +119,8 @@ class PackedWeight:
 
     @property
     def kept_blocks(self) -> int:
-        """4x1 blocks with at least one nonzero value (for ``"dense"`` too: it is what density counts)."""
+        """4x1 blocks with at least one nonzero value (for ``"dense"`` and ``"panel"`` too: it is what
+        density counts)."""
         return self._meta["kept_blocks"]
 
     @property
@@ -123,6 +129,12 @@ class PackedWeight:
         n, k = self.shape
         total = ((n + 3) // 4) * k
         return self.kept_blocks / total if total else 0.0
+
+    @property
+    def stored_blocks(self) -> int:
+        """Blocks the buffer stores, padding included: 4x1 blocks (``"bsr"``) or input columns of a
+        16-channel panel (``"panel"``, a multiple of 64 per panel); 0 for ``"dense"``."""
+        return self._meta["stored_blocks"]
 
     @property
     def nbytes(self) -> int:
@@ -167,15 +179,21 @@ def pack(
 ) -> PackedWeight:
     """Packs a pruned ``N x K`` float weight (torch tensor or numpy array) for :func:`sparsecpu.linear`.
 
-    The weight should already be pruned in 4x1 blocks (4 output channels x 1 input column); any
-    nonzero inside a block keeps the whole block. ``N`` need not be a multiple of 4.
+    The weight should already be pruned in 4x1 blocks (4 output channels x 1 input column), or in 16x1
+    blocks for ``format="panel"``; any nonzero inside a block keeps the whole block. ``N`` need not be a
+    multiple of 4 (or 16).
 
     Args:
         weight: ``N x K`` float32 (or float16/float64, converted) weight, as ``nn.Linear.weight`` stores it.
         dtype: ``"int8"`` (symmetric per-output-channel scales, u8 x s8 kernels) or ``"fp32"``.
-        block: only ``(4, 1)`` is supported (the block shape of the ``"bsr"`` format).
+        block: ``(4, 1)`` (the ``"bsr"`` block) or ``(16, 1)``, which means ``format="panel"`` (with
+            ``format="auto"`` or ``"panel"``; another format raises ``ValueError``).
         format: ``"bsr"`` (block-sparse; int8 or fp32), ``"dense"`` (dense int8 GEMM; ``dtype="fp32"``
-            raises ``ValueError``: a dense fp32 layer is best left to ``torch.nn.functional.linear``)
+            raises ``ValueError``: a dense fp32 layer is best left to ``torch.nn.functional.linear``),
+            ``"panel"`` (int8 only: 16 output channels share the sorted list of input columns any of
+            them keeps, 64 at a time, for the AMX kernel; a 4x1-pruned weight keeps the union of its 4
+            groups' columns, a 16x1-pruned one exactly its blocks; below the ``amx`` level it runs the
+            reference kernel, slowly)
             or ``"auto"``: int8 weights whose 4x1-block density is at least ``AUTO_DENSE_DENSITY``
             (0.75, measured on the BERT-base shapes at M = 128 on an AVX2 Zen 3: below it the
             block-sparse kernel is faster) are packed dense, others block-sparse; fp32 is always ``"bsr"``.
@@ -196,12 +214,18 @@ def pack(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    if tuple(block) != (4, 1):
-        raise ValueError(f"block must be (4, 1) (4 output channels x 1 input channel), got {tuple(block)!r}")
+    if not isinstance(block, (tuple, list)) or tuple(block) not in _BLOCKS:
+        raise ValueError(f"block must be (4, 1) or (16, 1) (output channels x input channels), got {block!r}")
     if format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
+    if tuple(block) == (16, 1):
+        if format not in ("auto", "panel"):
+            raise ValueError(f"block=(16, 1) is the panel format's block: format must be 'panel' or 'auto', got {format!r}")
+        format = "panel"
     if format == "dense" and dtype != "int8":
         raise ValueError("format='dense' needs dtype='int8' (dense fp32 layers are best left to torch F.linear)")
+    if format == "panel" and dtype != "int8":
+        raise ValueError("format='panel' needs dtype='int8' (its kernels are int8 AMX tiles)")
     threshold = 0.0
     if outlier_threshold is not None:
         if isinstance(outlier_threshold, bool) or not isinstance(outlier_threshold, (int, float, np.floating)):

@@ -40,8 +40,9 @@ def isa(level: str, emulated: bool = False) -> Iterator[str]:
     A native level is capped at the CPU (like ``SPARSECPU_ISA``). ``emulated=True``, or a level
     written ``"avx512_vnni:emulated"``, runs that AVX-512 or AMX level's emulated kernels instead, on
     any CPU with AVX2 (``ValueError`` elsewhere, and for the levels below AVX-512). At ``"amx"``
-    only the ops that have an AMX kernel run one (the dense int8 GEMM); the others run the level
-    below's (``avx512_vnni``), as dispatch picks the best kernel at or below the level.
+    only the ops that have an AMX kernel run one (the dense int8 GEMM, the panel SpMM); the others run
+    the level below's (``avx512_vnni``), as dispatch picks the best kernel at or below the level. The
+    panel format's op has no kernel between the reference and AMX: below ``"amx"`` it runs the reference.
     """
     if emulated and not level.endswith(":emulated"):
         level += ":emulated"
@@ -60,8 +61,8 @@ def kernel_calls() -> Dict[str, int]:
 
 
 def spmm_s32(x: Any, packed: PackedWeight):
-    """The int32 accumulators ``sum_k q(x)[m, k] * w_q[n, k]`` of an int8 weight (block-sparse or
-    dense), before dequantization.
+    """The int32 accumulators ``sum_k q(x)[m, k] * w_q[n, k]`` of an int8 weight (block-sparse, dense
+    or panel), before dequantization.
 
     ``q(x)`` is the per-row u8 quantization the kernel applies. Integer accumulation is exact, so
     every ISA level (and the skinny and the SpMM kernel of a block-sparse weight) must return
