@@ -3,6 +3,7 @@
 // add + LayerNorm pass. Anonymous namespace for the same reason as there: one copy per ISA object.
 #pragma once
 #include <cmath>
+#include <type_traits>
 #include <cstdint>
 
 #include "kernels/kernels.h"
@@ -13,6 +14,34 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Vector math for the epilogue (fp32, ~1e-7 absolute error).
+
+// Runtime choices as template arguments, so that each kernel instantiates its tile loop once per case
+// instead of spelling out the switch.
+// The epilogue a call asks for: Epilogue<act, false>, or with raw_s32 (the test hook: s32 accumulators,
+// no activation) Epilogue<none, true>. with_epilogue(act, raw, f) calls f(Epilogue<...>{}).
+template <Activation A, bool R>
+struct Epilogue {
+  static constexpr Activation kAct = A;
+  static constexpr bool kRaw = R;
+};
+template <class F>
+inline void with_epilogue(Activation act, bool raw, F&& f) {
+  if (raw) return f(Epilogue<Activation::none, true>{});
+  switch (act) {
+    case Activation::none: return f(Epilogue<Activation::none, false>{});
+    case Activation::relu: return f(Epilogue<Activation::relu, false>{});
+    case Activation::gelu: return f(Epilogue<Activation::gelu, false>{});
+    case Activation::gelu_tanh: return f(Epilogue<Activation::gelu_tanh, false>{});
+  }
+}
+// f(std::integral_constant<int, r>{}) for a row count r in [1, kMax] (r > kMax: kMax).
+template <int kMax, class F>
+inline void with_rows(int64_t r, F&& f) {
+  if constexpr (kMax > 1) {
+    if (r < kMax) return with_rows<kMax - 1>(r, f);
+  }
+  f(std::integral_constant<int, kMax>{});
+}
 
 template <class V>
 inline typename V::F vexp(typename V::F x) {

@@ -199,13 +199,9 @@ void spmm_s8_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 
 template <class V, class Quad, class Idx>
 void spmm_s8_idx(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  if (p.raw_s32) return spmm_s8_tile<V, Quad, Idx, Activation::none, true>(p, g0, g1, m0);
-  switch (p.act) {
-    case Activation::none: return spmm_s8_tile<V, Quad, Idx, Activation::none, false>(p, g0, g1, m0);
-    case Activation::relu: return spmm_s8_tile<V, Quad, Idx, Activation::relu, false>(p, g0, g1, m0);
-    case Activation::gelu: return spmm_s8_tile<V, Quad, Idx, Activation::gelu, false>(p, g0, g1, m0);
-    case Activation::gelu_tanh: return spmm_s8_tile<V, Quad, Idx, Activation::gelu_tanh, false>(p, g0, g1, m0);
-  }
+  with_epilogue(p.act, p.raw_s32, [&](auto e) {
+    spmm_s8_tile<V, Quad, Idx, decltype(e)::kAct, decltype(e)::kRaw>(p, g0, g1, m0);
+  });
 }
 
 // Quad: the policy that consumes one quad of blocks (QuadGather<V, Dot> or a hand-scheduled one).
@@ -270,12 +266,7 @@ void spmm_f32_tile(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
 
 template <class V, int kVecs, class Idx>
 void spmm_f32_idx(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
-  switch (p.act) {
-    case Activation::none: return spmm_f32_tile<V, kVecs, Idx, Activation::none>(p, g0, g1, m0);
-    case Activation::relu: return spmm_f32_tile<V, kVecs, Idx, Activation::relu>(p, g0, g1, m0);
-    case Activation::gelu: return spmm_f32_tile<V, kVecs, Idx, Activation::gelu>(p, g0, g1, m0);
-    case Activation::gelu_tanh: return spmm_f32_tile<V, kVecs, Idx, Activation::gelu_tanh>(p, g0, g1, m0);
-  }
+  with_epilogue(p.act, false, [&](auto e) { spmm_f32_tile<V, kVecs, Idx, decltype(e)::kAct>(p, g0, g1, m0); });
 }
 
 // Tile: 4 channels x kVecs * V::kLanes rows.

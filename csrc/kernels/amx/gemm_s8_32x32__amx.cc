@@ -174,13 +174,9 @@ void gemm_amx(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1
 
 SPARSECPU_KERNELS_BEGIN
 void gemm_s8_32x32__amx(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
-  if (p.raw_s32) return gemm_amx<Activation::none, true>(p, c0, c1, m0, m1);
-  switch (p.act) {
-    case Activation::none: return gemm_amx<Activation::none, false>(p, c0, c1, m0, m1);
-    case Activation::relu: return gemm_amx<Activation::relu, false>(p, c0, c1, m0, m1);
-    case Activation::gelu: return gemm_amx<Activation::gelu, false>(p, c0, c1, m0, m1);
-    case Activation::gelu_tanh: return gemm_amx<Activation::gelu_tanh, false>(p, c0, c1, m0, m1);
-  }
+  with_epilogue(p.act, p.raw_s32, [&](auto e) {
+    gemm_amx<decltype(e)::kAct, decltype(e)::kRaw>(p, c0, c1, m0, m1);
+  });
 }
 SPARSECPU_KERNELS_END
 

@@ -171,14 +171,8 @@ void attention_f32_6x16__avx2(const AttnParams& p, int64_t bh, float* scratch) {
   pack_kt(p.k + b * p.k_sb + h * p.k_sh, p.k_ss, p.k_sd, p.Skv, p.D, kt, skv);
   int64_t i = 0;
   for (; i + kRows <= p.Sq; i += kRows) rows_tile<kRows>(p, m0, i, q, kt, v, o, s, skv);
-  switch (p.Sq - i) {
-    case 5: rows_tile<5>(p, m0, i, q, kt, v, o, s, skv); break;
-    case 4: rows_tile<4>(p, m0, i, q, kt, v, o, s, skv); break;
-    case 3: rows_tile<3>(p, m0, i, q, kt, v, o, s, skv); break;
-    case 2: rows_tile<2>(p, m0, i, q, kt, v, o, s, skv); break;
-    case 1: rows_tile<1>(p, m0, i, q, kt, v, o, s, skv); break;
-    default: break;
-  }
+  if (i < p.Sq)
+    with_rows<kRows - 1>(p.Sq - i, [&](auto r) { rows_tile<decltype(r)::value>(p, m0, i, q, kt, v, o, s, skv); });
 }
 
 }  // namespace sparsecpu

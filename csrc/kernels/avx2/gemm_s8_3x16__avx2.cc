@@ -74,19 +74,11 @@ void gemm_panels(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t
   for (int64_t panel = c0; panel < c1; ++panel) {
     int64_t m = m0;
     if (kStream && m1 > m0) {
-      switch (std::min<int64_t>(3, m1 - m0)) {
-        case 3: gemm_tile<3, kAct, kRaw, true>(p, panel, m); break;
-        case 2: gemm_tile<2, kAct, kRaw, true>(p, panel, m); break;
-        default: gemm_tile<1, kAct, kRaw, true>(p, panel, m); break;
-      }
+      with_rows<3>(m1 - m0, [&](auto r) { gemm_tile<decltype(r)::value, kAct, kRaw, true>(p, panel, m); });
       m = std::min<int64_t>(m1, m0 + 3);
     }
     for (; m + 3 <= m1; m += 3) gemm_tile<3, kAct, kRaw, false>(p, panel, m);
-    switch (m1 - m) {
-      case 2: gemm_tile<2, kAct, kRaw, false>(p, panel, m); break;
-      case 1: gemm_tile<1, kAct, kRaw, false>(p, panel, m); break;
-      default: break;
-    }
+    if (m < m1) with_rows<2>(m1 - m, [&](auto r) { gemm_tile<decltype(r)::value, kAct, kRaw, false>(p, panel, m); });
   }
 }
 
@@ -99,13 +91,9 @@ void gemm_run(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1
 }  // namespace
 
 void gemm_s8_3x16__avx2(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
-  if (p.raw_s32) return gemm_run<Activation::none, true>(p, c0, c1, m0, m1);
-  switch (p.act) {
-    case Activation::none: return gemm_run<Activation::none, false>(p, c0, c1, m0, m1);
-    case Activation::relu: return gemm_run<Activation::relu, false>(p, c0, c1, m0, m1);
-    case Activation::gelu: return gemm_run<Activation::gelu, false>(p, c0, c1, m0, m1);
-    case Activation::gelu_tanh: return gemm_run<Activation::gelu_tanh, false>(p, c0, c1, m0, m1);
-  }
+  with_epilogue(p.act, p.raw_s32, [&](auto e) {
+    gemm_run<decltype(e)::kAct, decltype(e)::kRaw>(p, c0, c1, m0, m1);
+  });
 }
 
 }  // namespace sparsecpu

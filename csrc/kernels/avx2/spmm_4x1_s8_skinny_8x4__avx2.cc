@@ -104,28 +104,15 @@ void skinny_run(const RowParams& p, int64_t g0, int64_t g1, int64_t m0) {
 
 template <class Idx, Activation kAct, bool kRaw>
 void skinny_rows(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  switch (m1 - m0) {
-    case 1: return skinny_run<1, Idx, kAct, kRaw>(p, g0, g1, m0);
-    case 2: return skinny_run<2, Idx, kAct, kRaw>(p, g0, g1, m0);
-    case 3: return skinny_run<3, Idx, kAct, kRaw>(p, g0, g1, m0);
-    case 4: return skinny_run<4, Idx, kAct, kRaw>(p, g0, g1, m0);
-    case 5: return skinny_run<5, Idx, kAct, kRaw>(p, g0, g1, m0);
-    case 6: return skinny_run<6, Idx, kAct, kRaw>(p, g0, g1, m0);
-    case 7: return skinny_run<7, Idx, kAct, kRaw>(p, g0, g1, m0);
-    case 8: return skinny_run<8, Idx, kAct, kRaw>(p, g0, g1, m0);
-    default: return;
-  }
+  if (m1 <= m0 || m1 - m0 > 8) return;
+  with_rows<8>(m1 - m0, [&](auto r) { skinny_run<decltype(r)::value, Idx, kAct, kRaw>(p, g0, g1, m0); });
 }
 
 template <class Idx>
 void skinny_idx(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  if (p.raw_s32) return skinny_rows<Idx, Activation::none, true>(p, g0, g1, m0, m1);
-  switch (p.act) {
-    case Activation::none: return skinny_rows<Idx, Activation::none, false>(p, g0, g1, m0, m1);
-    case Activation::relu: return skinny_rows<Idx, Activation::relu, false>(p, g0, g1, m0, m1);
-    case Activation::gelu: return skinny_rows<Idx, Activation::gelu, false>(p, g0, g1, m0, m1);
-    case Activation::gelu_tanh: return skinny_rows<Idx, Activation::gelu_tanh, false>(p, g0, g1, m0, m1);
-  }
+  with_epilogue(p.act, p.raw_s32, [&](auto e) {
+    skinny_rows<Idx, decltype(e)::kAct, decltype(e)::kRaw>(p, g0, g1, m0, m1);
+  });
 }
 
 }  // namespace

@@ -142,13 +142,9 @@ void gemm_panels(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t
 
 template <class Dot, int MR, int NP>
 void gemm_s8_512(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1) {
-  if (p.raw_s32) return gemm_panels<Dot, MR, NP, Activation::none, true>(p, c0, c1, m0, m1);
-  switch (p.act) {
-    case Activation::none: return gemm_panels<Dot, MR, NP, Activation::none, false>(p, c0, c1, m0, m1);
-    case Activation::relu: return gemm_panels<Dot, MR, NP, Activation::relu, false>(p, c0, c1, m0, m1);
-    case Activation::gelu: return gemm_panels<Dot, MR, NP, Activation::gelu, false>(p, c0, c1, m0, m1);
-    case Activation::gelu_tanh: return gemm_panels<Dot, MR, NP, Activation::gelu_tanh, false>(p, c0, c1, m0, m1);
-  }
+  with_epilogue(p.act, p.raw_s32, [&](auto e) {
+    gemm_panels<Dot, MR, NP, decltype(e)::kAct, decltype(e)::kRaw>(p, c0, c1, m0, m1);
+  });
 }
 
 }  // namespace

@@ -122,27 +122,13 @@ void skinny_run(const RowParams& p, int64_t g0, int64_t g1, int64_t m0) {
 template <class Idx, Activation kAct>
 void skinny_rows(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
   for (int64_t m = m0; m < m1; m += 8) {
-    switch (std::min<int64_t>(8, m1 - m)) {
-      case 1: skinny_run<1, Idx, kAct>(p, g0, g1, m); break;
-      case 2: skinny_run<2, Idx, kAct>(p, g0, g1, m); break;
-      case 3: skinny_run<3, Idx, kAct>(p, g0, g1, m); break;
-      case 4: skinny_run<4, Idx, kAct>(p, g0, g1, m); break;
-      case 5: skinny_run<5, Idx, kAct>(p, g0, g1, m); break;
-      case 6: skinny_run<6, Idx, kAct>(p, g0, g1, m); break;
-      case 7: skinny_run<7, Idx, kAct>(p, g0, g1, m); break;
-      default: skinny_run<8, Idx, kAct>(p, g0, g1, m); break;
-    }
+    with_rows<8>(m1 - m, [&](auto r) { skinny_run<decltype(r)::value, Idx, kAct>(p, g0, g1, m); });
   }
 }
 
 template <class Idx>
 void skinny_idx(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  switch (p.act) {
-    case Activation::none: return skinny_rows<Idx, Activation::none>(p, g0, g1, m0, m1);
-    case Activation::relu: return skinny_rows<Idx, Activation::relu>(p, g0, g1, m0, m1);
-    case Activation::gelu: return skinny_rows<Idx, Activation::gelu>(p, g0, g1, m0, m1);
-    case Activation::gelu_tanh: return skinny_rows<Idx, Activation::gelu_tanh>(p, g0, g1, m0, m1);
-  }
+  with_epilogue(p.act, false, [&](auto e) { skinny_rows<Idx, decltype(e)::kAct>(p, g0, g1, m0, m1); });
 }
 
 }  // namespace

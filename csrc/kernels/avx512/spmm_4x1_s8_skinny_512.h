@@ -119,26 +119,10 @@ __attribute__((noinline)) void skinny_flush(const RowParams& p, const simde__m51
 
 template <class Dot>
 void skinny_s8_512(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
-  SkinnyFlushFn flush = &skinny_flush<Activation::none, true>;
-  if (!p.raw_s32) {
-    switch (p.act) {
-      case Activation::none: flush = &skinny_flush<Activation::none, false>; break;
-      case Activation::relu: flush = &skinny_flush<Activation::relu, false>; break;
-      case Activation::gelu: flush = &skinny_flush<Activation::gelu, false>; break;
-      case Activation::gelu_tanh: flush = &skinny_flush<Activation::gelu_tanh, false>; break;
-    }
-  }
-  switch (m1 - m0) {
-    case 1: return skinny_groups<Dot, 1>(p, g0, g1, m0, flush);
-    case 2: return skinny_groups<Dot, 2>(p, g0, g1, m0, flush);
-    case 3: return skinny_groups<Dot, 3>(p, g0, g1, m0, flush);
-    case 4: return skinny_groups<Dot, 4>(p, g0, g1, m0, flush);
-    case 5: return skinny_groups<Dot, 5>(p, g0, g1, m0, flush);
-    case 6: return skinny_groups<Dot, 6>(p, g0, g1, m0, flush);
-    case 7: return skinny_groups<Dot, 7>(p, g0, g1, m0, flush);
-    case 8: return skinny_groups<Dot, 8>(p, g0, g1, m0, flush);
-    default: return;
-  }
+  SkinnyFlushFn flush = nullptr;
+  with_epilogue(p.act, p.raw_s32, [&](auto e) { flush = &skinny_flush<decltype(e)::kAct, decltype(e)::kRaw>; });
+  if (m1 <= m0 || m1 - m0 > 8) return;
+  with_rows<8>(m1 - m0, [&](auto r) { skinny_groups<Dot, decltype(r)::value>(p, g0, g1, m0, flush); });
 }
 
 }  // namespace
