@@ -97,6 +97,20 @@ struct AttnParams {
   int64_t m_sb, m_sh, m_sq, m_sk;
 };
 
+// Pair bh's slices of Q, K, V and O, and its offset into the mask.
+struct AttnHead {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* o;
+  int64_t mask;
+};
+inline AttnHead attn_head(const AttnParams& p, int64_t bh) {
+  const int64_t b = bh / p.H, h = bh % p.H;
+  return {p.q + b * p.q_sb + h * p.q_sh, p.k + b * p.k_sb + h * p.k_sh, p.v + b * p.v_sb + h * p.v_sh,
+          p.o + b * p.o_sb + h * p.o_sh, b * p.m_sb + h * p.m_sh};
+}
+
 // Floats of scratch an attention kernel needs per call (one (batch, head) pair at a time).
 inline int64_t attn_scratch_floats(int64_t Skv, int64_t D) {
   const int64_t skv = (Skv + 15) / 16 * 16;

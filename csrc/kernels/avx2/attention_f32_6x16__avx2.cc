@@ -160,15 +160,14 @@ void rows_tile(const AttnParams& p, int64_t m0, int64_t i, const float* q, const
 }  // namespace
 
 void attention_f32_6x16__avx2(const AttnParams& p, int64_t bh, float* scratch) {
-  const int64_t b = bh / p.H, h = bh % p.H;
-  const float* q = p.q + b * p.q_sb + h * p.q_sh;
-  const float* v = p.v + b * p.v_sb + h * p.v_sh;
-  float* o = p.o + b * p.o_sb + h * p.o_sh;
-  const int64_t m0 = b * p.m_sb + h * p.m_sh;
+  const AttnHead head = attn_head(p, bh);
+  const float *q = head.q, *v = head.v;
+  float* o = head.o;
+  const int64_t m0 = head.mask;
   const int64_t skv = (p.Skv + 15) / 16 * 16;
   float* kt = scratch;
   float* s = scratch + p.D * skv;
-  pack_kt(p.k + b * p.k_sb + h * p.k_sh, p.k_ss, p.k_sd, p.Skv, p.D, kt, skv);
+  pack_kt(head.k, p.k_ss, p.k_sd, p.Skv, p.D, kt, skv);
   int64_t i = 0;
   for (; i + kRows <= p.Sq; i += kRows) rows_tile<kRows>(p, m0, i, q, kt, v, o, s, skv);
   if (i < p.Sq)

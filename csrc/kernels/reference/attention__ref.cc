@@ -9,12 +9,10 @@
 namespace sparsecpu {
 
 void attention_f32__ref(const AttnParams& p, int64_t bh, float* /*scratch*/) {
-  const int64_t b = bh / p.H, h = bh % p.H;
-  const float* q = p.q + b * p.q_sb + h * p.q_sh;
-  const float* k = p.k + b * p.k_sb + h * p.k_sh;
-  const float* v = p.v + b * p.v_sb + h * p.v_sh;
-  float* o = p.o + b * p.o_sb + h * p.o_sh;
-  const int64_t m0 = b * p.m_sb + h * p.m_sh;
+  const AttnHead head = attn_head(p, bh);
+  const float *q = head.q, *k = head.k, *v = head.v;
+  float* o = head.o;
+  const int64_t m0 = head.mask;
   std::vector<double> s(p.Skv), acc(p.D);
   for (int64_t i = 0; i < p.Sq; ++i) {
     double mx = -std::numeric_limits<double>::infinity();
