@@ -19,7 +19,7 @@ LEVELS = testing.supported_isas()
 ALL_LEVELS = ["reference", "avx2", "avx512", "avx512_vnni", "amx"]
 EMULATED_LEVELS = ["avx512:emulated", "avx512_vnni:emulated", "amx:emulated"]
 OPS = ["spmm_s8", "spmm_f32", "quant_u8", "transpose_f32", "gemm_s8", "spmm_s8_skinny", "quant_u8_rows", "add_act_f32",
-       "spmm_f32_skinny", "add_norm_f32", "attention_f32", "spmm_panel_s8"]
+       "spmm_f32_skinny", "add_norm_f32", "attention_f32", "spmm_panel_s8", "attention_bf16"]
 
 
 def test_exports():
@@ -109,7 +109,7 @@ def test_testing_isa_each_level(level):
             # AVX2 kernels say so; AVX-512 levels run AVX-512 kernels, all emulated at an emulated level;
             # the amx level runs its AMX kernels and, for the ops without an AMX kernel, the VNNI level's.
             for op, name in kernels.items():
-                tag = "avx2" if level == "avx2" else "__amx" if base == "amx" and op in ("gemm_s8", "spmm_panel_s8") else "avx512"
+                tag = "avx2" if level == "avx2" else "__amx" if base == "amx" and op in ("gemm_s8", "spmm_panel_s8", "attention_bf16") else "avx512"
                 assert tag in name, (op, kernels)
             assert all(name.endswith(":emulated") == (suffix == "emulated") for name in kernels.values()), kernels
         if base in ("avx512_vnni", "amx"):

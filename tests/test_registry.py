@@ -46,9 +46,10 @@ def test_registry_is_ordered_and_complete():
                 assert entries[i + 1]["name"] == e["name"] + ":emulated"
 
 
-# Ops of an AMX-only format: below the amx level they run their reference kernel (the panel format is
-# packed for the AMX tiles; a machine without them uses bsr or dense).
-AMX_ONLY_OPS = {"spmm_panel_s8"}
+# Ops with AMX kernels only. The panel format's runs its reference below the amx level (the format is
+# packed for the AMX tiles; a machine without them uses bsr or dense); a bf16 attention request runs the
+# fp32 attention kernel there.
+AMX_ONLY_OPS = {"spmm_panel_s8", "attention_bf16"}
 
 
 def test_every_level_has_its_own_kernels():
@@ -115,10 +116,10 @@ def _residual_norm(rng):
     return call
 
 
-def _attention(rng):
+def _attention(rng, precision="fp32"):
     q, k, v = (rng.standard_normal((2, 3, 21, 40)).astype(np.float32) for _ in range(3))
     mask = np.where(rng.random((2, 1, 21, 21)) < 0.2, -1e4, 0.0).astype(np.float32)
-    return lambda: _C.attention(q, k, v, None, mask, 40 ** -0.5)
+    return lambda: _C.attention(q, k, v, None, mask, 40 ** -0.5, precision)
 
 
 CALLS = {
@@ -134,6 +135,7 @@ CALLS = {
     "add_norm_f32": _residual_norm,
     "attention_f32": _attention,
     "spmm_panel_s8": _int8_panel,
+    "attention_bf16": lambda rng: _attention(rng, "bf16"),
 }
 EXACT = {"spmm_s8", "quant_u8", "spmm_s8_skinny", "quant_u8_rows", "gemm_s8", "spmm_panel_s8"}
 

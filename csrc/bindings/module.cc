@@ -201,9 +201,16 @@ std::vector<int64_t> element_strides(const py::array& a, const char* what, bool 
 // q [B, H, Sq, D], k and v [B, H, Skv, D], out [B, H, Sq, D] (float32, any strides; the last dim
 // contiguous except in k), or None for a new [B, Sq, H, D] array (the merged-heads layout) written
 // through its [B, H, Sq, D] view; mask: None, or float32 (added) / bool (True = attend) of 4 dims each
-// equal to the scores' [B, H, Sq, Skv] or 1 (broadcast). Returns out, or the new array.
+// equal to the scores' [B, H, Sq, Skv] or 1 (broadcast); precision: "fp32" or "bf16" (see AttnPrecision).
+// Returns out, or the new array.
+AttnPrecision parse_precision(const std::string& s) {
+  if (s == "fp32") return AttnPrecision::fp32;
+  if (s == "bf16") return AttnPrecision::bf16;
+  throw std::invalid_argument("precision must be 'fp32' or 'bf16', got '" + s + "'");
+}
+
 py::array attention_py(const py::array& q, const py::array& k, const py::array& v, const py::object& out_or_none,
-                       const py::object& mask, float scale) {
+                       const py::object& mask, float scale, const std::string& precision) {
   py::array out, result;
   const py::array* arrays[] = {&q, &k, &v};
   const char* names[] = {"q", "k", "v"};
@@ -230,6 +237,7 @@ py::array attention_py(const py::array& q, const py::array& k, const py::array& 
     if (!out.writeable()) throw std::invalid_argument("out must be writeable");
   }
   if (!std::isfinite(scale)) throw std::invalid_argument("scale must be finite");
+  const AttnPrecision prec = parse_precision(precision);
   AttnParams p{};
   p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
   p.scale = scale;
@@ -261,7 +269,7 @@ py::array attention_py(const py::array& q, const py::array& k, const py::array& 
   }
   {
     py::gil_scoped_release release;
-    attention(p);
+    attention(p, nullptr, prec);
   }
   return result;
 }
@@ -279,6 +287,8 @@ py::dict info() {
   d["emulated"] = t.emulated;
   py::dict kernels;
   for (Op op : kAllOps) kernels[op_name(op)] = select_kernel(op, t).name;
+  // A bf16 attention request runs the fp32 kernel at the levels without a bf16 kernel of their own.
+  kernels[op_name(Op::attention_bf16)] = attention_kernel_name(AttnPrecision::bf16);
   d["kernels"] = kernels;
   d["threads"] = get_num_threads();
   const std::string omp = host_openmp();
@@ -435,7 +445,9 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<U8Array, const py::object&, int>(), py::arg("buf"), py::arg("bias"), py::arg("act"))
       .def("__call__", &BoundLinear::operator(), py::arg("x"));
   m.def("attention", &attention_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"),
-        py::arg("scale"));
+        py::arg("scale"), py::arg("precision") = "fp32");
+  m.def("attention_kernel", [](const std::string& precision) { return attention_kernel_name(parse_precision(precision)); },
+        py::arg("precision") = "fp32");
   m.def("info", &info);
   m.def("kernel_registry", &registry);
   m.def("supported_isas", &supported_isas);

@@ -116,7 +116,14 @@ inline int64_t attn_scratch_floats(int64_t Skv, int64_t D) {
   const int64_t skv = (Skv + 15) / 16 * 16;
   return (D + 8) * skv + 16;
 }
-// Computes pair bh = b * H + h; scratch holds attn_scratch_floats(Skv, D) floats, 64-byte aligned.
+// Op attention_bf16 is the same product at bf16 precision (Q, K, V and the softmax weights rounded to
+// bf16, products summed in fp32: reference/attention_bf16__ref.cc), for AMX-BF16; its scratch:
+inline int64_t attn_bf16_scratch_floats(int64_t Skv, int64_t D) {
+  const int64_t skv = (Skv + 31) / 32 * 32, d32 = (D + 31) / 32 * 32, dv = (D + 15) / 16 * 16;
+  return d32 / 2 * skv + skv / 2 * dv + 8 * d32 + 24 * skv + 16 * dv;
+}
+// Computes pair bh = b * H + h; scratch holds attn_scratch_floats(Skv, D) (attention_f32) or
+// attn_bf16_scratch_floats(Skv, D) (attention_bf16) floats, 64-byte aligned.
 using AttnFn = void (*)(const AttnParams& p, int64_t bh, float* scratch);
 
 // Position of row m (0 <= m < mr) of an mr-row tile in slab order, for a kernel with `lanes`-lane vectors.
@@ -139,11 +146,12 @@ enum class Op : int {
   add_norm_f32 = 9,
   attention_f32 = 10,
   spmm_panel_s8 = 11,
+  attention_bf16 = 12,
 };
 constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      Op::transpose_f32,
                           Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32,
                           Op::spmm_f32_skinny, Op::add_norm_f32, Op::attention_f32,
-                          Op::spmm_panel_s8};
+                          Op::spmm_panel_s8, Op::attention_bf16};
 
 struct KernelEntry {
   Op op;

@@ -81,6 +81,7 @@ const char* op_name(Op op) {
     case Op::add_norm_f32: return "add_norm_f32";
     case Op::attention_f32: return "attention_f32";
     case Op::spmm_panel_s8: return "spmm_panel_s8";
+    case Op::attention_bf16: return "attention_bf16";
   }
   return "unknown";
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/kernels.h"
 
@@ -57,6 +58,24 @@ inline float dequant_scalar(int32_t acc, int32_t x_zp, int32_t w_sum, float x_sc
   const int32_t centered =
       static_cast<int32_t>(static_cast<uint32_t>(acc) - static_cast<uint32_t>(x_zp) * static_cast<uint32_t>(w_sum));
   return activate_scalar(static_cast<float>(centered) * (x_scale * w_scale) + bias, act);
+}
+
+// fp32 -> bf16 as AVX512-BF16's vcvtneps2bf16 rounds: to nearest even, denormals to signed zero, NaN
+// to a quiet NaN. The bf16 attention (op attention_bf16) rounds Q, K, V and the softmax weights this way.
+inline uint16_t bf16_round(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  if ((bits & 0x7F800000u) == 0) return static_cast<uint16_t>((bits >> 16) & 0x8000);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float bf16_value(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
 }
 
 }  // namespace

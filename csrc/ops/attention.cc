@@ -16,13 +16,20 @@ float* scratch_of_thread(int64_t floats) {
   return buf.data();
 }
 
+Op attention_op(AttnPrecision precision, Target t) {
+  if (precision == AttnPrecision::bf16 && select_kernel(Op::attention_bf16, t).isa == t.isa) return Op::attention_bf16;
+  return Op::attention_f32;
+}
+
 }  // namespace
 
-void attention(const AttnParams& p, const ParallelFor* parallel) {
+void attention(const AttnParams& p, const ParallelFor* parallel, AttnPrecision precision) {
   const int64_t pairs = p.B * p.H;
   if (pairs == 0 || p.Sq == 0) return;
-  const auto kernel = reinterpret_cast<AttnFn>(use_kernel(Op::attention_f32, active_target()).fn);
-  const int64_t floats = attn_scratch_floats(p.Skv, p.D);
+  const Op op = attention_op(precision, active_target());
+  const auto kernel = reinterpret_cast<AttnFn>(use_kernel(op, active_target()).fn);
+  const int64_t floats =
+      op == Op::attention_bf16 ? attn_bf16_scratch_floats(p.Skv, p.D) : attn_scratch_floats(p.Skv, p.D);
   // One task per (batch, head) pair, claimed dynamically; a single small head is not worth a wake-up.
   constexpr int64_t kMinParallelFlops = int64_t(1) << 18;
   if (pairs == 1 || 4 * p.Sq * p.Skv * p.D * pairs < kMinParallelFlops) {
@@ -34,6 +41,8 @@ void attention(const AttnParams& p, const ParallelFor* parallel) {
   else parallel_run(static_cast<int>(pairs), task);
 }
 
-const char* attention_kernel_name() { return select_kernel(Op::attention_f32, active_target()).name; }
+const char* attention_kernel_name(AttnPrecision precision) {
+  return select_kernel(attention_op(precision, active_target()), active_target()).name;
+}
 
 }  // namespace sparsecpu

@@ -1,7 +1,9 @@
 """sparsecpu's attention kernel as a Hugging Face attention implementation (``"sparsecpu"``).
 
 transformers looks attention functions up by the name in ``config._attn_implementation``; this
-module registers one under ``"sparsecpu"`` (with SDPA's boolean masks) and switches a model to it.
+module registers two (with SDPA's boolean masks), ``"sparsecpu"`` (fp32) and ``"sparsecpu_bf16"``
+(bf16 products where the CPU has AMX-BF16, see :func:`sparsecpu._library.attention`), and switches a
+model to one.
 The function runs the cases the kernel covers (no causal flag, no dropout, one key/value head per
 query head, float32 CPU tensors without grad) and hands everything else to transformers' own SDPA
 function, so a switched model computes what it computed before.
@@ -9,6 +11,7 @@ function, so a switched model computes what it computed before.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -16,6 +19,7 @@ import torch
 from . import _library
 
 NAME = "sparsecpu"
+NAMES = {"fp32": NAME, "bf16": "sparsecpu_bf16"}  # implementation name by precision
 
 
 def _plain(t) -> bool:
@@ -28,8 +32,9 @@ def _kernel_ready(t) -> bool:
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: Optional[float] = None,
-                      is_causal: Optional[bool] = None, **kwargs):
-    """The ``"sparsecpu"`` attention function: transformers' SDPA signature and results.
+                      is_causal: Optional[bool] = None, precision: str = "fp32", **kwargs):
+    """The ``"sparsecpu"`` attention function (``"sparsecpu_bf16"`` with ``precision="bf16"``):
+    transformers' SDPA signature and results.
 
     Decode steps call it once per layer and token, so the checks are ordered cheapest first; the
     head counts' equality also rules out grouped key/value heads."""
@@ -58,8 +63,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                        **kwargs)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     if torch.compiler.is_compiling():
-        return torch.ops.sparsecpu.attention(query, key, value, mask, scale), None
-    return _library.run_attention(query, key, value, mask, scale), None
+        return torch.ops.sparsecpu.attention(query, key, value, mask, scale, precision), None
+    return _library.run_attention(query, key, value, mask, scale, precision), None
 
 
 def _sdpa():
@@ -72,17 +77,21 @@ def _register() -> None:
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(NAME, attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    for precision, name in NAMES.items():
+        AttentionInterface.register(name, functools.partial(attention_forward, precision=precision))
+        AttentionMaskInterface.register(name, sdpa_mask)
 
 
-def use_sparsecpu_attention(model) -> bool:
+def use_sparsecpu_attention(model, precision: str = "fp32") -> Optional[str]:
     """Switches a Hugging Face model from transformers' ``"sdpa"`` attention (its default) to
-    ``"sparsecpu"``; False, and nothing changed, for any other model or implementation (an
-    explicitly chosen ``"eager"`` is left alone: it is how one gets attention weights back)."""
+    sparsecpu's at ``precision`` (``"fp32"`` or ``"bf16"``) and returns the implementation's name;
+    None, and nothing changed, for any other model or implementation (an explicitly chosen
+    ``"eager"`` is left alone: it is how one gets attention weights back)."""
+    if precision not in NAMES:
+        raise ValueError(f"attention precision must be 'fp32' or 'bf16', got {precision!r}")
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
-        return False
+        return None
     _register()
-    model.set_attn_implementation(NAME)
-    return True
+    model.set_attn_implementation(NAMES[precision])
+    return NAMES[precision]

@@ -216,20 +216,25 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+                  precision: str = "fp32") -> torch.Tensor:
     """:func:`attention`'s computation on plain float32 CPU tensors without grad (the last dims of
     q, k, v contiguous; any other strides): returns ``[B, Sq, H, D]``."""
-    return torch.from_numpy(_C.attention(q.numpy(), k.numpy(), v.numpy(), None, None if mask is None else mask.numpy(), scale))
+    m = None if mask is None else mask.numpy()
+    return torch.from_numpy(_C.attention(q.numpy(), k.numpy(), v.numpy(), None, m, scale, precision))
 
 
 @torch.library.custom_op("sparsecpu::attention", mutates_args=())
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+              precision: str = "fp32") -> torch.Tensor:
     """``softmax(scale * q @ k^T + mask) @ v`` per (batch, head), returned as ``[B, Sq, H, D]`` (the
     layout the heads are merged from).
 
     ``q`` is float32 ``[B, H, Sq, D]``, ``k`` and ``v`` ``[B, H, Skv, D]``; ``mask`` is None, a bool
     tensor (True = attend) or a float32 one (added to the scores), 4-D and broadcastable to
-    ``[B, H, Sq, Skv]``. A query row that may attend to no key gets zeros.
+    ``[B, H, Sq, Skv]``. A query row that may attend to no key gets zeros. ``precision``: ``"fp32"``,
+    or ``"bf16"`` to allow bf16 products (Q, K, V and the softmax weights rounded to bf16, sums in
+    fp32), which run on AMX-BF16 tiles where the CPU has them and as fp32 elsewhere.
     """
     tensors = [q, k, v] + ([mask] if mask is not None else [])
     if not all(t.device.type == "cpu" and t.layout == torch.strided for t in tensors):
@@ -243,11 +248,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale!r}")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    return run_attention(q, k, v, None if mask is None else mask.detach(), float(scale))
+    return run_attention(q, k, v, None if mask is None else mask.detach(), float(scale), precision)
 
 
 @attention.register_fake
-def _(q, k, v, mask, scale):
+def _(q, k, v, mask, scale, precision="fp32"):
     torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4, lambda: "q, k and v must be 4-D [B, H, S, D]")
     b, h, sq, d = q.shape
     return q.new_empty((b, sq, h, d))

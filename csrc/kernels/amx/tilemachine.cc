@@ -8,6 +8,8 @@
 #include <cstring>
 #include <string>
 
+#include "kernels/scalar.h"
+
 namespace sparsecpu {
 namespace amx {
 namespace machine {
@@ -91,13 +93,6 @@ uint32_t load32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
   return v;
-}
-
-float bf16_to_f32(uint16_t h) {
-  const uint32_t bits = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
 }
 
 // MXCSR while tdpbf16ps computes: FTZ (bit 15), DAZ (bit 6), every exception masked (bits 7-12), round to
@@ -250,12 +245,12 @@ void tdpbf16ps(int c, int a, int b) {
       for (int k = 0; k < K; ++k) {
         uint16_t x[2];
         std::memcpy(x, s.tile[a][m] + 4 * k, 4);
-        const float x0 = bf16_to_f32(x[0]), x1 = bf16_to_f32(x[1]);
+        const float x0 = bf16_value(x[0]), x1 = bf16_value(x[1]);
         for (int n = 0; n < N; ++n) {
           uint16_t y[2];
           std::memcpy(y, s.tile[b][k] + 4 * n, 4);
-          temp[2 * n] = std::fma(x0, bf16_to_f32(y[0]), temp[2 * n]);
-          temp[2 * n + 1] = std::fma(x1, bf16_to_f32(y[1]), temp[2 * n + 1]);
+          temp[2 * n] = std::fma(x0, bf16_value(y[0]), temp[2 * n]);
+          temp[2 * n + 1] = std::fma(x1, bf16_value(y[1]), temp[2 * n + 1]);
         }
       }
       float row[16];
