@@ -3,7 +3,9 @@ kernels, the packed-buffer reader) live in ``_util.py`` next to this file."""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ import pytest
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+# The suite's format calibrations (sparsecpu.calibration) go to a directory of its own, not the user's cache.
+os.environ.setdefault("SPARSECPU_CACHE_DIR", tempfile.mkdtemp(prefix="sparsecpu-test-cache-"))
 
 import sparsecpu
 from sparsecpu import testing

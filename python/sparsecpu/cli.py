@@ -71,6 +71,18 @@ def _run_kernels(args: argparse.Namespace, shapes, ms, sparsities, dtypes, basel
     return records
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from sparsecpu import calibration
+
+    c = calibration.load(refresh=args.refresh)
+    if args.json:
+        print(c.to_json())
+    else:
+        print(c)
+        print(f"cached in {calibration.path(c.key)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if not _have_torch("demo"):
         return 2
@@ -294,6 +306,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("info", help="detected CPU features, ISA level, kernels and threads")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(fn=_cmd_info)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure (or show the cached) costs of the int8 formats on this machine, which format='auto' uses",
+        description="Times each int8 weight format's kernel (bsr, dense, and panel at the amx level) on a 768x768 "
+        "weight at 1 and 128 rows and a few densities, and caches the result per CPU, ISA level, thread count "
+        "and sparsecpu version; format='auto', sparsify and onnx convert choose each layer's format from it.",
+    )
+    p.add_argument("--refresh", action="store_true", help="measure again even if a calibration is cached")
+    p.add_argument("--json", action="store_true", help="print the cached file's JSON")
+    p.set_defaults(fn=_cmd_calibrate)
 
     p = sub.add_parser(
         "demo",
