@@ -20,7 +20,7 @@ namespace {
 // m_base + stride_j * j + i. Transposed in registers (4x4 per 128-bit lane) so that each row's 4
 // channels leave in one 16-byte store, and y is written row-major once.
 
-// Output of a tile, staged. Each group yields 4 channels x kRows rows (the tile height);
+// Output of a tile, staged. Each group yields kRows rows (the tile height) x 4 channels;
 // written straight to y that is 16 bytes into each of R rows, and every 4 groups a fresh cache
 // line in each row: store misses commit one at a time, so on large outputs the stores, not the
 // dot products, set the pace. Instead 4 groups are transposed into an L1 buffer (kRows rows x 16
@@ -269,7 +269,7 @@ void spmm_f32_idx(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   with_epilogue(p.act, false, [&](auto e) { spmm_f32_tile<V, kVecs, Idx, decltype(e)::kAct>(p, g0, g1, m0); });
 }
 
-// Tile: 4 channels x kVecs * V::kLanes rows.
+// Tile: kVecs * V::kLanes rows x 4 channels.
 template <class V, int kVecs>
 void spmm_f32(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   if (p.w.index_bytes == 2) spmm_f32_idx<V, kVecs, uint16_t>(p, g0, g1, m0);
