@@ -21,7 +21,7 @@ float* scratch_of_thread(int64_t floats) {
 void attention(const AttnParams& p, const ParallelFor* parallel) {
   const int64_t pairs = p.B * p.H;
   if (pairs == 0 || p.Sq == 0) return;
-  const auto kernel = reinterpret_cast<AttnFn>(use_kernel(Op::attention_f32, active_target()).fn);
+  const auto kernel = use_kernel<Op::attention_f32>(active_target()).fn;
   const int64_t floats = attn_scratch_floats(p.Skv, p.D);
   // One task per (batch, head) pair, claimed dynamically; a single small head is not worth a wake-up.
   constexpr int64_t kMinParallelFlops = int64_t(1) << 18;
