@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 import sparsecpu
-from sparsecpu import testing
+from sparsecpu import _C, testing
 
 LEVELS = testing.supported_isas()
 ALL_LEVELS = ["reference", "avx2", "avx512", "avx512_vnni", "amx"]
 EMULATED_LEVELS = ["avx512:emulated", "avx512_vnni:emulated", "amx:emulated"]
-OPS = ["spmm_s8", "spmm_f32", "quant_u8", "transpose_f32", "gemm_s8", "spmm_s8_skinny", "quant_u8_rows", "add_act_f32",
-       "spmm_f32_skinny", "add_norm_f32", "attention_f32", "spmm_panel_s8", "attention_bf16"]
+OPS = _C.kernel_ops()  # the op list of csrc/kernels/ops.inc
 
 
 def test_exports():

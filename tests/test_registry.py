@@ -6,6 +6,8 @@ with the level natively the two builds are checked against each other here too."
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,7 @@ def test_registry_is_ordered_and_complete():
     ops = {}
     for e in ENTRIES:
         ops.setdefault(e["op"], []).append(e)
+    assert sorted(ops) == sorted(_C.kernel_ops()), "every op of csrc/kernels/ops.inc has kernels, and no other"
     assert set(ops) == set(sparsecpu.info()["kernels"])
     order = ["reference", "avx2", "avx512", "avx512_vnni", "amx"]
     for op, entries in ops.items():
@@ -44,6 +47,28 @@ def test_registry_is_ordered_and_complete():
                 assert not prev["emulated"] and prev["isa"] == e["isa"] and e["name"] == prev["name"] + ":emulated"
             elif e["isa"] in ("avx512", "avx512_vnni", "amx"):
                 assert entries[i + 1]["name"] == e["name"] + ":emulated"
+
+
+# The SpMM ops: their kernels read K-major activations a tile of `rows` at a time, in the slab order of their
+# vector lanes.
+SPMM_OPS = {"spmm_s8", "spmm_f32"}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_name_spells_the_registered_tile(entry):
+    """<what>_<rows>x<channels>__<isa>: the tile in a kernel's name is the one it registers, rows first."""
+    tile = re.search(r"_(\d+)x(\d+)__", entry["name"])
+    if tile:
+        assert (entry["rows"], entry["channels"]) == (int(tile[1]), int(tile[2])), entry
+    elif entry["op"] in SPMM_OPS:
+        # The reference SpMM kernels stand in for a 16-row tile (a call's rows) with 4-lane "vectors".
+        assert (entry["rows"], entry["channels"], entry["lanes"]) == (16, 4, 4), entry
+    else:
+        assert (entry["rows"], entry["channels"]) == (0, 0), entry
+    if entry["op"] in SPMM_OPS:
+        assert entry["channels"] == 4 and entry["lanes"] > 0 and entry["rows"] % entry["lanes"] == 0, entry
+    else:
+        assert entry["lanes"] == 0, entry
 
 
 # Ops with AMX kernels only. The panel format's runs its reference below the amx level (the format is
@@ -141,7 +166,7 @@ EXACT = {"spmm_s8", "quant_u8", "spmm_s8_skinny", "quant_u8_rows", "gemm_s8", "s
 
 
 def test_every_op_has_a_call():
-    assert set(CALLS) == set(sparsecpu.info()["kernels"])
+    assert set(CALLS) == set(_C.kernel_ops())
 
 
 @pytest.mark.parametrize("entry", RUN_HERE, ids=[e["name"] for e in RUN_HERE])

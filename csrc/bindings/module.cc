@@ -306,6 +306,9 @@ py::list registry() {
     d["isa"] = isa_name(e[i].isa);
     d["emulated"] = e[i].emulated;
     d["name"] = e[i].name;
+    d["rows"] = e[i].rows;
+    d["channels"] = e[i].channels;
+    d["lanes"] = e[i].lanes;
     d["calls"] = kernel_calls(i);
     out.append(d);
   }
@@ -450,6 +453,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("precision") = "fp32");
   m.def("info", &info);
   m.def("kernel_registry", &registry);
+  m.def("kernel_ops", [] {
+    py::list ops;
+    for (Op op : kAllOps) ops.append(op_name(op));
+    return ops;
+  });
   m.def("supported_isas", &supported_isas);
   m.def("test_targets", &test_targets);
   m.def("get_isa", [] { return target_name(active_target()); });

@@ -1,7 +1,11 @@
 // Micro-kernel contract. A kernel sees raw pointers and one tile loop; ops/ owns validation,
-// scratch memory, tiling and threads.
+// scratch memory, tiling and threads. Each op has one function-pointer type (SpmmFn, RowFn, ... below;
+// the ops: kernels/ops.inc), and every kernel is registered in kernels/kernels.inc under a name that
+// spells its register tile rows first, <what>_<rows>x<channels>__<isa> (rows of x by output channels,
+// XNNPACK's MRxNR): spmm_4x1_s8_64x4__avx512vnni accumulates 64 rows x 4 channels in zmm registers.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "core/cpu.h"
 #include "core/format.h"
@@ -133,74 +137,102 @@ inline int64_t slab_order_index(int64_t m, int mr, int lanes) {
   return s * lanes + 4 * j + i;
 }
 
+// The ops and their kernels' function-pointer types, listed once in kernels/ops.inc: the enum, kAllOps,
+// OpTraits and op_name() are generated from it, and _C.kernel_ops() hands it to the tests.
 enum class Op : int {
-  spmm_s8 = 0,
-  spmm_f32 = 1,
-  quant_u8 = 2,
-  transpose_f32 = 3,
-  gemm_s8 = 4,
-  spmm_s8_skinny = 5,
-  quant_u8_rows = 6,
-  add_act_f32 = 7,
-  spmm_f32_skinny = 8,
-  add_norm_f32 = 9,
-  attention_f32 = 10,
-  spmm_panel_s8 = 11,
-  attention_bf16 = 12,
+#define SPARSECPU_OP(op, FnType) op,
+#include "kernels/ops.inc"
+#undef SPARSECPU_OP
 };
-constexpr Op kAllOps[] = {Op::spmm_s8,  Op::spmm_f32,       Op::quant_u8,      Op::transpose_f32,
-                          Op::gemm_s8, Op::spmm_s8_skinny, Op::quant_u8_rows, Op::add_act_f32,
-                          Op::spmm_f32_skinny, Op::add_norm_f32, Op::attention_f32,
-                          Op::spmm_panel_s8, Op::attention_bf16};
+constexpr Op kAllOps[] = {
+#define SPARSECPU_OP(op, FnType) Op::op,
+#include "kernels/ops.inc"
+#undef SPARSECPU_OP
+};
+const char* op_name(Op op);
 
-struct KernelEntry {
+// OpTraits<op>::Fn: the function-pointer type of op's kernels.
+template <Op kOp>
+struct OpTraits;
+#define SPARSECPU_OP(op, FnType) \
+  template <>                    \
+  struct OpTraits<Op::op> {      \
+    using Fn = FnType;           \
+  };
+#include "kernels/ops.inc"
+#undef SPARSECPU_OP
+
+// What the registry says of a kernel, whatever its op.
+struct KernelInfo {
   Op op;
   Isa isa;          // lowest level the kernel needs
   bool emulated;    // the emulated build of an AVX-512 / AMX kernel (runs on AVX2); name ends in ":emulated"
   const char* name;
-  void* fn;         // SpmmFn / RowFn / QuantFn / TransposeFn / AddActFn / AddNormFn / AttnFn by op
-  int mr;           // rows per tile (spmm, gemm), most rows per call (skinny) or 0
-  int lanes;        // 32-bit lanes per vector (spmm), channels per tile (gemm, skinny) or 0
+  // The register tile the name spells (kernels.inc): rows of x (M) by output channels (N), attention: query
+  // rows by output columns; 0 x 0 for a kernel without one. For the SpMM ops it is also a call's tile (rows
+  // [m0, m0 + rows) of each group of 4 channels), so their references list the 16 x 4 they stand in for.
+  int rows;
+  int channels;
+  // SpMM ops: 32-bit lanes per vector, which fix the slab order of the per-row quantization parameters
+  // (slab_order_index); 0 for the other ops.
+  int lanes;
 };
+
+// A kernel's function with its op's type erased: registry.cc stores only functions of type OpTraits<op>::Fn
+// (checked as it compiles), and select_kernel<op> / use_kernel<op> give them back at that type.
+using ErasedKernelFn = void (*)();
+struct KernelEntry : KernelInfo {
+  ErasedKernelFn fn;
+};
+
+// A registry entry with its function typed: what dispatch calls, no cast at the call site.
+template <class Fn>
+struct Kernel : KernelInfo {
+  Fn fn;
+};
+template <Op kOp>
+using KernelOf = Kernel<typename OpTraits<kOp>::Fn>;
 
 // Every kernel, best first within an op, the reference last; each AVX-512 and AMX kernel is followed by
 // its emulated build. Dispatch, tests and the benchmark all read this list.
 const KernelEntry* kernel_registry(int* count);
 // The best kernel of `op` for target `t` (the first entry at or below its level): at an emulated target
-// the AVX-512 and AMX kernels are the emulated builds, the ones below AVX-512 native.
+// the AVX-512 and AMX kernels are the emulated builds, the ones below AVX-512 native. Untyped: for its name.
 const KernelEntry& select_kernel(Op op, Target t);
-// select_kernel for a call that is about to run the kernel: counted per entry, so that the tests can
-// check that every registered kernel was run (kernel_calls).
-const KernelEntry& use_kernel(Op op, Target t);
 // Calls counted by use_kernel, per registry entry (same order), since the library was loaded.
 uint64_t kernel_calls(int index);
-const char* op_name(Op op);
 
-// Declarations, generated from the list.
-#define SPARSECPU_SPMM(op, isa, name, mr, lanes) \
-  void name(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0);
-#define SPARSECPU_QUANT(op, isa, name)                                                            \
-  bool name(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq, \
-            float* scale, int32_t* zp, float* absmax);
-#define SPARSECPU_TRANSPOSE(op, isa, name) \
-  bool name(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, float* xt, int64_t ldt);
-#define SPARSECPU_ROWS(op, isa, name, mr, nr) \
-  void name(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, int64_t m1);
-#define SPARSECPU_ADD_ACT(op, isa, name) void name(const float* c, float* y, int64_t n, Activation act);
-#define SPARSECPU_ADD_NORM(op, isa, name)                                                                  \
-  void name(float* y, const float* r, int64_t rows, int64_t n, const float* gamma, const float* beta, float eps);
-#define SPARSECPU_ATTN(op, isa, name) void name(const AttnParams& p, int64_t bh, float* scratch);
+namespace detail {
+// select_kernel, counted for kernel_calls: use_kernel<op> is the way in.
+const KernelEntry& use_entry(Op op, Target t);
+template <Op kOp>
+KernelOf<kOp> typed(const KernelEntry& e) {
+  // The one cast back: e's function was stored from exactly this type (registry.cc, erase<op>).
+  return {e, reinterpret_cast<typename OpTraits<kOp>::Fn>(e.fn)};
+}
+}  // namespace detail
+
+// select_kernel(kOp, t), typed.
+template <Op kOp>
+KernelOf<kOp> select_kernel(Target t) {
+  return detail::typed<kOp>(select_kernel(kOp, t));
+}
+// select_kernel<kOp> for a call that is about to run the kernel: counted per entry, so that the tests can
+// check that every registered kernel was run (kernel_calls).
+template <Op kOp>
+KernelOf<kOp> use_kernel(Target t) {
+  return detail::typed<kOp>(detail::use_entry(kOp, t));
+}
+
+// Declarations of the kernels, generated from the list, each with its op's function type.
+template <Op kOp>
+using KernelSig = std::remove_pointer_t<typename OpTraits<kOp>::Fn>;
+#define SPARSECPU_KERNEL(op, isa, name, rows, channels, lanes) KernelSig<Op::op> name;
 #include "kernels/kernels.inc"
 // The emulated builds of the AVX-512 and AMX kernels (declared for every name; defined for those only).
 namespace emulated {
 #include "kernels/kernels.inc"
 }  // namespace emulated
-#undef SPARSECPU_ATTN
-#undef SPARSECPU_SPMM
-#undef SPARSECPU_QUANT
-#undef SPARSECPU_TRANSPOSE
-#undef SPARSECPU_ROWS
-#undef SPARSECPU_ADD_ACT
-#undef SPARSECPU_ADD_NORM
+#undef SPARSECPU_KERNEL
 
 }  // namespace sparsecpu

@@ -26,10 +26,10 @@ Op attention_op(AttnPrecision precision, Target t) {
 void attention(const AttnParams& p, const ParallelFor* parallel, AttnPrecision precision) {
   const int64_t pairs = p.B * p.H;
   if (pairs == 0 || p.Sq == 0) return;
-  const Op op = attention_op(precision, active_target());
-  const auto kernel = reinterpret_cast<AttnFn>(use_kernel(op, active_target()).fn);
-  const int64_t floats =
-      op == Op::attention_bf16 ? attn_bf16_scratch_floats(p.Skv, p.D) : attn_scratch_floats(p.Skv, p.D);
+  const Target t = active_target();
+  const bool bf16 = attention_op(precision, t) == Op::attention_bf16;
+  const AttnFn kernel = bf16 ? use_kernel<Op::attention_bf16>(t).fn : use_kernel<Op::attention_f32>(t).fn;
+  const int64_t floats = bf16 ? attn_bf16_scratch_floats(p.Skv, p.D) : attn_scratch_floats(p.Skv, p.D);
   // One task per (batch, head) pair, claimed dynamically; a single small head is not worth a wake-up.
   constexpr int64_t kMinParallelFlops = int64_t(1) << 18;
   if (pairs == 1 || 4 * p.Sq * p.Skv * p.D * pairs < kMinParallelFlops) {

@@ -160,10 +160,10 @@ void post_rows(const LinearArgs& a, int64_t m0, int64_t m1) {
   float* y = a.y + m0 * N;
   const float* r = a.residual ? a.residual + m0 * N : nullptr;
   if (a.norm) {
-    const auto add_norm = reinterpret_cast<AddNormFn>(use_kernel(Op::add_norm_f32, active_target()).fn);
+    const auto add_norm = use_kernel<Op::add_norm_f32>(active_target()).fn;
     add_norm(y, r, m1 - m0, N, a.norm_weight, a.norm_bias, a.norm_eps);
   } else {
-    const auto add_act = reinterpret_cast<AddActFn>(use_kernel(Op::add_act_f32, active_target()).fn);
+    const auto add_act = use_kernel<Op::add_act_f32>(active_target()).fn;
     add_act(r, y, (m1 - m0) * N, Activation::none);
   }
 }
@@ -217,7 +217,7 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const PackedView& w = a.w;
   const Target isa = active_target();
   const bool int8 = w.dtype == DType::int8;
-  const KernelEntry& spmm = use_kernel(int8 ? Op::spmm_s8 : Op::spmm_f32, isa);
+  const Kernel<SpmmFn> spmm = int8 ? use_kernel<Op::spmm_s8>(isa) : use_kernel<Op::spmm_f32>(isa);
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, G = static_cast<int64_t>(w.groups);
   const int64_t Mpad = round_up(M, kRowAlign);
   Scratch& s = scratch();
@@ -249,9 +249,9 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   //    the K-major rows it wrote.
   //  - By output channels otherwise (few rows: the decode and small-batch case): the rows are
   //    prepared first, then groups are split into chunks of equal nonzero count.
-  const auto kernel = reinterpret_cast<SpmmFn>(spmm.fn);
+  const auto kernel = spmm.fn;
   const int64_t units = Mpad / kRowAlign;
-  const int64_t tiles_per_unit = kRowAlign / spmm.mr;
+  const int64_t tiles_per_unit = kRowAlign / spmm.rows;
   const bool by_rows = threads > 1 && units >= threads;
   const float threshold = w.outlier_threshold;
 
@@ -267,13 +267,13 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
     scale_s = s.get<float>(4, Mpad);
     zp_s = s.get<int32_t>(5, Mpad);
     if (check_outliers) absmax = s.get<float>(6, Mpad);
-    quant = reinterpret_cast<QuantFn>(use_kernel(Op::quant_u8, isa).fn);
+    quant = use_kernel<Op::quant_u8>(isa).fn;
     p.xk = xq;
     p.x_scale = scale_s;
     p.x_zp = zp_s;
   } else {
     xt = s.get<float>(1, K * Mpad);
-    transpose = reinterpret_cast<TransposeFn>(use_kernel(Op::transpose_f32, isa).fn);
+    transpose = use_kernel<Op::transpose_f32>(isa).fn;
     p.xk = xt;
   }
   // Rows [u0, u1) (in 64-row units) to K-major; returns false on NaN/Inf.
@@ -283,15 +283,15 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
     const bool ok = quant(a.x, M, K, m0, m1, xq, Mpad, scale, zp, absmax);
     // Per-row parameters in the order the kernel's accumulator lanes hold the rows.
     for (int64_t m = m0; m < m1; ++m) {
-      const int64_t tile = m / spmm.mr * spmm.mr;
-      const int64_t at = tile + slab_order_index(m - tile, spmm.mr, spmm.lanes);
+      const int64_t tile = m / spmm.rows * spmm.rows;
+      const int64_t at = tile + slab_order_index(m - tile, spmm.rows, spmm.lanes);
       scale_s[at] = scale[m];
       zp_s[at] = zp[m];
     }
     return ok;
   };
   auto run_tiles = [&](int64_t g0, int64_t g1, int64_t u0, int64_t u1) {
-    for (int64_t t = u0 * tiles_per_unit; t < u1 * tiles_per_unit && t * spmm.mr < M; ++t) kernel(p, g0, g1, t * spmm.mr);
+    for (int64_t t = u0 * tiles_per_unit; t < u1 * tiles_per_unit && t * spmm.rows < M; ++t) kernel(p, g0, g1, t * spmm.rows);
   };
 
   // Tasks are claimed dynamically (see ThreadPool::run): one per 64-row unit, or one per chunk.
@@ -335,9 +335,10 @@ bool linear_rows(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const Target isa = active_target();
   const bool panel = w.format == Format::panel;
   const bool dense = w.format == Format::dense || panel;  // 16-channel panels
-  const KernelEntry& ke = use_kernel(panel ? Op::spmm_panel_s8 : dense ? Op::gemm_s8 : Op::spmm_s8_skinny, isa);
-  const auto kernel = reinterpret_cast<RowFn>(ke.fn);
-  const auto quant = reinterpret_cast<QuantFn>(use_kernel(Op::quant_u8_rows, isa).fn);
+  const auto kernel = (panel   ? use_kernel<Op::spmm_panel_s8>(isa)
+                       : dense ? use_kernel<Op::gemm_s8>(isa)
+                               : use_kernel<Op::spmm_s8_skinny>(isa)).fn;
+  const auto quant = use_kernel<Op::quant_u8_rows>(isa).fn;
   const int64_t K = static_cast<int64_t>(w.k), M = a.M;
   const int64_t ldx = round_up(std::max<int64_t>(K, 1), 64);
   // Channel tiles: 16-channel panels (dense) or 4-channel groups (skinny).
@@ -410,7 +411,7 @@ void linear_f32_skinny(const LinearArgs& a) {
   const PackedView& w = a.w;
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, G = static_cast<int64_t>(w.groups);
   if (!all_finite(a.x, M * K)) throw std::invalid_argument("x contains NaN or Inf");
-  const auto kernel = reinterpret_cast<RowFn>(use_kernel(Op::spmm_f32_skinny, active_target()).fn);
+  const auto kernel = use_kernel<Op::spmm_f32_skinny>(active_target()).fn;
   const ParallelFor tp = parallel_of(a);
   RowParams p = row_params(a, padded_bias(scratch(), a, 4 * G));
   p.xf = a.x;
@@ -476,7 +477,7 @@ void linear_outliers(const LinearArgs& a) {
       for (int64_t n = 0; n < N; ++n) cm[n] += xv * wcol[n];
     }
   }
-  const auto add_act = reinterpret_cast<AddActFn>(use_kernel(Op::add_act_f32, active_target()).fn);
+  const auto add_act = use_kernel<Op::add_act_f32>(active_target()).fn;
   add_act(c, a.y, M * N, a.act);
 }
 

@@ -11,7 +11,7 @@
 
 #include "kernels/avx2/vec256.h"
 #include "kernels/epilogue.h"
-#include "kernels/spmm_4x1.h"
+#include "kernels/activation_passes.h"
 
 namespace sparsecpu {
 

@@ -1,5 +1,5 @@
 // int8 4x1-block SpMM for few rows (M <= 8, token-by-token decoding) on AVX2: vectorized over the
-// 4 output channels of a group instead of over rows.
+// 4 output channels of a group instead of over rows. Tile: up to 8 rows x one group (4 channels).
 //
 // Per quad of blocks (4 kept input columns x 4 channels = 16 weight bytes, one VNNI dword per
 // channel): the weights are split once into even / odd columns as int16; for each row its 4 u8

@@ -1,10 +1,7 @@
 // Reference block-sparse int8 on the panel format: plain C++, the executable specification of the
 // panel layout (format.h) over the row-kernel contract (kernels.h). The s32 accumulators are the
 // bsr and dense references' on the same quantized inputs: the same products, in exact integer sums.
-#include <cstring>
-
-#include "kernels/kernels.h"
-#include "kernels/scalar.h"
+#include "kernels/reference/reference.h"
 
 namespace sparsecpu {
 
@@ -20,11 +17,7 @@ void spmm_panel_s8__ref(const RowParams& p, int64_t c0, int64_t c1, int64_t m0, 
         int32_t acc = 0;
         // Stored column b of channel c: VNNI quad b / 4, byte b % 4 (padding columns hold zeros).
         for (int64_t b = b0; b < b1; ++b) acc += int32_t(x[cols[b]]) * vals[(b / 4) * P * 4 + c * 4 + b % 4];
-        const int64_t ch = panel * P + c;
-        float* y = p.y + m * p.ldy + ch;
-        if (p.raw_s32) std::memcpy(y, &acc, 4);
-        else *y = dequant_scalar(acc, p.x_zp[m], p.w.w_sum[ch], p.x_scale[m], p.w.w_scale[ch],
-                                 p.bias ? p.bias[ch] : 0.0f, p.act);
+        store_s8(p, acc, m, panel * P + c);
       }
     }
   }

@@ -1,6 +1,7 @@
 // fp32 4x1-block SpMM for few rows (M <= 8, token-by-token decoding) on AVX-512F: vectorized over
 // the 4 output channels x 4 columns of a quad of blocks instead of over rows (the SpMM tile of 64
-// rows would compute 63 of them for nothing at M = 1). Tile: up to 8 rows x 16 channels (4 groups).
+// rows would compute 63 of them for nothing at M = 1). Tile: up to 8 rows x one group (4 channels);
+// four groups' sums are joined into rows of 16 channels for the epilogue and the store.
 //
 // A quad of blocks is 16 weights, [c0: k0..k3][c1: ...][c2: ...][c3: ...]: one zmm, lane (c, k).
 // For each row its 4 activations at the quad's columns are put in the lanes of their column in all
@@ -134,7 +135,7 @@ void skinny_idx(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t 
 }  // namespace
 
 SPARSECPU_KERNELS_BEGIN
-void spmm_4x1_f32_skinny_8x16__avx512f(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
+void spmm_4x1_f32_skinny_8x4__avx512f(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
   if (p.w.index_bytes == 2) skinny_idx<uint16_t>(p, g0, g1, m0, m1);
   else skinny_idx<uint32_t>(p, g0, g1, m0, m1);
 }

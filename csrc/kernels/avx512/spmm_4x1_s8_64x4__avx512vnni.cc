@@ -1,4 +1,4 @@
-// int8 4x1-block SpMM with AVX-512 VNNI: tile 4 channels x 64 rows.
+// int8 4x1-block SpMM with AVX-512 VNNI: tile 64 rows x 4 channels.
 #include "kernels/avx512/vec512.h"
 #include "kernels/spmm_4x1.h"
 
@@ -77,7 +77,7 @@ struct QuadVnni512 {
 }  // namespace
 
 SPARSECPU_KERNELS_BEGIN
-void spmm_4x1_s8_4x64__avx512vnni(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+void spmm_4x1_s8_64x4__avx512vnni(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   spmm_s8<Vec512, QuadVnni512>(p, g0, g1, m0);
 }
 SPARSECPU_KERNELS_END

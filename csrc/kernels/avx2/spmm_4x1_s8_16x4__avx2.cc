@@ -1,4 +1,4 @@
-// int8 4x1-block SpMM on AVX2: tile 4 channels x 16 rows, exact vpmaddwd dots.
+// int8 4x1-block SpMM on AVX2: tile 16 rows x 4 channels, exact vpmaddwd dots.
 #include "kernels/avx2/vec256.h"
 #include "kernels/spmm_4x1.h"
 
@@ -7,7 +7,7 @@ namespace sparsecpu {
 namespace {
 
 // AVX2 has 16 ymm registers: the 4 x 4 accumulator tile of the AVX-512 kernels lived on the
-// stack here (a load and two stores per accumulator update). This tile is 4 channels x 16 rows:
+// stack here (a load and two stores per accumulator update). This tile is 16 rows x 4 channels:
 // 8 accumulators + 4 activation pairs + a weight pair + a product = 14 registers.
 //   The 4 rows of u8 activations are zero-extended to 16 bits (vpmovzxbw) and interleaved in
 //   pairs (k0, k1), (k2, k3) with 16-bit unpacks: slab lo holds rows 8 j + i, slab hi rows
@@ -87,7 +87,7 @@ struct QuadPairs256 {
 
 }  // namespace
 
-void spmm_4x1_s8_4x16__avx2(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+void spmm_4x1_s8_16x4__avx2(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   spmm_s8<Vec256, QuadPairs256>(p, g0, g1, m0);
 }
 

@@ -6,9 +6,9 @@
 // (c2, c3). For each row its 4 activations at the quad's columns are gathered into one xmm (scalar
 // loads and inserts: vgatherdps is microcoded and slower on Zen 3), duplicated into both halves,
 // and met with one FMA per weight vector: lane (c, k) accumulates x[k] * w[c][k]. After the
-// group, two horizontal adds fold the 4 column partials of each channel. Rows go 4 at a time
-// (8 accumulators + 2 weight vectors + the row's activations fit the 16 registers); two groups'
-// sums are joined into one 8-channel vector for the bias, the activation and the store.
+// group, two horizontal adds fold the 4 column partials of each channel. Tile: 4 rows x one group (4
+// channels), rows 4 at a time (8 accumulators + 2 weight vectors + the row's activations fit the 16
+// registers); two groups' sums are joined into one 8-channel vector for the bias, the activation and the store.
 #include "kernels/avx2/vec256.h"
 #include "kernels/epilogue.h"
 
@@ -89,7 +89,7 @@ void skinny_idx(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t 
 
 }  // namespace
 
-void spmm_4x1_f32_skinny_4x8__avx2(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
+void spmm_4x1_f32_skinny_4x4__avx2(const RowParams& p, int64_t g0, int64_t g1, int64_t m0, int64_t m1) {
   if (p.w.index_bytes == 2) skinny_idx<uint16_t>(p, g0, g1, m0, m1);
   else skinny_idx<uint32_t>(p, g0, g1, m0, m1);
 }

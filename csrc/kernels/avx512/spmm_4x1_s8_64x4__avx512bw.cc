@@ -5,7 +5,7 @@
 namespace sparsecpu {
 
 SPARSECPU_KERNELS_BEGIN
-void spmm_4x1_s8_4x64__avx512bw(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
+void spmm_4x1_s8_64x4__avx512bw(const SpmmParams& p, int64_t g0, int64_t g1, int64_t m0) {
   spmm_s8<Vec512, QuadGather<Vec512, DotMadd<Vec512>>>(p, g0, g1, m0);
 }
 SPARSECPU_KERNELS_END

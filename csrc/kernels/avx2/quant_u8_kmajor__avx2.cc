@@ -1,0 +1,12 @@
+// Dynamic per-row u8 quantization of x written K-major, for the int8 SpMM kernels (op quant_u8), with AVX2.
+#include "kernels/avx2/vec256.h"
+#include "kernels/activation_passes.h"
+
+namespace sparsecpu {
+
+bool quant_u8_kmajor__avx2(const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
+                           float* scale, int32_t* zp, float* absmax) {
+  return quant_u8_kmajor<Vec256>(x, M, K, m0, m1, xq, ldq, scale, zp, absmax);
+}
+
+}  // namespace sparsecpu

@@ -1,0 +1,21 @@
+// Reference kernel for dynamic per-row u8 quantization of x, written row-major (op quant_u8_rows): plain C++,
+// the specification the vector kernels are tested against.
+#include "kernels/reference/reference.h"
+
+namespace sparsecpu {
+
+bool quant_u8_rows__ref(const float* x, int64_t /*M*/, int64_t K, int64_t m0, int64_t m1, uint8_t* xq, int64_t ldq,
+                        float* scale, int32_t* zp, float* absmax) {
+  bool finite = true;
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* row = x + m * K;
+    RowQParams q;
+    finite &= quant_row_ref(row, K, &q, absmax ? absmax + m : nullptr);
+    scale[m] = q.scale;
+    zp[m] = q.zp;
+    for (int64_t k = 0; k < ldq; ++k) xq[m * ldq + k] = k < K ? quantize_u8(row[k], q) : 0;
+  }
+  return finite;
+}
+
+}  // namespace sparsecpu
