@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _C
-from ._convert import as_numpy_f32
+from ._arrays import as_numpy_f32
 
 __all__ = ["PackedWeight", "pack"]
 
