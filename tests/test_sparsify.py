@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import sparsecpu
-from sparsecpu.convert import DEFAULT_MIN_SPARSITY, block_sparsity
+from sparsecpu.sparsify import DEFAULT_MIN_SPARSITY, block_sparsity
 from sparsecpu.nn import SparseLinear
 
 
