@@ -8,11 +8,13 @@ import sys
 from dataclasses import dataclass, replace as _replace_fields
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import _C, _attention
-from .formats import AUTO_DENSE_DENSITY, pack
+from ._arrays import as_numpy_f32
+from .formats import AUTO_DENSE_DENSITY, block_density, pack
 from .nn import SparseLinear, SparseMLP, SparseResidualLayerNorm
 
 __all__ = ["sparsify", "SparsifyReport", "LayerReport", "DEFAULT_MIN_SPARSITY"]
@@ -229,18 +231,14 @@ def _mlp_block(model: nn.Module, name: str) -> Tuple[Optional[nn.Module], Option
     return parent, None
 
 
-def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
-    """``(sparsity, block sparsity)`` of an ``out x in`` weight; blocks are 4x1 (4 output channels x 1 input),
-    the last group of channels padded with zeros."""
-    n, k = weight.shape
-    if n * k == 0:
+def block_sparsity(weight) -> Tuple[float, float]:
+    """``(sparsity, block sparsity)`` of an ``out x in`` weight (torch tensor or numpy array): the
+    fraction of zero values, and of 4x1 blocks (4 output channels x 1 input) that are all zero
+    (:func:`sparsecpu.formats.block_density`); ``(1.0, 1.0)`` for an empty weight."""
+    w = as_numpy_f32(weight, "weight", allow_cast=True)
+    if w.size == 0:
         return 1.0, 1.0
-    nz = weight != 0
-    pad = -n % 4
-    if pad:
-        nz = torch.cat([nz, nz.new_zeros(pad, k)])
-    kept = nz.view(-1, 4, k).any(dim=1)
-    return 1.0 - nz.sum().item() / (n * k), 1.0 - kept.sum().item() / kept.numel()
+    return 1.0 - np.count_nonzero(w) / w.size, 1.0 - block_density(w)
 
 
 def _choose(block_sp: float, dtype: str, format: str, min_sparsity: float) -> Tuple[str, str]:

@@ -17,7 +17,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..formats import pack
+from ..formats import block_density, pack
 from .patterns import (Graph, linear_of, match_activation, match_attention, match_bias, match_residual_norm,
                        merged_heads, names_used)
 
@@ -79,17 +79,6 @@ class ConvertReport:
         if self.attention:
             lines.append(f"{len(self.attention)} attention subgraphs -> {DOMAIN}:{ATTENTION_OP_TYPE}")
         return "\n".join(lines)
-
-
-def _block_density(w: np.ndarray) -> float:
-    """Fraction of 4x1 blocks (4 output channels x 1 input column) of ``w`` (N x K) holding a nonzero."""
-    n, k = w.shape
-    if n == 0 or k == 0:
-        return 0.0
-    g = (n + 3) // 4
-    nz = np.zeros((g * 4, k), bool)
-    nz[:n] = w != 0
-    return float(nz.reshape(g, 4, k).any(axis=1).mean())
 
 
 def convert(
@@ -229,7 +218,7 @@ class _Rewrite:
             rep = self.report_of[id(node)] = NodeReport(name, node.op_type, False, reason)
             return rep
         n, k = w.shape
-        density = _block_density(w)
+        density = block_density(w)
         rep = NodeReport(name, node.op_type, False, "", (n, k), density)
         if 1.0 - density < min_sparsity:
             rep.reason = f"sparsity {1 - density:.3f} < min_sparsity {min_sparsity:g}"
