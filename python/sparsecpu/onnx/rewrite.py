@@ -17,7 +17,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..formats import block_density, pack
+from .._layout import Layout, choose_layout, min_sparsity_for
+from ..formats import pack
 from .patterns import (Graph, linear_of, match_activation, match_attention, match_bias, match_residual_norm,
                        merged_heads, names_used)
 
@@ -46,6 +47,7 @@ class NodeReport:
     shape: Optional[Tuple[int, int]] = None  # (N, K)
     density: Optional[float] = None  # kept 4x1 blocks / all blocks
     fused: List[str] = field(default_factory=list)  # node names folded into the SparseLinear node
+    layout: Optional[Layout] = None  # what the layout rule (sparsecpu._layout.choose_layout) returned
 
 
 @dataclass
@@ -85,7 +87,7 @@ def convert(
     src,
     dst,
     dtype: str = "int8",
-    min_sparsity: float = 0.5,
+    min_sparsity: Optional[float] = None,
     format: str = "auto",
     *,
     fuse_norm: bool = True,
@@ -96,7 +98,11 @@ def convert(
     """Rewrites the ONNX model ``src`` into ``dst`` with its sparse linear layers on sparsecpu kernels.
 
     Every MatMul whose B, and every Gemm (``transA = 0``) whose B, is a constant 2-D float32
-    initializer becomes one ``com.sparsecpu:SparseLinear`` node, together with the bias ``Add`` of a
+    initializer is run as :func:`sparsecpu.sparsify` would run a layer with that weight (the same
+    rule, ``sparsecpu._layout.choose_layout``): block-sparse from ``min_sparsity`` zero 4x1 blocks
+    up; below it dense int8 for ``dtype="int8"``, and left to ONNX Runtime for ``"fp32"``; left too
+    when the packed format cannot hold the weight (int8 with K over 65535, NaN or Inf). A converted
+    node becomes one ``com.sparsecpu:SparseLinear`` node, together with the bias ``Add`` of a
     constant ``[N]`` vector and the activation (Relu, Gelu, or the Erf or Tanh form of GELU) that read
     only its output. The packed weight is stored as a uint8 initializer; initializers nothing reads
     any more are dropped; every other node is kept untouched.
@@ -118,12 +124,11 @@ def convert(
         dst: where to write the converted model (path).
         dtype: ``"int8"`` (weights quantized per output channel, activations per row at run time)
             or ``"fp32"``.
-        min_sparsity: layers whose fraction of all-zero 4x1 blocks is below this stay as they are
-            (dense kernels in ONNX Runtime beat a sparse kernel on dense weights).
-        format: passed to :func:`sparsecpu.pack` for every converted layer: ``"auto"`` (int8
-            weights at least ``sparsecpu.formats.AUTO_DENSE_DENSITY`` dense, which only a lowered
-            ``min_sparsity`` lets through, run the dense int8 GEMM; the others are block-sparse),
-            ``"bsr"`` (4x1 block-sparse) or ``"dense"`` (dense int8; int8 only).
+        min_sparsity: fraction of all-zero 4x1 blocks from which a weight runs block-sparse;
+            default, as for ``sparsify``: 0.25 for int8 (below it the dense int8 GEMM is faster),
+            0.7 for fp32 (below it ONNX Runtime's own MatMul is).
+        format: ``"auto"`` (the rule above), or a format forced on every weight the packed format
+            can hold: ``"bsr"`` (4x1 block-sparse) or ``"dense"`` (dense int8; int8 only).
         fuse_norm: fold the residual Add + LayerNormalization described above (default True).
         fuse_attention: replace the attention subgraphs described above (default True).
         external_data: write tensors to ``<dst>.data`` beside ``dst``; default: when ``src`` had
@@ -136,7 +141,8 @@ def convert(
     ``dst`` runs in ONNX Runtime with the library registered: :func:`sparsecpu.onnx.session`.
     """
     onnx = _need_onnx()
-    _check_options(dtype, format, min_sparsity)
+    _check_options(dtype, format)
+    min_sparsity = min_sparsity_for(dtype, min_sparsity)
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("dst must differ from src (external data files would be overwritten while read)")
@@ -156,15 +162,13 @@ def convert(
     return report
 
 
-def _check_options(dtype: str, format: str, min_sparsity: float) -> None:
+def _check_options(dtype: str, format: str) -> None:
     if dtype not in ("int8", "fp32"):
         raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
     if format not in ("auto", "bsr", "dense"):
         raise ValueError(f"format must be 'auto', 'bsr' or 'dense', got {format!r}")
     if format == "dense" and dtype != "int8":
         raise ValueError("format='dense' needs dtype='int8' (the dense kernel is int8)")
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
 
 
 class _Chain(NamedTuple):
@@ -218,19 +222,15 @@ class _Rewrite:
             rep = self.report_of[id(node)] = NodeReport(name, node.op_type, False, reason)
             return rep
         n, k = w.shape
-        density = block_density(w)
-        rep = NodeReport(name, node.op_type, False, "", (n, k), density)
-        if 1.0 - density < min_sparsity:
-            rep.reason = f"sparsity {1 - density:.3f} < min_sparsity {min_sparsity:g}"
+        layout = choose_layout(w, dtype, format=format, min_sparsity=min_sparsity)
+        rep = NodeReport(name, node.op_type, False, layout.reason, (n, k), layout.density, layout=layout)
+        if layout.format is None:
             return rep
-        if dtype == "int8" and k > 65535:
-            rep.reason = f"K = {k} > 65535 (int8 accumulation would not be exact)"
-            return rep
-        if not np.isfinite(w).all() or (bias is not None and not np.isfinite(bias).all()):
-            rep.reason = "weight or bias holds NaN or Inf"
+        if bias is not None and not np.isfinite(bias).all():
+            rep.reason = "bias holds NaN or Inf"
             return rep
         chain = self._chain(node, n, bias, fuse_norm)
-        packed_name, packed_format = self._packed_weight(node, w, dtype, format)
+        packed_name, packed_format = self._packed_weight(node, w, dtype, layout.format)
         inputs = [node.input[0], packed_name]
         if chain.bias is not None:
             bias_name = self.fresh(f"{name}.sparsecpu_bias")
@@ -251,7 +251,7 @@ class _Rewrite:
         rep.fused = [c.name for c in chain.nodes[1:]]
         extras = (["bias"] if chain.bias is not None else []) + ([chain.activation] if chain.activation != "none" else [])
         extras += ["residual add + LayerNorm"] if chain.norm is not None else []
-        rep.reason = f"{packed_format} {dtype}" + (" + " + " + ".join(extras) if extras else "")
+        rep.reason = f"{packed_format} {dtype}" + (" + " + " + ".join(extras) if extras else "") + f"; {layout.reason}"
         return rep
 
     def _chain(self, node, n: int, bias: Optional[np.ndarray], fuse_norm: bool) -> _Chain:
