@@ -97,7 +97,8 @@ class _Package(_types.ModuleType):
     its name (``sparsify.py``, ``prune.py``). Python binds a submodule on its package when it first
     imports it, so ``from sparsecpu.prune import keep_masks`` would leave ``sparsecpu.prune`` the
     module; this package binds the module's function of that name instead. The modules stay reachable
-    by ``from sparsecpu.sparsify import SparsifyReport`` and ``sys.modules``."""
+    by ``from sparsecpu.sparsify import SparsifyReport`` and ``sys.modules`` (``import
+    sparsecpu.sparsify as m`` gives the function, as the attribute does)."""
 
     def __setattr__(self, name: str, value) -> None:
         if (_TORCH_API.get(name, (None, None))[1] == name and isinstance(value, _types.ModuleType)
