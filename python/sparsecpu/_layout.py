@@ -23,7 +23,7 @@ The rule, on a weight's 4x1 block sparsity ``s`` (the fraction of its blocks of 
   README). They cross between block densities 0.55 and 0.8 depending on the shape and the run (a
   shared, noisy machine); 0.75 is where they cross on 768x768 and 3072x768.
 - fp32, 0.7: block-sparse fp32 against torch's dense ``nn.Linear``, which it beats from about 0.7
-  block sparsity up (same machine, AVX2, 2 threads, M = 128, BERT-base shapes). ONNX Runtime's fp32
+  block sparsity up (AVX2, 2 threads, M = 128, BERT-base shapes). ONNX Runtime's fp32
   MatMul is taken to cross at the same point: it was not measured on its own.
 
 These constants were tuned on one CPU; they are meant to give way to a choice measured on the
