@@ -27,7 +27,8 @@ The rule, on a weight's 4x1 block sparsity ``s`` (the fraction of its blocks of 
   MatMul is taken to cross at the same point: it was not measured on its own.
 
 These constants were tuned on one CPU; they are meant to give way to a choice measured on the
-machine at hand, made here, in :func:`choose_layout`.
+machine at hand (``sparsecpu.calibration``'s ``Calibration.choose``, issue 16), made here, in
+:func:`choose_layout`, so that every door follows it at once.
 """
 
 from __future__ import annotations
