@@ -8,7 +8,7 @@ quantization of ``x`` inside the call. ``torch._int_mm`` gets pre-quantized int8
 dynamic int8 Linear is ``torch.ao.quantization.quantize_dynamic`` on an ``nn.Linear`` (fbgemm).
 For the skinny cases the weight bytes each sparsecpu call reads are printed with the bandwidth they
 imply (bytes / median time). ``--density-sweep`` times block-sparse vs dense int8 at M = 128 over
-block densities: what ``sparsecpu.formats.AUTO_DENSE_DENSITY`` was set from.
+block densities: what ``sparsecpu._layout.DEFAULT_MIN_SPARSITY["int8"]`` was set from.
 ``--cpu-time`` (with ``--threads 1``) measures the CPU time of the calling thread instead of wall time:
 on a machine shared with other jobs it stays meaningful, since time spent preempted is not counted.
 """

@@ -14,6 +14,7 @@ import pytest
 import _util
 import sparsecpu
 from sparsecpu import formats, testing
+from sparsecpu._layout import DEFAULT_MIN_SPARSITY
 
 LEVELS = testing.levels()
 E = _util.EPS32
@@ -119,9 +120,10 @@ def test_dense_layout():
 
 def test_format_auto_picks_by_block_density():
     rng = np.random.default_rng([SEED, 2])
-    sparse, _ = _util.pruned_weight(rng, 64, 64, formats.AUTO_DENSE_DENSITY - 0.2, holes=False)
-    dense, _ = _util.pruned_weight(rng, 64, 64, formats.AUTO_DENSE_DENSITY + 0.2, holes=False)
-    assert formats.block_density(sparse) < formats.AUTO_DENSE_DENSITY <= formats.block_density(dense)
+    crossover = 1.0 - DEFAULT_MIN_SPARSITY["int8"]  # block density
+    sparse, _ = _util.pruned_weight(rng, 64, 64, crossover - 0.2, holes=False)
+    dense, _ = _util.pruned_weight(rng, 64, 64, crossover + 0.2, holes=False)
+    assert formats.block_density(sparse) < crossover < formats.block_density(dense)
     assert sparsecpu.pack(sparse).format == "bsr"
     assert sparsecpu.pack(dense).format == "dense"
     assert sparsecpu.pack(dense, format="bsr").format == "bsr"

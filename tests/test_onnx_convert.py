@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import _util
 import sparsecpu
 import sparsecpu.onnx
+from sparsecpu._layout import DEFAULT_MIN_SPARSITY
 from _onnx_util import make_model, op_types, run, save
 
 F32 = np.float32
@@ -91,8 +92,9 @@ def test_matmul_add_gelu_pattern_fused(dtype, kind, form, tmp_path):
     src, dst, report = _convert(tmp_path, model, dtype=dtype)
     assert op_types(dst) == ["SparseLinear"]
     (r,) = report.nodes
+    min_sp = DEFAULT_MIN_SPARSITY[dtype]
     act = "gelu" if kind == "erf" else "gelu_tanh"
-    assert r.converted and r.node == "fc" and r.shape == (48, 32) and r.reason == f"bsr {dtype} + bias + {act}"
+    assert r.converted and r.node == "fc" and r.shape == (48, 32) and r.reason == f"bsr {dtype} + bias + {act}; block sparsity {1 - r.density:.3f} >= min_sparsity {min_sp:g}"
     m = onnx.load(dst)
     assert {t.name for t in m.graph.initializer} == {"W.sparsecpu_" + dtype, "fc.sparsecpu_bias"}
     assert {a.name: helper.get_attribute_value(a) for a in m.graph.node[0].attribute} == {
@@ -115,7 +117,7 @@ def test_gelu_pattern_with_a_second_reader_is_not_fused(tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc")] + gelu
     model = make_model(nodes, [_x_info()], [_out(), _out("g_erf")], [_c("W", w.T)] + consts)
     src, dst, report = _convert(tmp_path, model, dtype="fp32")
-    assert report.nodes[0].reason == "bsr fp32"
+    assert report.nodes[0].reason == f"bsr fp32; {report.nodes[0].layout.reason}"
     assert op_types(dst) == ["SparseLinear", "Div", "Erf", "Add", "Mul", "Mul"]
     x = rng.standard_normal((1, 3, 32)).astype(F32)
     res = sparsecpu.onnx.verify(src, dst, feeds={"x": x})
@@ -130,13 +132,13 @@ def test_activation_ops_fused(op, attrs, act, tmp_path):
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"), helper.make_node(op, ["h"], ["y"], **attrs)]
     model = make_model(nodes, [_x_info()], [_out()], [_c("W", w.T)], opset=20)
     _, dst, report = _convert(tmp_path, model, dtype="fp32")
-    assert op_types(dst) == ["SparseLinear"] and report.nodes[0].reason == f"bsr fp32 + {act}"
+    assert op_types(dst) == ["SparseLinear"] and report.nodes[0].reason.startswith(f"bsr fp32 + {act}; block sparsity ")
     x = rng.standard_normal((3, 4, 32)).astype(F32)
     (y,) = run(dst, {"x": x})
     np.testing.assert_array_equal(y, sparsecpu.linear(x, sparsecpu.pack(w, dtype="fp32"), activation=act))
 
 
-@pytest.mark.parametrize("format, min_sparsity, density", [("dense", 0.5, 0.25), ("auto", 0.0, 0.9), ("bsr", 0.0, 0.9)])
+@pytest.mark.parametrize("format, min_sparsity, density", [("dense", 0.5, 0.25), ("auto", None, 0.9), ("bsr", 0.0, 0.9)])
 def test_format_follows_pack(format, min_sparsity, density, tmp_path):
     """The packed weight's format is pack()'s choice (auto: dense int8 for a dense weight), written
     to the node, and ORT gives sparsecpu.linear's bits."""
@@ -145,7 +147,8 @@ def test_format_follows_pack(format, min_sparsity, density, tmp_path):
     model = make_model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], [_x_info()], [_out()], [_c("W", w.T)])
     src, dst, report = _convert(tmp_path, model, dtype="int8", format=format, min_sparsity=min_sparsity)
     packed = sparsecpu.pack(w, dtype="int8", format=format)
-    assert report.nodes[0].reason == f"{packed.format} int8"
+    assert report.nodes[0].layout.format == packed.format
+    assert report.nodes[0].reason == f"{packed.format} int8; {report.nodes[0].layout.reason}"
     assert packed.format == ("bsr" if format == "bsr" else "dense")
     (node,) = onnx.load(dst).graph.node
     assert {a.name: a.s for a in node.attribute}["format"] == packed.format.encode()
@@ -196,17 +199,17 @@ def test_kept_nodes_and_reasons(tmp_path):
               helper.make_tensor_value_info("h4b", TensorProto.FLOAT, [16])]
     outputs = [_out("h1"), _out("h2"), _out("h3"), _out("h5"), _out("h4")]
     model = make_model(nodes, inputs, outputs, [_c("Wd", dense), _c("Wg", rng.standard_normal((32, 4))), _c("Ws", sparse.T)])
-    src, dst, report = _convert(tmp_path, model, dtype="int8", min_sparsity=0.5)
+    src, dst, report = _convert(tmp_path, model, dtype="fp32", min_sparsity=0.5)
     by_name = {r.node: r for r in report.nodes}
-    assert not by_name["dense_fc"].converted and "sparsity 0.000 < min_sparsity 0.5" in by_name["dense_fc"].reason
+    assert not by_name["dense_fc"].converted and "block sparsity 0.000 < min_sparsity 0.5" in by_name["dense_fc"].reason
     assert by_name["dense_fc"].density == 1.0
     assert not by_name["activation_mm"].converted and "not a constant initializer" in by_name["activation_mm"].reason
     assert not by_name["gemm_ta"].converted and by_name["gemm_ta"].reason == "transA = 1"
     # h4 is a graph output too, so the Add cannot be folded in.
-    assert by_name["sparse_fc"].converted and by_name["sparse_fc"].reason == "bsr int8"
+    assert by_name["sparse_fc"].converted and by_name["sparse_fc"].reason.startswith("bsr fp32; block sparsity ")
     assert op_types(dst) == ["MatMul", "MatMul", "Gemm", "SparseLinear", "Add"]
     text = str(report)
-    assert "1 of 4 MatMul/Gemm nodes converted (int8)" in text and "kept: transA = 1" in text
+    assert "1 of 4 MatMul/Gemm nodes converted (fp32)" in text and "kept: transA = 1" in text
     x = rng.standard_normal((3, 32)).astype(F32)
     feeds = {"x": x, "x2": rng.standard_normal((32, 16)).astype(F32), "x2d": rng.standard_normal((32, 8)).astype(F32),
              "h4b": rng.standard_normal(16).astype(F32)}
@@ -252,7 +255,7 @@ def test_external_data(dtype, tmp_path):
     dst_dir.mkdir()
     dst = str(dst_dir / "model.onnx")
     report = sparsecpu.onnx.convert(src, dst, dtype=dtype)
-    assert [r.reason for r in report.nodes] == [f"bsr {dtype} + bias + relu", f"bsr {dtype}"]
+    assert [r.reason.split("; ")[0] for r in report.nodes] == [f"bsr {dtype} + bias + relu", f"bsr {dtype}"]
     assert (dst_dir / "model.onnx.data").exists()
     stored = onnx.load(dst, load_external_data=False)
     assert all(t.data_location == TensorProto.EXTERNAL for t in stored.graph.initializer if t.name.endswith(dtype))

@@ -156,7 +156,7 @@ def test_output_block_folds_into_one_node(dtype, residual_is_x, tmp_path):
     rng = np.random.default_rng(5)
     src, dst, report = _convert(tmp_path, _block_model(rng, residual_is_x=residual_is_x), dtype=dtype)
     assert op_types(dst) == ["SparseLinear"]
-    assert report.nodes[0].reason == f"bsr {dtype} + bias + residual add + LayerNorm"
+    assert report.nodes[0].reason.split("; ")[0] == f"bsr {dtype} + bias + residual add + LayerNorm"
     feeds = {"x": rng.standard_normal((2, 70, 32)).astype(F32)}
     if not residual_is_x:
         feeds["r"] = rng.standard_normal((2, 70, 32)).astype(F32)
@@ -165,7 +165,7 @@ def test_output_block_folds_into_one_node(dtype, residual_is_x, tmp_path):
     if dtype == "fp32":
         assert res["max_abs_diff"] < 1e-4
     _, unfused, report = _convert(tmp_path, _block_model(rng, residual_is_x=residual_is_x), dtype=dtype, fuse_norm=False)
-    assert op_types(unfused) == ["SparseLinear", "Add", "LayerNormalization"] and report.nodes[0].reason == f"bsr {dtype} + bias"
+    assert op_types(unfused) == ["SparseLinear", "Add", "LayerNormalization"] and report.nodes[0].reason.split("; ")[0] == f"bsr {dtype} + bias"
 
 
 @pytest.mark.parametrize("variant", [
@@ -181,7 +181,7 @@ def test_output_block_left_when_it_must(variant, tmp_path):
     model = _block_model(rng, **variant)
     src, dst, report = _convert(tmp_path, model, dtype="fp32")
     assert op_types(dst) == ["SparseLinear", "Add", "LayerNormalization"], variant
-    assert report.nodes[0].reason == "bsr fp32 + bias"
+    assert report.nodes[0].reason.split("; ")[0] == "bsr fp32 + bias"
     b = 1 if variant.get("residual_shape") == (1, 1, 32) else 2
     feeds = {"x": rng.standard_normal((2, 5, 32)).astype(F32), "r": rng.standard_normal((b, 5 if b == 2 else 1, 32)).astype(F32)}
     for out in sparsecpu.onnx.verify(src, dst, feeds=feeds).values():

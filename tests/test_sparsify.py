@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import sparsecpu
-from sparsecpu.convert import DEFAULT_MIN_SPARSITY, block_sparsity
+from sparsecpu.formats import block_density
+from sparsecpu.sparsify import DEFAULT_MIN_SPARSITY
 from sparsecpu.nn import SparseLinear
 
 
@@ -56,7 +57,7 @@ def test_report_rows_choices_and_reasons():
     for name in ("blocks.0.up", "blocks.0.down", "blocks.0.gate", "blocks.1.up", "blocks.1.down"):
         r = rows[name]
         assert r.kernel == "sparse fp32" and r.block_sparsity == pytest.approx(0.9, abs=0.02)
-        assert "0.70" in r.reason
+        assert "min_sparsity 0.7" in r.reason
         assert isinstance(net.get_submodule(name), SparseLinear)
     dense = rows["blocks.1.gate"]
     assert dense.kernel == "kept" and dense.block_sparsity == 0.0 and "slower than dense" in dense.reason
@@ -102,25 +103,42 @@ def test_min_sparsity_skip_and_forced_format():
 
 
 def test_default_thresholds():
-    assert DEFAULT_MIN_SPARSITY == {"int8": 1.0 - sparsecpu.formats.AUTO_DENSE_DENSITY, "fp32": 0.7}
+    assert DEFAULT_MIN_SPARSITY == {"int8": 0.25, "fp32": 0.7}
     for dtype, keep_p in (("int8", 0.74), ("fp32", 0.3)):  # block sparsity about 0.26 / 0.70: at the threshold
         net = _net()
         with torch.no_grad():
             w = net.blocks[0].up.weight
             keep = torch.rand(16, 32) < keep_p
             w.copy_(torch.randn_like(w) * keep.repeat_interleave(4, 0))
-        _, bs = block_sparsity(net.blocks[0].up.weight)
-        kernel = {r.name: r.kernel for r in sparsecpu.sparsify(net, dtype=dtype)}["blocks.0.up"]
+        bs = 1.0 - block_density(net.blocks[0].up.weight.detach().numpy())
+        row = {r.name: r for r in sparsecpu.sparsify(net, dtype=dtype)}["blocks.0.up"]
         below = "dense int8" if dtype == "int8" else "kept"
-        assert kernel == (f"sparse {dtype}" if bs >= DEFAULT_MIN_SPARSITY[dtype] else below)
+        assert row.block_sparsity == bs and row.layout.density == 1.0 - bs
+        assert row.kernel == (f"sparse {dtype}" if bs >= DEFAULT_MIN_SPARSITY[dtype] else below)
 
 
-def test_block_sparsity_counts_4x1_blocks():
-    w = torch.zeros(6, 3)  # two groups of 4 channels, the second padded
-    w[0, 0] = 1.0
-    w[5, 2] = 2.0
-    sp, bs = block_sparsity(w)
-    assert sp == pytest.approx(16 / 18) and bs == pytest.approx(4 / 6)
+def test_report_counts_values_and_4x1_blocks():
+    net = nn.Sequential(nn.Linear(3, 6))
+    with torch.no_grad():
+        w = net[0].weight
+        w.zero_()  # two groups of 4 channels, the second padded
+        w[0, 0] = 1.0
+        w[5, 2] = 2.0
+    (row,) = sparsecpu.sparsify(net, dtype="fp32")
+    assert row.sparsity == pytest.approx(16 / 18) and row.block_sparsity == pytest.approx(4 / 6)
+
+
+def test_unpackable_weights_are_kept_with_the_formats_reason():
+    """An int8 weight wider than the format's K limit and a weight holding NaN stay torch layers."""
+    net = nn.Sequential(nn.Linear(70000, 4, bias=False), nn.Linear(8, 8))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[1].weight[3, 3] = float("nan")
+    report = sparsecpu.sparsify(net, dtype="int8")
+    assert [r.kernel for r in report] == ["kept", "kept"] and [type(m) for m in net] == [nn.Linear, nn.Linear]
+    assert "K <= 65535" in report[0].reason and report[1].reason == "weight holds NaN or Inf"
+    assert report[0].layout.format is None and report[0].layout.density == 0.0
+    assert sparsecpu.sparsify(net[:1], dtype="fp32")[0].kernel == "sparse fp32"
 
 
 def test_gpt2_conv1d_layers_are_converted():

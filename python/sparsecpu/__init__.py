@@ -5,6 +5,9 @@
 >>> y = sparsecpu.linear(x, p, bias=b, activation="gelu")
 """
 
+import sys as _sys
+import types as _types
+
 from . import _C
 from .formats import PackedWeight, pack
 from .ops import linear
@@ -74,7 +77,7 @@ def get_num_threads() -> int:
 
 # The torch front door (sparsecpu.nn, sparsify, prune) imports torch, an optional dependency: it is
 # loaded on first use so that `import sparsecpu` works without torch.
-_TORCH_API = {"nn": ("nn", None), "sparsify": ("convert", "sparsify"), "prune": ("_prune", "prune")}
+_TORCH_API = {"nn": ("nn", None), "sparsify": ("sparsify", "sparsify"), "prune": ("prune", "prune")}
 
 
 def __getattr__(name: str):
@@ -87,3 +90,21 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(_types.ModuleType):
+    """``sparsecpu.sparsify`` and ``sparsecpu.prune`` are the functions, each held by the submodule of
+    its name (``sparsify.py``, ``prune.py``). Python binds a submodule on its package when it first
+    imports it, so ``from sparsecpu.prune import keep_masks`` would leave ``sparsecpu.prune`` the
+    module; this package binds the module's function of that name instead. The modules stay reachable
+    by ``from sparsecpu.sparsify import SparsifyReport`` and ``sys.modules`` (``import
+    sparsecpu.sparsify as m`` gives the function, as the attribute does)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if (_TORCH_API.get(name, (None, None))[1] == name and isinstance(value, _types.ModuleType)
+                and value.__name__ == f"{self.__name__}.{name}"):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

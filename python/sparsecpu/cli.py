@@ -409,8 +409,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         "convert",
         help="replace sparse MatMul/Gemm (+ bias + GELU/Relu + residual Add + LayerNorm) with sparsecpu "
         "SparseLinear nodes",
-        description="Rewrites SRC into DST: every MatMul/Gemm whose weight is a constant 2-D initializer with "
-        "at least --min-sparsity zero 4x1 blocks becomes one com.sparsecpu:SparseLinear node, together with "
+        description="Rewrites SRC into DST: every MatMul/Gemm whose weight is a constant 2-D initializer becomes "
+        "one com.sparsecpu:SparseLinear node (block-sparse from --min-sparsity zero 4x1 blocks up, dense int8 "
+        "below it; fp32 weights below it stay as they are, as sparsecpu.sparsify decides), together with "
         "the bias Add and the GELU/Relu that follow it, and a residual Add + LayerNormalization after those "
         "(BERT's output blocks); each attention subgraph becomes one com.sparsecpu:Attention node. Prints a per-node table. DST runs in ONNX Runtime "
         "with the library sparsecpu.onnx.library_path() registered (sparsecpu.onnx.session does that).",
@@ -418,8 +419,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("src", help="input .onnx model (external data is read from beside it)")
     p.add_argument("dst", help="output .onnx model")
     p.add_argument("--dtype", type=_dtype, default="int8", help="int8 (default) or fp32")
-    p.add_argument("--min-sparsity", type=_fraction, default=0.5, metavar="S",
-                   help="convert only weights with at least this fraction of zero 4x1 blocks (default: 0.5)")
+    p.add_argument("--min-sparsity", type=_fraction, default=None, metavar="S",
+                   help="run weights with at least this fraction of zero 4x1 blocks block-sparse; below it int8 runs the "
+                   "dense int8 GEMM and fp32 stays an ONNX Runtime MatMul (default: 0.25 for int8, 0.7 for fp32)")
     p.add_argument("--format", choices=["auto", "bsr", "dense"], default="auto",
                    help="weight format (default: auto: dense int8 below the block-sparse crossover)")
     p.add_argument("--no-fuse-norm", action="store_true",

@@ -9,20 +9,13 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _C
-from ._convert import as_numpy_f32
+from ._arrays import as_numpy_f32
 
 __all__ = ["PackedWeight", "pack"]
 
 _DTYPES = ("int8", "fp32")
 _FORMATS = ("auto", "bsr", "dense", "panel")
 _BLOCKS = ((4, 1), (16, 1))
-
-# format="auto": an int8 weight whose 4x1-block density is at least this is packed dense. Measured on
-# the reference machine (AMD EPYC Zen 3, AVX2) on the BERT-base shapes (768x768, 3072x768, 768x3072)
-# at M = 128 (bench/dense_skinny.py --density-sweep; see README): the block-sparse int8 kernel and
-# the dense int8 GEMM cross between block densities 0.55 and 0.8 depending on the shape and the run
-# (a shared, noisy machine); 0.75 is where they cross on 768x768 and 3072x768.
-AUTO_DENSE_DENSITY = 0.75
 
 
 def block_density(weight: np.ndarray) -> float:
@@ -194,9 +187,11 @@ def pack(
             them keeps, 64 at a time, for the AMX kernel; a 4x1-pruned weight keeps the union of its 4
             groups' columns, a 16x1-pruned one exactly its blocks; below the ``amx`` level it runs the
             reference kernel, slowly)
-            or ``"auto"``: int8 weights whose 4x1-block density is at least ``AUTO_DENSE_DENSITY``
-            (0.75, measured on the BERT-base shapes at M = 128 on an AVX2 Zen 3: below it the
-            block-sparse kernel is faster) are packed dense, others block-sparse; fp32 is always ``"bsr"``.
+            or ``"auto"``: the rule :func:`sparsecpu.sparsify` and :func:`sparsecpu.onnx.convert` follow too
+            (``sparsecpu._layout.choose_layout``): int8 weights with 4x1 block sparsity below 0.25
+            (``_layout.DEFAULT_MIN_SPARSITY``, measured on the BERT-base shapes at M = 128 on an AVX2
+            Zen 3: from it up the block-sparse kernel is faster) are packed dense, others
+            block-sparse; fp32 is always ``"bsr"``.
         outlier_threshold: int8 only, ``None`` (off) or a positive float such as 6.0: at run time the
             input columns holding a value of magnitude above it (in any row of ``x``) are computed in
             fp32, with the dequantized int8 weight, beside the int8 product of the other columns, and
@@ -239,5 +234,7 @@ def pack(
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (N x K), got shape {tuple(w.shape)}")
     if format == "auto":
-        format = "dense" if dtype == "int8" and block_density(w) >= AUTO_DENSE_DENSITY else "bsr"
+        from ._layout import choose_layout  # which counts blocks with this module's block_density
+
+        format = choose_layout(w, dtype, can_keep=False).format
     return PackedWeight(_C.pack(np.ascontiguousarray(w), dtype, format, threshold))

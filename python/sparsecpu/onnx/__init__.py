@@ -15,7 +15,7 @@ build that found no ONNX Runtime header (offline) leaves it out, and then ``libr
 ``pip install sparsecpu[onnx]``.
 """
 
-from ._convert import DOMAIN, OP_TYPE, ConvertReport, NodeReport, convert
+from .rewrite import DOMAIN, OP_TYPE, ConvertReport, NodeReport, convert
 from ._runtime import SLOW_FUSIONS, library_path, session, verify
 
 __all__ = [

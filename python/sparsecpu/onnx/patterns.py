@@ -1,93 +1,25 @@
-"""The graph rewriter behind ``sparsecpu onnx convert``.
+"""The ONNX graph patterns ``sparsecpu.onnx.convert`` rewrites, and the index of a graph they are
+matched on.
 
-Finds MatMul and Gemm nodes whose weight is a constant 2-D float initializer, together with the
-bias Add and the activation (Relu, Gelu, or the Erf or Tanh form of GELU that exporters write out)
-that follow, and a residual Add + LayerNormalization after those (BERT's output blocks), and replaces
-each chain with one ``com.sparsecpu:SparseLinear`` node whose packed weight is a uint8 initializer.
-Everything else in the graph is left as it was.
+Each ``match_*`` function looks at the nodes around one value and returns what it found (the nodes
+and the values the replacement node needs) or None; none of them changes the graph. ``linear_of``
+reads a MatMul/Gemm's weight and bias; ``match_bias``, ``match_activation`` and
+``match_residual_norm`` the chain a ``SparseLinear`` node can take in after it (bias Add; Relu, Gelu or
+GELU written out as Erf or Tanh; residual Add + LayerNormalization); ``match_attention`` the
+``MatMul(Softmax(MatMul(Q, K^T) * scale + M), V)`` subgraph, and ``merged_heads`` the Reshape /
+Transpose views around it that the ``Attention`` node can fold.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..formats import pack
-
-DOMAIN = "com.sparsecpu"
-OP_TYPE = "SparseLinear"
-ATTENTION_OP_TYPE = "Attention"
-_PROTOBUF_LIMIT = 2**31 - 2**26  # stay clear of protobuf's 2 GiB message limit
-
-
-def _need_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise ImportError("sparsecpu.onnx.convert needs onnx: pip install sparsecpu[onnx]") from None
-    return onnx
-
-
-@dataclass
-class NodeReport:
-    """What happened to one MatMul/Gemm node."""
-
-    node: str
-    op_type: str
-    converted: bool
-    reason: str
-    shape: Optional[Tuple[int, int]] = None  # (N, K)
-    density: Optional[float] = None  # kept 4x1 blocks / all blocks
-    fused: List[str] = field(default_factory=list)  # node names folded into the SparseLinear node
-
-
-@dataclass
-class ConvertReport:
-    """Per-node outcome of :func:`convert`; prints as a table."""
-
-    nodes: List[NodeReport]
-    dtype: str
-    dst: str
-    attention: List[str] = field(default_factory=list)
-    """Names of the ``com.sparsecpu:Attention`` nodes that replaced attention subgraphs."""
-
-    @property
-    def converted(self) -> List[NodeReport]:
-        """The nodes that became ``SparseLinear``."""
-        return [n for n in self.nodes if n.converted]
-
-    def __str__(self) -> str:
-        rows = [("node", "op", "N x K", "density", "result")]
-        for n in self.nodes:
-            rows.append((
-                n.node,
-                n.op_type,
-                f"{n.shape[0]}x{n.shape[1]}" if n.shape else "-",
-                f"{n.density:.3f}" if n.density is not None else "-",
-                ("converted: " if n.converted else "kept: ") + n.reason,
-            ))
-        w = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r[:4])) + "  " + r[4] for r in rows]
-        lines.append(f"{len(self.converted)} of {len(self.nodes)} MatMul/Gemm nodes converted ({self.dtype}) -> {self.dst}")
-        if self.attention:
-            lines.append(f"{len(self.attention)} attention subgraphs -> {DOMAIN}:{ATTENTION_OP_TYPE}")
-        return "\n".join(lines)
-
-
-def _block_density(w: np.ndarray) -> float:
-    """Fraction of 4x1 blocks (4 output channels x 1 input column) of ``w`` (N x K) holding a nonzero."""
-    n, k = w.shape
-    if n == 0 or k == 0:
-        return 0.0
-    g = (n + 3) // 4
-    nz = np.zeros((g * 4, k), bool)
-    nz[:n] = w != 0
-    return float(nz.reshape(g, 4, k).any(axis=1).mean())
+__all__ = ["Graph", "names_used", "linear_of", "match_bias", "match_activation", "match_residual_norm",
+           "match_attention", "merged_heads"]
 
 
 def _dims(value_info) -> Optional[tuple]:
@@ -106,7 +38,7 @@ def _dims(value_info) -> Optional[tuple]:
     return tuple(dims)
 
 
-class _Graph:
+class Graph:
     """Indexes of one graph: producers, consumers, constants, known shapes."""
 
     def __init__(self, onnx, graph, model=None):
@@ -131,7 +63,7 @@ class _Graph:
         for node in self.nodes:
             for a in node.attribute:
                 for g in list(a.g.ListFields() and [a.g]) + list(a.graphs):
-                    self.subgraph_refs |= _names_used(g)
+                    self.subgraph_refs |= names_used(g)
         self._arrays = {}
 
     def const(self, name: str) -> Optional[np.ndarray]:
@@ -189,13 +121,13 @@ class _Graph:
         return float(v.reshape(()))
 
 
-def _names_used(graph) -> set:
+def names_used(graph) -> set:
     used = set()
     for node in graph.node:
         used.update(node.input)
         for a in node.attribute:
             for g in list(a.g.ListFields() and [a.g]) + list(a.graphs):
-                used |= _names_used(g)
+                used |= names_used(g)
     return used
 
 
@@ -214,7 +146,7 @@ def _other(node, name: str) -> Optional[str]:
     return None
 
 
-def _follow(g: _Graph, name: str, op_type: str, const: Optional[float] = None, other: Optional[str] = None):
+def _follow(g: Graph, name: str, op_type: str, const: Optional[float] = None, other: Optional[str] = None):
     """The only consumer of ``name`` if it is ``op_type`` whose other input is the scalar ``const``
     (or the tensor ``other``), else None."""
     node = g.only_consumer(name)
@@ -227,7 +159,7 @@ def _follow(g: _Graph, name: str, op_type: str, const: Optional[float] = None, o
     return node
 
 
-def _half_product(g: _Graph, y: str, a: str, user):
+def _half_product(g: Graph, y: str, a: str, user):
     """Nodes and output of ``0.5 * y * a`` where ``user`` is the node (besides the ones computing
     ``a``) that reads ``y``: Mul(Mul(y, a), 0.5), Mul(Mul(y, 0.5), a) or Mul(y, Mul(a, 0.5))."""
     if user.op_type != "Mul" or user.domain not in ("", "ai.onnx"):
@@ -245,14 +177,14 @@ def _half_product(g: _Graph, y: str, a: str, user):
     return None
 
 
-def _users(g: _Graph, y: str) -> Optional[list]:
+def _users(g: Graph, y: str) -> Optional[list]:
     """The nodes reading ``y``, or None if a graph output or a subgraph reads it too."""
     if y in g.outputs or y in g.subgraph_refs:
         return None
     return g.consumers.get(y, [])
 
 
-def _match_erf_gelu(g: _Graph, y: str):
+def _match_erf_gelu(g: Graph, y: str):
     """The nodes of ``0.5 * y * (1 + erf(y / sqrt(2)))`` as exporters write it, and its output:
     Div(y, sqrt 2) or Mul(y, 1/sqrt 2) -> Erf -> Add 1, times y and 0.5 (see _half_product)."""
     users = _users(g, y)
@@ -276,7 +208,7 @@ def _match_erf_gelu(g: _Graph, y: str):
     return None
 
 
-def _match_tanh_gelu(g: _Graph, y: str):
+def _match_tanh_gelu(g: Graph, y: str):
     """The nodes of ``0.5 * y * (1 + tanh(sqrt(2 / pi) * (y + 0.044715 * y**3)))`` (GPT-2's
     ``gelu_new`` as exporters write it), and its output."""
     users = _users(g, y)
@@ -304,7 +236,7 @@ def _match_tanh_gelu(g: _Graph, y: str):
     return None
 
 
-def _match_activation(g: _Graph, y: str):
+def match_activation(g: Graph, y: str):
     """(activation, nodes, output) of the activation applied to ``y`` alone (Relu, Gelu, FastGelu, or
     the Erf or Tanh form of GELU written out), or None."""
     node = g.only_consumer(y)
@@ -327,7 +259,7 @@ def _match_activation(g: _Graph, y: str):
     return None
 
 
-def _linear_of(g: _Graph, node) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
+def linear_of(g: Graph, node) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
     """(W as N x K float32, bias or None, reason) for a MatMul/Gemm; W is None when it cannot be converted."""
     if node.op_type == "MatMul":
         if len(node.input) != 2:
@@ -369,7 +301,7 @@ def _linear_of(g: _Graph, node) -> Tuple[Optional[np.ndarray], Optional[np.ndarr
     return w, bias, ""
 
 
-def _match_bias(g: _Graph, y: str, n: int, rank2: bool):
+def match_bias(g: Graph, y: str, n: int, rank2: bool):
     """(bias, add node) for an Add of a constant [N] (or [1, N] after a Gemm) reading only ``y``."""
     add = g.only_consumer(y)
     if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
@@ -383,7 +315,7 @@ def _match_bias(g: _Graph, y: str, n: int, rank2: bool):
     return None
 
 
-def _match_residual_norm(g: _Graph, y: str, n: int):
+def match_residual_norm(g: Graph, y: str, n: int):
     """(residual, Scale, B or "", epsilon, [Add, LayerNormalization], output) for
     ``LayerNormalization(Add(y, R))`` over the last axis, where R is known to have y's shape (no
     broadcast) and nothing else reads the Add or uses the norm's Mean / InvStdDev; else None."""
@@ -412,7 +344,7 @@ def _match_residual_norm(g: _Graph, y: str, n: int):
     return r, params[0], params[1], epsilon, [add, ln], ln.output[0]
 
 
-def _scalar_factor(g: _Graph, node, x: str) -> Optional[Tuple[float, str]]:
+def _scalar_factor(g: Graph, node, x: str) -> Optional[Tuple[float, str]]:
     """(factor, other input) when ``node`` is ``x * c``, ``c * x`` or ``x / c`` with c a scalar
     constant: the factor x is scaled by, and the tensor scaled."""
     if node is None or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
@@ -436,7 +368,7 @@ def _may_match(a, b) -> bool:
         x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
 
 
-def _match_attention(g: _Graph, softmax, opset: int):
+def match_attention(g: Graph, softmax, opset: int):
     """(Q, K^T, V, mask or "", scale, nodes, output) for the attention subgraph around ``softmax``:
     ``MatMul(P, V)`` with ``P = Softmax(MatMul(Q c1, K^T c2) c3 + M)`` over the last axis (any of the
     scalar factors absent; exporters write them in several places), optionally with the NaN guard
@@ -519,7 +451,7 @@ _VIEW_OPS = ("Reshape", "Transpose")
 _MAX_SIMULATED = 1 << 24  # elements of an index array the layout check may build
 
 
-def _apply_view(g: _Graph, node, a: np.ndarray) -> Optional[np.ndarray]:
+def _apply_view(g: Graph, node, a: np.ndarray) -> Optional[np.ndarray]:
     """``a`` after the Reshape / Transpose ``node`` (whose target shape must be a constant), or None."""
     attrs = {x.name: x for x in node.attribute}
     if node.op_type == "Transpose":
@@ -536,7 +468,7 @@ def _apply_view(g: _Graph, node, a: np.ndarray) -> Optional[np.ndarray]:
         return None
 
 
-def _fold_views(g: _Graph, name: str, user, expected_view) -> Optional[Tuple[str, list]]:
+def _fold_views(g: Graph, name: str, user, expected_view) -> Optional[Tuple[str, list]]:
     """(source, nodes) when ``name`` is made from ``source`` by a chain of Reshape / Transpose nodes,
     each read only by the next (the last by ``user``), and that chain, run on the index array of
     ``source``'s static shape, gives ``expected_view(source's shape)``; else None."""
@@ -561,7 +493,7 @@ def _fold_views(g: _Graph, name: str, user, expected_view) -> Optional[Tuple[str
     return cur, chain
 
 
-def _fold_output_views(g: _Graph, name: str, shape: tuple) -> Optional[Tuple[str, list]]:
+def _fold_output_views(g: Graph, name: str, shape: tuple) -> Optional[Tuple[str, list]]:
     """(output, nodes) when the [B, H, S, D] tensor ``name`` (static ``shape``) feeds a chain of
     Reshape / Transpose nodes, each read only by the next, that merges its heads into [B, S, H D]."""
     b, h, s, d = shape
@@ -583,7 +515,7 @@ def _fold_output_views(g: _Graph, name: str, shape: tuple) -> Optional[Tuple[str
             return cur, chain
 
 
-def _merged_heads(g: _Graph, match) -> Optional[Tuple[List[str], str, list, int]]:
+def merged_heads(g: Graph, match) -> Optional[Tuple[List[str], str, list, int]]:
     """For an attention match whose Q, K^T and V are views of [B, S, H D] tensors (heads split by
     Reshape / Transpose, as exporters write it) and whose output is merged back the same way:
     ([Q, K, V sources], merged output, the view nodes, H). The node then reads and writes the merged
@@ -614,265 +546,3 @@ def _merged_heads(g: _Graph, match) -> Optional[Tuple[List[str], str, list, int]
     if folded is None:
         return None
     return sources, folded[0], views + folded[1], h
-
-
-def convert(
-    src,
-    dst,
-    dtype: str = "int8",
-    min_sparsity: float = 0.5,
-    format: str = "auto",
-    *,
-    fuse_norm: bool = True,
-    fuse_attention: bool = True,
-    external_data: Optional[bool] = None,
-    verbose: bool = False,
-) -> ConvertReport:
-    """Rewrites the ONNX model ``src`` into ``dst`` with its sparse linear layers on sparsecpu kernels.
-
-    Every MatMul whose B, and every Gemm (``transA = 0``) whose B, is a constant 2-D float32
-    initializer becomes one ``com.sparsecpu:SparseLinear`` node, together with the bias ``Add`` of a
-    constant ``[N]`` vector and the activation (Relu, Gelu, or the Erf or Tanh form of GELU) that read
-    only its output. The packed weight is stored as a uint8 initializer; initializers nothing reads
-    any more are dropped; every other node is kept untouched.
-
-    With ``fuse_norm``, a residual ``Add`` of a tensor of the same shape followed by a
-    ``LayerNormalization`` over the last axis (a BERT output block) joins the chain too: the node adds
-    the residual and normalizes each row in the same call, on rows still in its core's cache.
-
-    With ``fuse_attention``, each attention subgraph ``MatMul(Softmax(MatMul(Q, K^T) * scale + M), V)``
-    (the scale as scalar ``Mul``/``Div`` anywhere on the score side, the additive mask ``M`` optional,
-    with or without exporters' ``Where(IsNaN(P), 0, P)`` guard) of known 4-D shapes becomes one
-    ``com.sparsecpu:Attention`` node. When Q, K and V are Reshape / Transpose views of [B, S, H D]
-    tensors and the output is merged back the same way (static shapes), the node reads and writes
-    those directly and the views are removed too. A query row whose mask leaves no key (all ``-inf``)
-    gets zeros, as the guard makes it; without the guard ONNX Runtime would give NaN there.
-
-    Args:
-        src: the model (path). Tensors stored as external data are read from beside it.
-        dst: where to write the converted model (path).
-        dtype: ``"int8"`` (weights quantized per output channel, activations per row at run time)
-            or ``"fp32"``.
-        min_sparsity: layers whose fraction of all-zero 4x1 blocks is below this stay as they are
-            (dense kernels in ONNX Runtime beat a sparse kernel on dense weights).
-        format: passed to :func:`sparsecpu.pack` for every converted layer: ``"auto"`` (int8
-            weights at least ``sparsecpu.formats.AUTO_DENSE_DENSITY`` dense, which only a lowered
-            ``min_sparsity`` lets through, run the dense int8 GEMM; the others are block-sparse),
-            ``"bsr"`` (4x1 block-sparse) or ``"dense"`` (dense int8; int8 only).
-        fuse_norm: fold the residual Add + LayerNormalization described above (default True).
-        fuse_attention: replace the attention subgraphs described above (default True).
-        external_data: write tensors to ``<dst>.data`` beside ``dst``; default: when ``src`` had
-            external data or the model would exceed protobuf's 2 GB limit.
-        verbose: print the report.
-
-    Returns:
-        A :class:`ConvertReport` (prints as a per-node table).
-
-    ``dst`` runs in ONNX Runtime with the library registered: :func:`sparsecpu.onnx.session`.
-    """
-    onnx = _need_onnx()
-    if dtype not in ("int8", "fp32"):
-        raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
-    if format not in ("auto", "bsr", "dense"):
-        raise ValueError(f"format must be 'auto', 'bsr' or 'dense', got {format!r}")
-    if format == "dense" and dtype != "int8":
-        raise ValueError("format='dense' needs dtype='int8' (the dense kernel is int8)")
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
-    src, dst = os.fspath(src), os.fspath(dst)
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ValueError("dst must differ from src (external data files would be overwritten while read)")
-    had_external = _has_external_data(onnx, src)
-    model = onnx.load(src, load_external_data=True)
-    g = _Graph(onnx, model.graph, model)
-    reports: List[NodeReport] = []
-    remove = set()  # ids of nodes folded into SparseLinear nodes
-    new_nodes = {}  # id of the first node of a chain -> its SparseLinear node
-    new_inits = []
-    packed_by_weight: Dict[str, Tuple[str, str]] = {}  # MatMul weight initializer -> (packed initializer, format)
-    touched = set()  # constants the removed nodes read
-    report_of = {}  # id of a MatMul/Gemm node left as it is -> its report row
-    used_names = set(g.inits) | set(g.producer) | {i.name for i in model.graph.input}
-
-    def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in used_names:
-            name, i = f"{base}_{i}", i + 1
-        used_names.add(name)
-        return name
-
-    for node in g.nodes:
-        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
-            continue
-        name = node.name or f"{node.op_type}({node.output[0]})"
-        w, bias, reason = _linear_of(g, node)
-        if w is None:
-            reports.append(NodeReport(name, node.op_type, False, reason))
-            report_of[id(node)] = reports[-1]
-            continue
-        n, k = w.shape
-        density = _block_density(w)
-        rep = NodeReport(name, node.op_type, False, "", (n, k), density)
-        reports.append(rep)
-        if 1.0 - density < min_sparsity:
-            rep.reason = f"sparsity {1 - density:.3f} < min_sparsity {min_sparsity:g}"
-            continue
-        if dtype == "int8" and k > 65535:
-            rep.reason = f"K = {k} > 65535 (int8 accumulation would not be exact)"
-            continue
-        if not np.isfinite(w).all() or (bias is not None and not np.isfinite(bias).all()):
-            rep.reason = "weight or bias holds NaN or Inf"
-            continue
-        chain = [node]
-        y = node.output[0]
-        if bias is None:
-            m = _match_bias(g, y, n, node.op_type == "Gemm")
-            if m is not None:
-                bias, add = m
-                chain.append(add)
-                y = add.output[0]
-        act = "none"
-        m = _match_activation(g, y)
-        if m is not None:
-            act, nodes, y = m
-            chain += nodes
-        norm = _match_residual_norm(g, y, n) if fuse_norm else None
-        if norm is not None:
-            residual, scale, beta, epsilon, nodes, y = norm
-            chain += nodes
-
-        # MatMuls sharing a weight share its packed copy (a Gemm's alpha and transB make its own).
-        shared = packed_by_weight.get(node.input[1]) if node.op_type == "MatMul" else None
-        if shared is None:
-            packed = pack(w, dtype=dtype, format=format)
-            shared = (fresh(f"{node.input[1]}.sparsecpu_{dtype}"), packed.format)
-            new_inits.append(onnx.numpy_helper.from_array(np.frombuffer(packed.to_bytes(), np.uint8), shared[0]))
-            if node.op_type == "MatMul":
-                packed_by_weight[node.input[1]] = shared
-        packed_name, packed_format = shared
-        inputs = [node.input[0], packed_name]
-        if bias is not None:
-            bias_name = fresh(f"{name}.sparsecpu_bias")
-            new_inits.append(onnx.numpy_helper.from_array(np.ascontiguousarray(bias, np.float32), bias_name))
-            inputs.append(bias_name)
-        attrs = {}
-        if norm is not None:
-            inputs += [""] * (3 - len(inputs)) + [residual, scale, beta]  # X, W, bias or "", R, Scale, B
-            while not inputs[-1]:
-                inputs.pop()
-            attrs = {"norm": 1, "epsilon": float(epsilon)}
-        # In the place of the chain's last node: every input (the residual too) is computed by then.
-        new_nodes[id(chain[-1])] = onnx.helper.make_node(
-            OP_TYPE, inputs, [y], name=node.name or fresh(name), domain=DOMAIN,
-            N=n, K=k, dtype=dtype, format=packed_format, activation=act, **attrs,
-        )
-        for c in chain:
-            remove.add(id(c))
-            touched.update(c.input)
-        rep.converted = True
-        rep.fused = [c.name for c in chain[1:]]
-        extras = (["bias"] if bias is not None else []) + ([act] if act != "none" else [])
-        extras += ["residual add + LayerNorm"] if norm is not None else []
-        rep.reason = f"{packed_format} {dtype}" + (" + " + " + ".join(extras) if extras else "")
-
-    attention = []
-    if fuse_attention:
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        for node in g.nodes:
-            if node.op_type != "Softmax" or id(node) in remove:
-                continue
-            m = _match_attention(g, node, opset)
-            if m is None or any(id(n) in remove for n in m[5]):
-                continue
-            q, kt, v, mask, scale, chain, out = m
-            name = fresh("sparsecpu_attention")
-            merged = _merged_heads(g, m)
-            if merged is not None and not any(id(n) in remove for n in merged[2]):
-                sources, out, views, heads = merged
-                inputs, attrs = sources, {"num_heads": heads}
-                chain = chain + views
-            else:
-                inputs, attrs = [q, kt, v], {"k_transposed": 1}
-            inputs += [mask] if mask else []
-            # In the place of the chain's last node (the final MatMul, or the view merging its heads):
-            # every input is computed by then.
-            new_nodes[id(chain[-1])] = onnx.helper.make_node(
-                ATTENTION_OP_TYPE, inputs, [out], name=name, domain=DOMAIN, scale=float(scale), **attrs)
-            for c in chain:
-                remove.add(id(c))
-                touched.update(c.input)
-            attention.append(name)
-            for c in chain:
-                rep = report_of.get(id(c))
-                if rep is not None:
-                    rep.reason = f"part of attention: in {DOMAIN}:{ATTENTION_OP_TYPE} node {name!r}"
-
-    nodes = []
-    for node in g.nodes:
-        if id(node) in new_nodes:
-            nodes.append(new_nodes[id(node)])
-        elif id(node) not in remove:
-            nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(new_inits)
-    if new_nodes:
-        _drop_dead(model.graph, touched)
-        if not any(o.domain == DOMAIN for o in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
-
-    if external_data is None:
-        external_data = had_external or model.ByteSize() > _PROTOBUF_LIMIT
-    if external_data:
-        location = os.path.basename(dst) + ".data"
-        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(dst)), location)):
-            os.remove(os.path.join(os.path.dirname(os.path.abspath(dst)), location))
-        onnx.save_model(model, dst, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=location, size_threshold=1024)
-    else:
-        onnx.save_model(model, dst)
-    report = ConvertReport(reports, dtype, dst, attention)
-    if verbose:
-        print(report)
-    return report
-
-
-def _has_external_data(onnx, path: str) -> bool:
-    """Whether the model at ``path`` keeps tensors outside the .onnx file; ValueError if it is not a model."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such model file: {path}")
-    try:
-        m = onnx.load(path, load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends: the file is not a model
-        raise ValueError(f"cannot read {path} as an ONNX model: {e}") from None
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
-
-
-def _drop_dead(graph, candidates: set) -> None:
-    """Removes the initializers, and the Constant and Identity nodes, among ``candidates`` that
-    nothing reads any more."""
-    candidates = set(candidates)
-    while True:
-        used = _names_used(graph) | {o.name for o in graph.output}
-        dead_nodes = [
-            n for n in graph.node
-            if n.op_type in ("Constant", "Identity") and n.domain in ("", "ai.onnx")
-            and n.output[0] in candidates and n.output[0] not in used
-        ]
-        for n in dead_nodes:
-            graph.node.remove(n)
-            candidates.update(n.input)
-        if not dead_nodes:
-            break
-    dead = {t.name for t in graph.initializer if t.name in candidates and t.name not in used}
-    if not dead:
-        return
-    keep = [t for t in graph.initializer if t.name not in dead]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    inputs = [i for i in graph.input if i.name not in dead]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    vi = [v for v in graph.value_info if v.name not in dead]
-    del graph.value_info[:]
-    graph.value_info.extend(vi)

@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .convert import _linear_layers, _matches
+from .sparsify import _linear_layers, _matches
 
 __all__ = ["prune", "keep_masks"]
 

@@ -8,22 +8,19 @@ import sys
 from dataclasses import dataclass, replace as _replace_fields
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import _C, _attention
-from .formats import AUTO_DENSE_DENSITY, pack
+from ._arrays import as_numpy_f32
+from ._layout import DEFAULT_MIN_SPARSITY, Layout, choose_layout, min_sparsity_for
+from .formats import block_density, pack
 from .nn import SparseLinear, SparseMLP, SparseResidualLayerNorm
 
 __all__ = ["sparsify", "SparsifyReport", "LayerReport", "DEFAULT_MIN_SPARSITY"]
 
-# Below this 4x1 block sparsity the block-sparse kernel is slower than the dense alternative.
-# int8: the dense int8 GEMM, the crossover pack(format="auto") uses (formats.AUTO_DENSE_DENSITY,
-# measured on the reference machine). fp32: torch's own nn.Linear, which sparse fp32 beats from
-# about 0.7 block sparsity up (AVX2, 2 threads, M = 128, BERT-base shapes), so a layer below that is kept.
-DEFAULT_MIN_SPARSITY = {"int8": round(1.0 - AUTO_DENSE_DENSITY, 6), "fp32": 0.7}
-
-_SPARSE = {"int8": "sparse int8", "fp32": "sparse fp32"}
+_DTYPES = ("int8", "fp32")
 
 # Hugging Face blocks whose forward is act(linear(x)), as (linear attribute, activation attribute):
 # BERT-style intermediate layers and GPT-2's MLP. The activation is fused into the kernel's epilogue.
@@ -49,7 +46,10 @@ class LayerReport:
     """``"sparse int8"``, ``"sparse fp32"``, ``"dense int8"`` or ``"kept"`` (original layer left in place);
     with a forced ``format``, ``"<format> <dtype>"``."""
     reason: str
-    """Why that kernel."""
+    """Why that kernel: the layout rule's reason, then what was fused."""
+    layout: Optional[Layout] = None
+    """What the layout rule (``sparsecpu._layout.choose_layout``) returned for this layer; None for a
+    skipped one."""
 
 
 class SparsifyReport:
@@ -229,27 +229,11 @@ def _mlp_block(model: nn.Module, name: str) -> Tuple[Optional[nn.Module], Option
     return parent, None
 
 
-def block_sparsity(weight: torch.Tensor) -> Tuple[float, float]:
-    """``(sparsity, block sparsity)`` of an ``out x in`` weight; blocks are 4x1 (4 output channels x 1 input),
-    the last group of channels padded with zeros."""
-    n, k = weight.shape
-    if n * k == 0:
-        return 1.0, 1.0
-    nz = weight != 0
-    pad = -n % 4
-    if pad:
-        nz = torch.cat([nz, nz.new_zeros(pad, k)])
-    kept = nz.view(-1, 4, k).any(dim=1)
-    return 1.0 - nz.sum().item() / (n * k), 1.0 - kept.sum().item() / kept.numel()
-
-
-def _choose(block_sp: float, dtype: str, format: str, min_sparsity: float) -> Tuple[str, str]:
-    if format != "auto":
-        return f"{'sparse' if format == 'bsr' else format} {dtype}", f"format={format!r} requested"
-    if block_sp >= min_sparsity:
-        return _SPARSE[dtype], f"block sparsity {block_sp:.2f} >= min_sparsity {min_sparsity:.2f}"
-    why = f"block sparsity {block_sp:.2f} < min_sparsity {min_sparsity:.2f}: sparse would be slower than dense"
-    return ("dense int8" if dtype == "int8" else "kept"), why
+def _kernel(layout: Layout, dtype: str) -> str:
+    """The report's name for what a layer runs on."""
+    if layout.format is None:
+        return "kept"
+    return f"{'sparse' if layout.format == 'bsr' else layout.format} {dtype}"
 
 
 def sparsify(
@@ -267,10 +251,13 @@ def sparsify(
     """Replaces, in place, the pruned ``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``model``
     by :class:`sparsecpu.nn.SparseLinear`, and returns a :class:`SparsifyReport` (``print`` it).
 
-    Per layer the 4x1 block sparsity decides (with ``format="auto"``): at or above ``min_sparsity``
-    the layer runs the block-sparse kernel in ``dtype``; below it a sparse kernel would be slower
-    than a dense one, so an int8 layer runs the dense int8 GEMM and an fp32 layer stays the original
-    torch layer.
+    Per layer the 4x1 block sparsity decides (with ``format="auto"``), by the rule
+    :func:`sparsecpu.onnx.convert` and ``pack(format="auto")`` follow too
+    (``sparsecpu._layout.choose_layout``): at or above ``min_sparsity`` the layer runs the
+    block-sparse kernel in ``dtype``; below it a sparse kernel would be slower than a dense one, so an
+    int8 layer runs the dense int8 GEMM and an fp32 layer stays the original torch layer. A layer
+    whose weight the packed format cannot hold (int8 with more than 65535 inputs, NaN or Inf) stays
+    too; the report says why.
     The GELU after a converted BERT intermediate or GPT-2 MLP input layer (``dense`` +
     ``intermediate_act_fn``, ``c_fc`` + ``act``) is fused into the kernel (the activation module
     becomes ``nn.Identity``). With ``fuse_norm``, a converted layer that is the ``dense`` of a
@@ -291,7 +278,8 @@ def sparsify(
             ``DEFAULT_MIN_SPARSITY[dtype]`` (0.25 for int8: sparse vs dense int8, 0.7 for fp32: sparse
             vs torch fp32), crossovers measured on BERT-base shapes.
         format: ``"auto"`` (choose per layer as above), or a storage format forced on every layer
-            not skipped, passed to :func:`sparsecpu.pack` (``"bsr"``: block-sparse).
+            not skipped (nor kept as one the format cannot hold), passed to :func:`sparsecpu.pack`
+            (``"bsr"``: block-sparse).
         skip: module names (qualified, last part, or glob) left untouched (default: none). A layer
             whose weight is tied to an embedding (GPT-2's ``lm_head`` and the token embedding) is
             converted like any other (an unpruned ``lm_head`` runs dense int8 on the int8 path: on
@@ -314,16 +302,13 @@ def sparsify(
         >>> sparsecpu.prune(model, sparsity=0.9)
         >>> print(sparsecpu.sparsify(model, dtype="int8"))
     """
-    if dtype not in _SPARSE:
+    if dtype not in _DTYPES:
         raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
-    if min_sparsity is None:
-        min_sparsity = DEFAULT_MIN_SPARSITY[dtype]
+    min_sparsity = min_sparsity_for(dtype, min_sparsity)
     if attention_precision is None:
         attention_precision = "bf16" if dtype == "int8" else "fp32"
     if attention_precision not in _attention.NAMES:
         raise ValueError(f"attention_precision must be 'fp32' or 'bf16', got {attention_precision!r}")
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
     if not isinstance(format, str):
         raise TypeError(f"format must be a string, got {type(format).__name__}")
     if isinstance(skip, str):
@@ -332,12 +317,14 @@ def sparsify(
     replace = []
     tied = _tied_to_embedding(model)
     for name, module, weight in list(_linear_layers(model)):
-        sp, block_sp = block_sparsity(weight)
+        w = as_numpy_f32(weight, f"weight of {name!r}", allow_cast=True)
         hit = _matches(name, skip)
         if hit is not None:
-            kernel, reason = "kept", f"skipped ({hit!r} in skip)"
+            layout, kernel, reason = None, "kept", f"skipped ({hit!r} in skip)"
+            block_sp = 1.0 - block_density(w)
         else:
-            kernel, reason = _choose(block_sp, dtype, format, min_sparsity)
+            layout = choose_layout(w, dtype, format=format, min_sparsity=min_sparsity)
+            kernel, reason, block_sp = _kernel(layout, dtype), layout.reason, layout.block_sparsity
         if kernel != "kept":
             if not name:
                 raise ValueError("sparsify replaces layers inside a model; for a lone layer use SparseLinear.from_linear")
@@ -351,10 +338,10 @@ def sparsify(
                 reason += f"; residual add + LayerNorm NOT fused: {why}"
             if name in tied:
                 reason += f"; weight tied to {tied[name]!r}, which keeps it in fp32"
-            fmt = format if format != "auto" else ("dense" if kernel == "dense int8" else "bsr")
-            packed = pack(weight, dtype=dtype, format=fmt, outlier_threshold=outlier_threshold)
+            packed = pack(w, dtype=dtype, format=layout.format, outlier_threshold=outlier_threshold)
             replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused, block))
-        rows.append(LayerReport(name, type(module).__name__, tuple(weight.shape), sp, block_sp, kernel, reason))
+        sp = 1.0 - np.count_nonzero(w) / w.size if w.size else 1.0  # of values, for the report
+        rows.append(LayerReport(name, type(module).__name__, tuple(w.shape), sp, block_sp, kernel, reason, layout))
     switched = attention and _attention.use_sparsecpu_attention(model, attention_precision)
     for name, new, fused, block in replace:
         parent_name, _, attr = name.rpartition(".")
