@@ -12,6 +12,8 @@ import pytest
 import sparsecpu
 from sparsecpu import calibration
 
+pytestmark = pytest.mark.measured_calibration
+
 
 def _fake(fits, isa="avx2"):
     key = {"cpu": "test cpu", "isa": isa, "threads": 2, "sparsecpu": sparsecpu.__version__, "version": calibration.VERSION}

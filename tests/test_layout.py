@@ -43,15 +43,32 @@ def test_rule_at_and_around_the_thresholds(dtype):
     for w in WEIGHTS:
         layout = choose_layout(w, dtype)
         sparsity = 1.0 - sparsecpu.formats.block_density(w)
-        if sparsity >= threshold:  # at the threshold itself: block-sparse
-            assert layout.format == "bsr" and ">= min_sparsity" in layout.reason
+        if dtype == "int8":
+            # The measured choice: the suite's calibration (conftest.py) crosses where the threshold does.
+            assert layout.choice is not None and layout.format == layout.choice.format
+            assert layout.reason.startswith(f"measured choice: {layout.format} (predicted ")
+            assert layout.format == ("bsr" if sparsity >= threshold else "dense"), (sparsity, layout)
+            assert choose_layout(w, dtype, min_sparsity=threshold).format == layout.format
+        elif sparsity >= threshold:  # at the threshold itself: block-sparse
+            assert layout.format == "bsr" and ">= min_sparsity" in layout.reason and layout.choice is None
         else:
-            assert layout.format == ("dense" if dtype == "int8" else None)
-            assert "slower than dense" in layout.reason
+            assert layout.format is None and "slower than dense" in layout.reason
         # pack cannot keep a layer: fp32 below the threshold is packed block-sparse all the same.
         packed = choose_layout(w, dtype, can_keep=False)
         assert packed.format == (layout.format or "bsr")
         assert sparsecpu.pack(w, dtype=dtype).format == packed.format
+
+
+def test_measured_choice_depends_on_rows():
+    w = WEIGHTS[KEPT.index(60)]  # block density 0.75
+    half = w * (np.arange(w.shape[1]) % 2 == 0)  # block density 0.375
+    # The suite's calibration: at 128 rows block-sparse wins up to density 0.75, at 1 row up to 0.33.
+    assert choose_layout(half, "int8").format == "bsr" and choose_layout(half, "int8", rows=1).format == "dense"
+    choice = choose_layout(half, "int8", rows=1).choice
+    assert choice.rows == 1 and set(choice.predicted) == {"bsr", "dense"} and "at M = 1" in str(choice)
+    for bad in (0, -3, 2.5, True, None):
+        with pytest.raises(ValueError, match="rows must be a positive int"):
+            choose_layout(w, "int8", rows=bad)
 
 
 def test_rule_options_and_unpackable_weights():

@@ -84,6 +84,13 @@ def test_report_prints_as_a_table():
     # Columns line up: every row has the kernel column at the same offset.
     col = lines[0].index("kernel")
     assert all(line[col:].startswith(("sparse int8", "dense int8", "kept", "-")) for line in lines[1:-1])
+    # int8 layers show the measured choice: the format taken, its predicted time, the other candidates'.
+    for r in report.converted:
+        choice = r.layout.choice
+        assert choice.format == {"sparse int8": "bsr", "dense int8": "dense"}[r.kernel]
+        other = next(f for f in choice.predicted if f != choice.format)
+        assert (f"measured choice: {choice.format} (predicted {choice.seconds * 1e6:.0f} us at M = 128); "
+                f"{other} {choice.predicted[other] * 1e6:.0f} us") in text
 
 
 def test_min_sparsity_skip_and_forced_format():

@@ -4,12 +4,17 @@ MatMul/Gemm). :func:`sparsecpu.pack` with ``format="auto"``, :func:`sparsecpu.sp
 :func:`sparsecpu.onnx.convert` all ask :func:`choose_layout`, so the torch and ONNX front doors make
 the same choice for the same weight and options, and their reports show what it returned.
 
-The rule, on a weight's 4x1 block sparsity ``s`` (the fraction of its blocks of 4 output channels x
-1 input channel that are all zero):
+The rule:
 
 - a weight the packed format cannot hold (an int8 weight wider than the format's K limit, or one
   holding NaN or Inf) is left as it is, where the caller can leave it;
 - a format the caller forces (``format="bsr"``, ``"dense"``, ``"panel"``) is used as asked;
+- int8 without a ``min_sparsity``: the measured choice. :mod:`sparsecpu.calibration` predicts each
+  int8 format's time for this weight at ``rows`` rows per call from costs measured on this machine
+  (block-sparse 4x1 and dense int8 everywhere, the panel format on AMX) and the fastest is taken; the
+  layout carries the prediction (``Layout.choice``) for the reports;
+- otherwise a threshold on the weight's 4x1 block sparsity ``s`` (the fraction of its blocks of 4
+  output channels x 1 input channel that are all zero):
 - ``s >= min_sparsity``: block-sparse, in the caller's dtype;
 - ``s < min_sparsity``: int8 runs the dense int8 GEMM; fp32 is left to the original layer, since
   sparsecpu has no dense fp32 kernel (``pack``, which must return a packed weight, packs it
@@ -26,9 +31,9 @@ The rule, on a weight's 4x1 block sparsity ``s`` (the fraction of its blocks of 
   block sparsity up (AVX2, 2 threads, M = 128, BERT-base shapes). ONNX Runtime's fp32
   MatMul is taken to cross at the same point: it was not measured on its own.
 
-These constants were tuned on one CPU; they are meant to give way to a choice measured on the
-machine at hand (``sparsecpu.calibration``'s ``Calibration.choose``, issue 16), made here, in
-:func:`choose_layout`, so that every door follows it at once.
+The int8 constant is what a caller's explicit ``min_sparsity=`` replaces the measured choice with
+(and what ``DEFAULT_MIN_SPARSITY`` documents); the fp32 one is still the rule, as its alternative (torch's
+or ONNX Runtime's fp32 layer) is not sparsecpu's to calibrate.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from . import _C
+from . import _C, calibration
+from .calibration import Choice
 from .formats import block_density
 
 __all__ = ["Layout", "choose_layout", "min_sparsity_for", "DEFAULT_MIN_SPARSITY"]
@@ -57,6 +63,9 @@ class Layout:
     """Why, in words, for a report."""
     density: float
     """The weight's 4x1 block density (kept blocks / all blocks)."""
+    choice: Optional[Choice] = None
+    """The measured choice behind ``format`` (every candidate's predicted time), or None where a forced
+    format or a threshold decided."""
 
     @property
     def block_sparsity(self) -> float:
@@ -92,6 +101,7 @@ def choose_layout(
     format: str = "auto",
     min_sparsity: Optional[float] = None,
     can_keep: bool = True,
+    rows: int = 128,
 ) -> Layout:
     """How to run the ``N x K`` float32 ``weight`` of a linear layer in ``dtype`` (``"int8"`` or
     ``"fp32"``), by the rule in this module's docstring.
@@ -100,12 +110,16 @@ def choose_layout(
         weight: the weight, ``N x K`` (``nn.Linear.weight``'s orientation), a float32 numpy array.
         dtype: the dtype the caller packs in.
         format: ``"auto"`` (the rule decides), or a format forced on every weight.
-        min_sparsity: block sparsity from which a weight goes block-sparse; None: ``dtype``'s
-            ``DEFAULT_MIN_SPARSITY``.
+        min_sparsity: block sparsity from which a weight goes block-sparse; None: the measured choice
+            for int8, ``DEFAULT_MIN_SPARSITY["fp32"]`` for fp32.
         can_keep: whether the caller can leave the layer as it is (the front doors can; ``pack``
             cannot, and leaves a weight the format cannot hold to the format's own error).
+        rows: rows of x per call (tokens per forward; 1 when decoding) the measured choice is made for.
     """
+    measured = dtype == "int8" and min_sparsity is None
     min_sparsity = min_sparsity_for(dtype, min_sparsity)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be a positive int, got {rows!r}")
     density = block_density(weight)
     if can_keep:
         why = _unpackable(weight, dtype)
@@ -113,6 +127,10 @@ def choose_layout(
             return Layout(None, why, density)
     if format != "auto":
         return Layout(format, f"format={format!r} requested", density)
+    if measured:
+        choice = calibration.load().choose(weight, rows)
+        others = ", ".join(f"{f} {t * 1e6:.0f} us" for f, t in choice.predicted.items() if f != choice.format)
+        return Layout(choice.format, f"measured choice: {choice}; {others}", density, choice)
     sparsity = 1.0 - density
     if sparsity >= min_sparsity:
         return Layout("bsr", f"block sparsity {sparsity:.3f} >= min_sparsity {min_sparsity:g}", density)

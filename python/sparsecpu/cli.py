@@ -159,7 +159,7 @@ def _cmd_onnx_convert(args: argparse.Namespace) -> int:
     import sparsecpu.onnx
 
     try:
-        report = sparsecpu.onnx.convert(args.src, args.dst, dtype=args.dtype, min_sparsity=args.min_sparsity,
+        report = sparsecpu.onnx.convert(args.src, args.dst, dtype=args.dtype, min_sparsity=args.min_sparsity, rows=args.rows,
                                         format=args.format, fuse_norm=not args.no_fuse_norm,
                                         fuse_attention=not args.no_fuse_attention)
     except (ImportError, ValueError, FileNotFoundError) as e:
@@ -410,8 +410,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="replace sparse MatMul/Gemm (+ bias + GELU/Relu + residual Add + LayerNorm) with sparsecpu "
         "SparseLinear nodes",
         description="Rewrites SRC into DST: every MatMul/Gemm whose weight is a constant 2-D initializer becomes "
-        "one com.sparsecpu:SparseLinear node (block-sparse from --min-sparsity zero 4x1 blocks up, dense int8 "
-        "below it; fp32 weights below it stay as they are, as sparsecpu.sparsify decides), together with "
+        "one com.sparsecpu:SparseLinear node (int8: the format measured fastest on this machine, see 'sparsecpu "
+        "calibrate', or with --min-sparsity block-sparse from that fraction of zero 4x1 blocks up, dense int8 "
+        "below it; fp32: block-sparse from --min-sparsity, below it left as it is; as sparsecpu.sparsify "
+        "decides), together with "
         "the bias Add and the GELU/Relu that follow it, and a residual Add + LayerNormalization after those "
         "(BERT's output blocks); each attention subgraph becomes one com.sparsecpu:Attention node. Prints a per-node table. DST runs in ONNX Runtime "
         "with the library sparsecpu.onnx.library_path() registered (sparsecpu.onnx.session does that).",
@@ -421,9 +423,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dtype", type=_dtype, default="int8", help="int8 (default) or fp32")
     p.add_argument("--min-sparsity", type=_fraction, default=None, metavar="S",
                    help="run weights with at least this fraction of zero 4x1 blocks block-sparse; below it int8 runs the "
-                   "dense int8 GEMM and fp32 stays an ONNX Runtime MatMul (default: 0.25 for int8, 0.7 for fp32)")
+                   "dense int8 GEMM and fp32 stays an ONNX Runtime MatMul (default: the measured choice for int8, "
+                   "0.7 for fp32)")
     p.add_argument("--format", choices=["auto", "bsr", "dense"], default="auto",
-                   help="weight format (default: auto: dense int8 below the block-sparse crossover)")
+                   help="weight format (default: auto, the rule above)")
+    p.add_argument("--rows", type=_positive_int, default=128,
+                   help="rows per call (tokens per run) the measured choice is made for (default 128; 1 for decoding)")
     p.add_argument("--no-fuse-norm", action="store_true",
                    help="leave the residual Add + LayerNormalization after a converted layer as they are")
     p.add_argument("--no-fuse-attention", action="store_true",

@@ -188,10 +188,9 @@ def pack(
             groups' columns, a 16x1-pruned one exactly its blocks; below the ``amx`` level it runs the
             reference kernel, slowly)
             or ``"auto"``: the rule :func:`sparsecpu.sparsify` and :func:`sparsecpu.onnx.convert` follow too
-            (``sparsecpu._layout.choose_layout``): int8 weights with 4x1 block sparsity below 0.25
-            (``_layout.DEFAULT_MIN_SPARSITY``, measured on the BERT-base shapes at M = 128 on an AVX2
-            Zen 3: from it up the block-sparse kernel is faster) are packed dense, others
-            block-sparse; fp32 is always ``"bsr"``.
+            (``sparsecpu._layout.choose_layout``): int8 weights in the format predicted fastest at 128
+            rows from costs measured on this machine (:mod:`sparsecpu.calibration`; the first call on a
+            machine measures them); fp32 is always ``"bsr"``.
         outlier_threshold: int8 only, ``None`` (off) or a positive float such as 6.0: at run time the
             input columns holding a value of magnitude above it (in any row of ``x``) are computed in
             fp32, with the dequantized int8 weight, beside the int8 product of the other columns, and

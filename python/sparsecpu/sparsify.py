@@ -247,15 +247,19 @@ def sparsify(
     attention: bool = True,
     fuse_mlp: bool = True,
     attention_precision: Optional[str] = None,
+    rows: int = 128,
 ) -> SparsifyReport:
     """Replaces, in place, the pruned ``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``model``
     by :class:`sparsecpu.nn.SparseLinear`, and returns a :class:`SparsifyReport` (``print`` it).
 
-    Per layer the 4x1 block sparsity decides (with ``format="auto"``), by the rule
-    :func:`sparsecpu.onnx.convert` and ``pack(format="auto")`` follow too
-    (``sparsecpu._layout.choose_layout``): at or above ``min_sparsity`` the layer runs the
-    block-sparse kernel in ``dtype``; below it a sparse kernel would be slower than a dense one, so an
-    int8 layer runs the dense int8 GEMM and an fp32 layer stays the original torch layer. A layer
+    Per layer (with ``format="auto"``) the rule :func:`sparsecpu.onnx.convert` and
+    ``pack(format="auto")`` follow too (``sparsecpu._layout.choose_layout``) decides. int8: the format
+    predicted fastest for this weight at ``rows`` rows per call from costs measured on this machine
+    (:mod:`sparsecpu.calibration`: block-sparse 4x1, dense int8, and the panel format on AMX; the
+    first decision on a machine measures them, about a second, then they are cached); the report
+    row says which and every candidate's predicted time. fp32, or int8 with an explicit
+    ``min_sparsity``: at or above ``min_sparsity`` the layer runs the block-sparse kernel; below it
+    an int8 layer runs the dense int8 GEMM and an fp32 layer stays the original torch layer. A layer
     whose weight the packed format cannot hold (int8 with more than 65535 inputs, NaN or Inf) stays
     too; the report says why.
     The GELU after a converted BERT intermediate or GPT-2 MLP input layer (``dense`` +
@@ -274,9 +278,9 @@ def sparsify(
     Args:
         model: any ``nn.Module``; changed in place.
         dtype: ``"int8"`` (dynamic u8 activations x per-channel s8 weights) or ``"fp32"``.
-        min_sparsity: block sparsity from which a layer goes sparse; default
-            ``DEFAULT_MIN_SPARSITY[dtype]`` (0.25 for int8: sparse vs dense int8, 0.7 for fp32: sparse
-            vs torch fp32), crossovers measured on BERT-base shapes.
+        min_sparsity: block sparsity from which a layer goes sparse instead of the measured choice;
+            default None: the measured choice for int8, ``DEFAULT_MIN_SPARSITY["fp32"]`` (0.7: sparse
+            vs torch fp32, measured on BERT-base shapes) for fp32.
         format: ``"auto"`` (choose per layer as above), or a storage format forced on every layer
             not skipped (nor kept as one the format cannot hold), passed to :func:`sparsecpu.pack`
             (``"bsr"``: block-sparse).
@@ -297,6 +301,8 @@ def sparsify(
             Q, K, V and softmax weights with fp32 sums on AMX-BF16 tiles, on CPUs that have them
             (Sapphire Rapids and later Xeons; BERT-base and GPT-2 outputs stay within cosine 0.9999
             of fp32); other CPUs run the fp32 kernel either way.
+        rows: rows of x per call the measured choice is made for: tokens per forward (batch x
+            sequence; default 128), or 1 for a model that will mostly decode.
 
     Example:
         >>> sparsecpu.prune(model, sparsity=0.9)
@@ -304,7 +310,8 @@ def sparsify(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
-    min_sparsity = min_sparsity_for(dtype, min_sparsity)
+    if min_sparsity is not None:
+        min_sparsity = min_sparsity_for(dtype, min_sparsity)
     if attention_precision is None:
         attention_precision = "bf16" if dtype == "int8" else "fp32"
     if attention_precision not in _attention.NAMES:
@@ -313,7 +320,7 @@ def sparsify(
         raise TypeError(f"format must be a string, got {type(format).__name__}")
     if isinstance(skip, str):
         skip = (skip,)
-    rows = []
+    layers = []
     replace = []
     tied = _tied_to_embedding(model)
     for name, module, weight in list(_linear_layers(model)):
@@ -323,7 +330,7 @@ def sparsify(
             layout, kernel, reason = None, "kept", f"skipped ({hit!r} in skip)"
             block_sp = 1.0 - block_density(w)
         else:
-            layout = choose_layout(w, dtype, format=format, min_sparsity=min_sparsity)
+            layout = choose_layout(w, dtype, format=format, min_sparsity=min_sparsity, rows=rows)
             kernel, reason, block_sp = _kernel(layout, dtype), layout.reason, layout.block_sparsity
         if kernel != "kept":
             if not name:
@@ -341,7 +348,7 @@ def sparsify(
             packed = pack(w, dtype=dtype, format=layout.format, outlier_threshold=outlier_threshold)
             replace.append((name, SparseLinear(packed, module.bias, fused[2] if fused else None), fused, block))
         sp = 1.0 - np.count_nonzero(w) / w.size if w.size else 1.0  # of values, for the report
-        rows.append(LayerReport(name, type(module).__name__, tuple(w.shape), sp, block_sp, kernel, reason, layout))
+        layers.append(LayerReport(name, type(module).__name__, tuple(w.shape), sp, block_sp, kernel, reason, layout))
     switched = attention and _attention.use_sparsecpu_attention(model, attention_precision)
     for name, new, fused, block in replace:
         parent_name, _, attr = name.rpartition(".")
@@ -353,15 +360,15 @@ def sparsify(
             fused_block = SparseResidualLayerNorm(new, block.LayerNorm, block.dropout).train(block.training)
             setattr(model.get_submodule(grand), block_attr, fused_block)
     if fuse_mlp:
-        for i, row in enumerate(rows):
+        for i, row in enumerate(layers):
             if row.kernel == "kept":
                 continue
             mlp, why = _mlp_block(model, row.name)
             if why is not None:
-                rows[i] = _replace_fields(row, reason=row.reason + f"; MLP block NOT chained: {why}")
+                layers[i] = _replace_fields(row, reason=row.reason + f"; MLP block NOT chained: {why}")
             if mlp is not None:
                 grand, _, block_attr = row.name.rpartition(".")[0].rpartition(".")
                 fused_mlp = SparseMLP(mlp.c_fc, mlp.act, mlp.c_proj, mlp.dropout).train(mlp.training)
                 setattr(model.get_submodule(grand), block_attr, fused_mlp)
-                rows[i] = _replace_fields(row, reason=row.reason + "; MLP block chained with c_proj")
-    return SparsifyReport(rows, attention_precision if switched else None)
+                layers[i] = _replace_fields(row, reason=row.reason + "; MLP block chained with c_proj")
+    return SparsifyReport(layers, attention_precision if switched else None)

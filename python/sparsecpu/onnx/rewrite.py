@@ -94,13 +94,16 @@ def convert(
     fuse_attention: bool = True,
     external_data: Optional[bool] = None,
     verbose: bool = False,
+    rows: int = 128,
 ) -> ConvertReport:
     """Rewrites the ONNX model ``src`` into ``dst`` with its sparse linear layers on sparsecpu kernels.
 
     Every MatMul whose B, and every Gemm (``transA = 0``) whose B, is a constant 2-D float32
     initializer is run as :func:`sparsecpu.sparsify` would run a layer with that weight (the same
-    rule, ``sparsecpu._layout.choose_layout``): block-sparse from ``min_sparsity`` zero 4x1 blocks
-    up; below it dense int8 for ``dtype="int8"``, and left to ONNX Runtime for ``"fp32"``; left too
+    rule, ``sparsecpu._layout.choose_layout``): int8 in the format measured fastest on this machine
+    (block-sparse or dense int8; see ``sparsify``); fp32 (or int8 with an explicit ``min_sparsity``)
+    block-sparse from ``min_sparsity`` zero 4x1 blocks up, below it dense int8 for ``dtype="int8"`` and
+    left to ONNX Runtime for ``"fp32"``; left too
     when the packed format cannot hold the weight (int8 with K over 65535, NaN or Inf). A converted
     node becomes one ``com.sparsecpu:SparseLinear`` node, together with the bias ``Add`` of a
     constant ``[N]`` vector and the activation (Relu, Gelu, or the Erf or Tanh form of GELU) that read
@@ -124,9 +127,9 @@ def convert(
         dst: where to write the converted model (path).
         dtype: ``"int8"`` (weights quantized per output channel, activations per row at run time)
             or ``"fp32"``.
-        min_sparsity: fraction of all-zero 4x1 blocks from which a weight runs block-sparse;
-            default, as for ``sparsify``: 0.25 for int8 (below it the dense int8 GEMM is faster),
-            0.7 for fp32 (below it ONNX Runtime's own MatMul is).
+        min_sparsity: fraction of all-zero 4x1 blocks from which a weight runs block-sparse instead
+            of the measured choice; default, as for ``sparsify``: the measured choice for int8
+            (:mod:`sparsecpu.calibration`), 0.7 for fp32 (below it ONNX Runtime's own MatMul is).
         format: ``"auto"`` (the rule above), or a format forced on every weight the packed format
             can hold: ``"bsr"`` (4x1 block-sparse) or ``"dense"`` (dense int8; int8 only).
         fuse_norm: fold the residual Add + LayerNormalization described above (default True).
@@ -134,6 +137,7 @@ def convert(
         external_data: write tensors to ``<dst>.data`` beside ``dst``; default: when ``src`` had
             external data or the model would exceed protobuf's 2 GB limit.
         verbose: print the report.
+        rows: rows of x per call the measured choice is made for (default 128; 1 for decoding).
 
     Returns:
         A :class:`ConvertReport` (prints as a per-node table).
@@ -142,14 +146,15 @@ def convert(
     """
     onnx = _need_onnx()
     _check_options(dtype, format)
-    min_sparsity = min_sparsity_for(dtype, min_sparsity)
+    if min_sparsity is not None:
+        min_sparsity = min_sparsity_for(dtype, min_sparsity)
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("dst must differ from src (external data files would be overwritten while read)")
     had_external = _has_external_data(onnx, src)
     model = onnx.load(src, load_external_data=True)
     rewrite = _Rewrite(onnx, model)
-    nodes = [rewrite.linear(node, dtype, min_sparsity, format, fuse_norm) for node in rewrite.g.nodes
+    nodes = [rewrite.linear(node, dtype, min_sparsity, format, fuse_norm, rows) for node in rewrite.g.nodes
              if node.op_type in ("MatMul", "Gemm") and node.domain in ("", "ai.onnx")]
     attention = rewrite.attention() if fuse_attention else []
     rewrite.apply()
@@ -213,7 +218,8 @@ class _Rewrite:
             self.remove.add(id(c))
             self.touched.update(c.input)
 
-    def linear(self, node, dtype: str, min_sparsity: float, format: str, fuse_norm: bool) -> NodeReport:
+    def linear(self, node, dtype: str, min_sparsity: Optional[float], format: str, fuse_norm: bool,
+               rows: int) -> NodeReport:
         """Replaces the MatMul/Gemm ``node`` and the chain after it by one ``SparseLinear`` node, or
         leaves it; says which and why."""
         name = node.name or f"{node.op_type}({node.output[0]})"
@@ -222,7 +228,7 @@ class _Rewrite:
             rep = self.report_of[id(node)] = NodeReport(name, node.op_type, False, reason)
             return rep
         n, k = w.shape
-        layout = choose_layout(w, dtype, format=format, min_sparsity=min_sparsity)
+        layout = choose_layout(w, dtype, format=format, min_sparsity=min_sparsity, rows=rows)
         rep = NodeReport(name, node.op_type, False, layout.reason, (n, k), layout.density, layout=layout)
         if layout.format is None:
             return rep
