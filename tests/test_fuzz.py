@@ -88,7 +88,10 @@ def test_fuzz_target_bounded_run(target, tmp_path):
     runs = RUNS[target]
     cmd = [sys.executable, str(FUZZ / target), "-seed=1", f"-runs={runs}", "-timeout=60", "-print_final_stats=1",
            f"-artifact_prefix={tmp_path}/", str(corpus), str(seeds)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # libFuzzer's -rss_limit_mb (2 GB) checks the peak RSS (getrusage's ru_maxrss), which Linux carries
+    # across exec: a target started straight from pytest would count pytest's own peak, over 2 GB after
+    # the model tests. A shell that forks the target gives it a peak of its own.
+    proc = subprocess.run(["/bin/sh", "-c", '"$@"; exit $?', "sh", *cmd], capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     findings = [p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-", "leak-"))]
     tail = "\n".join(log.splitlines()[-40:])
