@@ -493,11 +493,9 @@ void post_pass(const LinearArgs& a) {
   }
 }
 
-}  // namespace
-
+// The op, on a checked call.
 void linear(const LinearArgs& a) {
   if (a.M == 0) return;
-  if (a.raw_s32 && has_post(a)) throw std::invalid_argument("raw_s32 returns the accumulators: no residual or norm");
   const bool check = a.w.dtype == DType::int8 && a.w.outlier_threshold > 0.0f;
   bool post_done = false;
   if (!linear_int8_or_fp32(a, check, post_done)) {
@@ -505,6 +503,77 @@ void linear(const LinearArgs& a) {
     post_done = false;
   }
   if (has_post(a) && !post_done) post_pass(a);
+}
+
+// A per-channel vector of the call: float32 [N], or null when not given.
+const float* channel_vector(const TensorArg& v, const char* what, uint64_t n) {
+  if (!v.given) return nullptr;
+  if (v.elem != Elem::f32 || v.dims.size() != 1 || static_cast<uint64_t>(v.dims[0]) != n)
+    throw std::invalid_argument(std::string(what) + " must be a float32 tensor of shape [" + std::to_string(n) +
+                                "], got " + describe(v));
+  return static_cast<const float*>(v.data);
+}
+
+// The checked settings of a call: all of LinearArgs but x, its rows, the residual and y.
+LinearArgs settings_of(const PackedView& w, const LinearCall& c) {
+  LinearArgs a;
+  a.w = w;
+  a.act = parse_activation(c.activation);
+  if (!(c.norm_eps >= 0.0f) || !std::isfinite(c.norm_eps))
+    throw std::invalid_argument("norm_eps (epsilon) must be finite and >= 0, got " + float_str(c.norm_eps));
+  a.bias = channel_vector(c.bias, "bias", w.n);
+  a.norm_weight = channel_vector(c.norm_weight, "norm_weight (Scale)", w.n);
+  a.norm_bias = channel_vector(c.norm_bias, "norm_bias (B)", w.n);
+  if (!c.norm && (c.norm_weight.given || c.norm_bias.given))
+    throw std::invalid_argument(std::string(c.norm_weight.given ? "norm_weight (Scale)" : "norm_bias (B)") +
+                                " is given but norm is off");
+  if (c.raw_s32 && (c.norm || c.residual.given))
+    throw std::invalid_argument("raw_s32 returns the accumulators: no residual or norm");
+  a.norm = c.norm;
+  a.norm_eps = c.norm_eps;
+  a.raw_s32 = c.raw_s32;
+  return a;
+}
+
+}  // namespace
+
+Activation parse_activation(const std::string& name) {
+  std::string names;
+  for (const ActivationName& a : kActivations) {
+    if (name == a.name) return a.act;
+    names += (names.empty() ? "" : ", ") + std::string(a.name);
+  }
+  throw std::invalid_argument("activation must be one of " + names + ", got '" + name + "'");
+}
+
+void LinearRequest::check_settings(const PackedView& w, const LinearCall& call) { settings_of(w, call); }
+
+LinearRequest::LinearRequest(const PackedView& w, const LinearCall& c) : args_(settings_of(w, c)) {
+  const TensorArg& x = c.x;
+  if (!x.given || x.elem != Elem::f32 || x.dims.empty() || static_cast<uint64_t>(x.dims.back()) != w.k)
+    throw std::invalid_argument("x must be a float32 tensor of shape [..., " + std::to_string(w.k) +
+                                "], got " + describe(x));
+  y_dims_ = x.dims;
+  y_dims_.back() = static_cast<int64_t>(w.n);
+  args_.x = static_cast<const float*>(x.data);
+  args_.M = 1;
+  for (size_t i = 0; i + 1 < x.dims.size(); ++i) args_.M *= x.dims[i];
+  if (c.residual.given) {
+    if (c.residual.elem != Elem::f32 || c.residual.dims != y_dims_)
+      throw std::invalid_argument("residual (R) must be a float32 tensor of the output's shape " + dims_str(y_dims_) +
+                                  ", got " + describe(c.residual));
+    args_.residual = static_cast<const float*>(c.residual.data);
+  }
+  if (c.out.given && (c.out.elem != Elem::f32 || c.out.dims != y_dims_))
+    throw std::invalid_argument("out must be a float32 tensor of the output's shape " + dims_str(y_dims_) + ", got " +
+                                describe(c.out));
+}
+
+void LinearRequest::run(float* y, const ParallelFor* parallel) const {
+  LinearArgs a = args_;
+  a.y = y;
+  a.parallel = parallel;
+  linear(a);
 }
 
 const char* kernel_for(const PackedView& w, int64_t M) {
