@@ -103,8 +103,9 @@ void AttentionRequest::run(const ParallelFor* parallel) const {
   const AttnFn kernel = bf16 ? use_kernel<Op::attention_bf16>(t).fn : use_kernel<Op::attention_f32>(t).fn;
   const int64_t floats = bf16 ? attn_bf16_scratch_floats(p.Skv, p.D) : attn_scratch_floats(p.Skv, p.D);
   // One task per (batch, head) pair, claimed dynamically; a single small head is not worth a wake-up.
-  constexpr int64_t kMinParallelFlops = int64_t(1) << 18;
-  if (pairs == 1 || 4 * p.Sq * p.Skv * p.D * pairs < kMinParallelFlops) {
+  // A pair is 2 Sq Skv D multiply-adds (scores, then P V).
+  constexpr int64_t kMinParallelMacs = int64_t(1) << 17;
+  if (pairs == 1 || 2 * p.Sq * p.Skv * p.D * pairs < kMinParallelMacs) {
     for (int64_t bh = 0; bh < pairs; ++bh) kernel(p, bh, scratch_of_thread(floats));
     return;
   }
