@@ -135,13 +135,14 @@ def test_bad_input():
         op(q.double(), q.double(), q.double(), None, 1.0)
     with pytest.raises(TypeError, match="mask must be bool or float32"):
         op(q, q, q, torch.ones(1, 1, 5, 5, dtype=torch.int64), 1.0)
-    with pytest.raises(ValueError, match="mask dim 3 is 4: it must be 5 or 1"):
+    with pytest.raises(ValueError, match=r"mask \(M\) must be a float32 or bool tensor that broadcasts to the scores "
+                                         r"\[B, H, Sq, Skv\] = \[1, 2, 5, 5\], got \[1, 1, 5, 4\] of bool"):
         op(q, q, q, torch.ones(1, 1, 5, 4, dtype=torch.bool), 1.0)
-    with pytest.raises(ValueError, match="mask must be a 4-D"):
+    with pytest.raises(ValueError, match=r"mask \(M\) must be .* got \[5, 5\] of bool"):
         op(q, q, q, torch.ones(5, 5, dtype=torch.bool), 1.0)
-    with pytest.raises(ValueError, match=r"k and v must have shape \[B, H, Skv, D\]"):
+    with pytest.raises(ValueError, match=r"k must be a float32 tensor \[B, H, Skv, D\] = \[1, 2, 5, 8\] to match q and v, got \[1, 2, 5, 7\]"):
         op(q, torch.randn(1, 2, 5, 7), q, None, 1.0)
-    with pytest.raises(ValueError, match="4-D float32"):
+    with pytest.raises(ValueError, match=r"q must be a 4-D float32 tensor \[B, H, Sq, D\], got \[2, 5, 8\]"):
         op(q[0], q[0], q[0], None, 1.0)
     with pytest.raises(ValueError, match="scale must be finite"):
         op(q, q, q, None, float("inf"))
@@ -150,9 +151,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="out must be writeable"):
         _C.attention(q.numpy(), q.numpy(), q.numpy(), out.transpose(0, 2, 1, 3), None, 1.0)
     for bad in (np.empty((1, 2, 5), np.float32), np.empty((1, 2, 5, 8), np.float64)):
-        with pytest.raises(ValueError, match="out must be a 4-D float32"):
+        with pytest.raises(ValueError, match=r"out must be a float32 tensor of q's shape \[1, 2, 5, 8\], got \[1, 2, 5"):
             _C.attention(q.numpy(), q.numpy(), q.numpy(), bad, None, 1.0)
-    with pytest.raises(ValueError, match="out must have q's shape"):
+    with pytest.raises(ValueError, match=r"out must be a float32 tensor of q's shape \[1, 2, 5, 8\], got \[1, 2, 5, 7\]"):
         _C.attention(q.numpy(), q.numpy(), q.numpy(), np.empty((1, 2, 5, 7), np.float32), None, 1.0)
 
 

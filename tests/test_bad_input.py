@@ -189,7 +189,7 @@ def test_binding_checks_shapes(packed, x_shape, out_shape):
 
     x, out = np.zeros(x_shape, np.float32), np.zeros(out_shape, np.float32)
     with pytest.raises(ValueError, match="shape"):
-        _C.linear(x, packed.buffer, None, 0, out, False)
+        _C.linear(x, packed.buffer, None, None, out, False)
 
 
 def test_spmm_s32_needs_int8():

@@ -83,8 +83,8 @@ def test_attention_node_matches_the_binding(case, tmp_path):
 
 
 @pytest.mark.parametrize("attrs, match", [
-    ({}, r"attribute 'scale' is missing or not finite"),
-    ({"scale": float("inf")}, r"attribute 'scale' is missing or not finite"),
+    ({}, r"missing or non-float attribute 'scale'"),
+    ({"scale": float("inf")}, r"scale must be finite, got inf"),
     ({"scale": 1.0, "k_transposed": 2}, r"attribute 'k_transposed' must be 0 or 1, got 2"),
 ])
 def test_bad_attention_attributes_fail_session_creation(attrs, match, tmp_path):
@@ -98,12 +98,12 @@ def test_bad_attention_inputs_fail_the_run(tmp_path):
     q = np.ones((1, 2, 5, 8), F32)
     kt, v, m = np.ones((1, 2, 8, 7), F32), np.ones((1, 2, 7, 8), F32), np.zeros((1, 1, 5, 7), F32)
     assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": np.ones((1, 2, 7, 8), F32), "V": v, "M": m}),
-           r"K must have shape \[1, 2, 8, 7\] \(K\^T\) to match Q \[1, 2, 5, 8\] and V, got \[1, 2, 7, 8\]")
+           r"k must be a float32 tensor K\^T \[B, H, D, Skv\] = \[1, 2, 8, 7\] to match q and v, got \[1, 2, 7, 8\]")
     assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": kt, "V": np.ones((1, 2, 7, 9), F32), "M": m}),
-           r"V must have shape \[B, H, Skv, D\] = \[1, 2, 7, 8\], got \[1, 2, 7, 9\]")
+           r"v must be a float32 tensor \[B, H, Skv, D\] = \[1, 2, Skv, 8\] to match q \[1, 2, 5, 8\], got \[1, 2, 7, 9\]")
     assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": kt, "V": v, "M": np.zeros((1, 3, 5, 7), F32)}),
-           r"M must broadcast to the scores \[1, 2, 5, 7\], got \[1, 3, 5, 7\]")
-    assert_node_error(NODE, lambda: sess.run(None, {"Q": q[0], "K": kt, "V": v, "M": m}), r"Q must be a 4-D float tensor, got \[2, 5, 8\]")
+           r"mask \(M\) must be a float32 or bool tensor that broadcasts to the scores \[B, H, Sq, Skv\] = \[1, 2, 5, 7\], got \[1, 3, 5, 7\]")
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q[0], "K": kt, "V": v, "M": m}), r"q must be a 4-D float32 tensor \[B, H, Sq, D\], got \[2, 5, 8\]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,10 +222,10 @@ def test_bad_merged_heads_nodes(tmp_path):
                                        tmp_path / "m.onnx"))
     q = np.ones((1, 4, 12), F32)
     assert_node_error(NODE, lambda: sess.run(None, {"Q": np.ones((1, 4, 10), F32), "K": q, "V": q}),
-           r"Q's last dim 10 is not a multiple of num_heads = 3")
+           r"q's last dim 10 is not a multiple of num_heads = 3")
     assert_node_error(NODE, lambda: sess.run(None, {"Q": q, "K": np.ones((1, 5, 12), F32), "V": q}),
-           r"V must have shape \[B, Skv, H D\] = \[1, 5, 12\] to match Q \[1, 4, 12\], got \[1, 4, 12\]")
-    assert_node_error(NODE, lambda: sess.run(None, {"Q": q[0], "K": q, "V": q}), r"Q must be a 3-D float tensor, got \[4, 12\]")
+           r"v must have shape \[B, Skv, H D\] = \[1, 5, 12\] to match q \[1, 4, 12\], got \[1, 4, 12\]")
+    assert_node_error(NODE, lambda: sess.run(None, {"Q": q[0], "K": q, "V": q}), r"q must be a 3-D float32 tensor \[B, S, H D\] \(num_heads = 3\), got \[4, 12\]")
 
 
 def _projected_subgraph(rng, out_perm=(0, 2, 1, 3), b=2, h=3, s=9, d=8):

@@ -180,8 +180,8 @@ def test_output_shape_inferred(x_shape, y_shape, tmp_path):
 @pytest.mark.parametrize(
     "x_shape, feed_shape, match",
     [
-        (["m", "k"], (3, 15), "X must have shape \\[..., 16\\], got \\[3, 15\\]"),
-        (["k"], (5,), "X must have shape \\[..., 16\\], got \\[5\\]"),
+        (["m", "k"], (3, 15), "x must be a float32 tensor of shape \\[..., 16\\], got \\[3, 15\\]"),
+        (["k"], (5,), "x must be a float32 tensor of shape \\[..., 16\\], got \\[5\\]"),
     ],
 )
 def test_wrong_input_shape_is_an_error_naming_the_node(x_shape, feed_shape, match, tmp_path):

@@ -76,7 +76,7 @@ def test_node_with_residual_and_norm_matches_the_binding(case, tmp_path):
         feeds.update({k: v for k, v in (("Scale", scale), ("B", beta)) if v is not None})
     (y,) = sess.run(None, feeds)
     want = np.empty((*lead, N), F32)
-    _C.linear(x, packed.buffer, bias, 2, want, False, r, True, scale, beta, 1e-6)
+    _C.linear(x, packed.buffer, bias, "gelu", want, False, r, True, scale, beta, 1e-6)
     np.testing.assert_array_equal(y, want)
     if y.size:
         plain = sparsecpu.linear(x, packed, bias=bias, activation="gelu").astype(np.float64) + r
@@ -87,9 +87,10 @@ def test_node_with_residual_and_norm_matches_the_binding(case, tmp_path):
 
 @pytest.mark.parametrize("attrs, scale, match", [
     ({"norm": 2}, None, r"attribute 'norm' must be 0 or 1, got 2"),
-    ({"norm": 1, "epsilon": -1.0}, None, r"attribute 'epsilon' must be finite and >= 0"),
-    ({"norm": 1, "epsilon": float("nan")}, None, r"attribute 'epsilon' must be finite and >= 0"),
-    ({"norm": 1}, np.ones(N + 1, F32), r"Scale must be a float tensor of shape \[40\], got \[41\]"),
+    ({"norm": 1, "epsilon": -1.0}, None, r"norm_eps \(epsilon\) must be finite and >= 0, got -1"),
+    ({"norm": 1, "epsilon": float("nan")}, None, r"norm_eps \(epsilon\) must be finite and >= 0, got nan"),
+    ({"norm": 1}, np.ones(N + 1, F32), r"norm_weight \(Scale\) must be a float32 tensor of shape \[40\], got \[41\]"),
+    ({}, np.ones(N, F32), r"norm_weight \(Scale\) is given but norm is off"),
 ])
 def test_bad_norm_attributes_or_params_fail_session_creation(attrs, scale, match, tmp_path):
     model = _node_model(_packed("int8"), bias=None, scale=scale, beta=None, const_params=True, attrs=attrs,
@@ -103,15 +104,15 @@ def test_bad_residual_or_params_fail_the_run(tmp_path):
     normed = sparsecpu.onnx.session(save(_node_model(_packed("fp32"), bias=None, scale=scale, beta=None, const_params=False,
                                                      attrs={"norm": 1}, lead_dims=["m"]), tmp_path / "a.onnx"))
     assert_node_error(NODE, lambda: normed.run(None, {"X": x, "R": np.ones((3, N - 1), F32), "Scale": scale}),
-           r"R must be a float tensor of Y's shape \[3, 40\], got \[3, 39\]")
+           r"residual \(R\) must be a float32 tensor of the output's shape \[3, 40\], got \[3, 39\]")
     assert_node_error(NODE, lambda: normed.run(None, {"X": x, "R": np.ones((1, N), F32), "Scale": scale}),
-           r"R must be a float tensor of Y's shape \[3, 40\], got \[1, 40\]")
+           r"residual \(R\) must be a float32 tensor of the output's shape \[3, 40\], got \[1, 40\]")
     assert_node_error(NODE, lambda: normed.run(None, {"X": x, "R": np.ones((3, N), F32), "Scale": np.ones(3, F32)}),
-           r"Scale must be a float tensor of shape \[40\], got \[3\]")
+           r"norm_weight \(Scale\) must be a float32 tensor of shape \[40\], got \[3\]")
     plain = sparsecpu.onnx.session(save(_node_model(_packed("fp32"), bias=None, scale=scale, beta=None, const_params=False,
                                                     attrs={}, lead_dims=["m"]), tmp_path / "b.onnx"))
     assert_node_error(NODE, lambda: plain.run(None, {"X": x, "R": np.ones((3, N), F32), "Scale": scale}),
-           r"Scale is given but attribute norm is 0")
+           r"norm_weight \(Scale\) is given but norm is off")
 
 
 # ---------------------------------------------------------------------------------------------

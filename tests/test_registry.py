@@ -135,7 +135,7 @@ def _residual_norm(rng):
 
     def call():
         out = np.empty((70, 37), np.float32)
-        _C.linear(x, p.buffer, None, 0, out, False, residual=r, norm=True, norm_weight=gamma)
+        _C.linear(x, p.buffer, None, None, out, False, residual=r, norm=True, norm_weight=gamma)
         return out
 
     return call

@@ -19,7 +19,6 @@ from sparsecpu import _C, testing
 from sparsecpu.nn import SparseLinear, SparseResidualLayerNorm
 
 LEVELS = testing.levels()
-ACT = {"none": 0, "gelu": 2}
 
 PARAMS = {
     "kind": ["bsr int8", "bsr fp32", "dense int8", "outliers int8"],
@@ -48,7 +47,7 @@ def _packed(kind: str, n: int, k: int, rng) -> sparsecpu.PackedWeight:
 
 def _call(x, packed, bias, act, **post) -> np.ndarray:
     out = np.empty((*x.shape[:-1], packed.shape[0]), np.float32)
-    _C.linear(x, packed.buffer, bias, ACT[act], out, False, **post)
+    _C.linear(x, packed.buffer, bias, act, out, False, **post)
     return out
 
 
@@ -113,19 +112,21 @@ def test_bad_post_arguments_raise_value_error():
     packed = sparsecpu.pack(_util.pruned_weight(rng, 16, 24, 0.5)[0], dtype="int8")
     x = rng.standard_normal((3, 24)).astype(np.float32)
     out = np.empty((3, 16), np.float32)
-    with pytest.raises(ValueError, match="residual must have the output's shape"):
-        _C.linear(x, packed.buffer, None, 0, out, False, np.zeros((3, 15), np.float32))
-    with pytest.raises(ValueError, match="residual must have the output's shape"):
-        _C.linear(x, packed.buffer, None, 0, out, False, np.zeros((48,), np.float32))
-    with pytest.raises(ValueError, match="norm_weight must be 1-D with N = 16"):
-        _C.linear(x, packed.buffer, None, 0, out, False, None, True, np.ones(15, np.float32))
-    with pytest.raises(ValueError, match="norm_bias must be 1-D with N = 16"):
-        _C.linear(x, packed.buffer, None, 0, out, False, None, True, None, np.ones((1, 16), np.float32))
+    with pytest.raises(ValueError, match=r"residual \(R\) must be a float32 tensor of the output's shape \[3, 16\], got \[3, 15\]"):
+        _C.linear(x, packed.buffer, None, "none", out, False, np.zeros((3, 15), np.float32))
+    with pytest.raises(ValueError, match=r"residual \(R\) must be a float32 tensor of the output's shape \[3, 16\], got \[48\]"):
+        _C.linear(x, packed.buffer, None, "none", out, False, np.zeros((48,), np.float32))
+    with pytest.raises(ValueError, match=r"norm_weight \(Scale\) must be a float32 tensor of shape \[16\], got \[15\]"):
+        _C.linear(x, packed.buffer, None, "none", out, False, None, True, np.ones(15, np.float32))
+    with pytest.raises(ValueError, match=r"norm_bias \(B\) must be a float32 tensor of shape \[16\], got \[1, 16\]"):
+        _C.linear(x, packed.buffer, None, "none", out, False, None, True, None, np.ones((1, 16), np.float32))
+    with pytest.raises(ValueError, match=r"norm_weight \(Scale\) is given but norm is off"):
+        _C.linear(x, packed.buffer, None, "none", out, False, None, False, np.ones(16, np.float32))
     for eps in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="norm_eps"):
-            _C.linear(x, packed.buffer, None, 0, out, False, None, True, None, None, eps)
+        with pytest.raises(ValueError, match=r"norm_eps \(epsilon\) must be finite and >= 0"):
+            _C.linear(x, packed.buffer, None, "none", out, False, None, True, None, None, eps)
     with pytest.raises(ValueError, match="raw_s32"):
-        _C.linear(x, packed.buffer, None, 0, out, True, np.zeros((3, 16), np.float32))
+        _C.linear(x, packed.buffer, None, "none", out, True, np.zeros((3, 16), np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,17 +234,18 @@ def test_module_and_op_bad_input():
         fused(h.requires_grad_(), r)
     with pytest.raises(ValueError, match="inference only: the residual requires grad"):
         fused(h.detach(), r.requires_grad_())
-    with pytest.raises(ValueError, match=r"input must have shape \[..., 48\]"):
+    with pytest.raises(ValueError, match=r"SparseLinear\(in_features=48, out_features=32\): x must be a float32 tensor "
+                                         r"of shape \[\.\.\., 48\], got \[4, 47\]"):
         fused(torch.randn(4, 47), torch.randn(4, 32))
     op = torch.ops.sparsecpu.linear_residual_norm
     packed, bias = fused.dense.packed, fused.dense.bias
-    with pytest.raises(ValueError, match="residual must have the output's shape"):
+    with pytest.raises(ValueError, match=r"residual \(R\) must be a float32 tensor of the output's shape \[4, 32\]"):
         op(h.detach(), packed, bias, 32, "none", torch.randn(4, 31), None, None, 1e-5)
-    with pytest.raises(ValueError, match="norm_weight must have shape"):
+    with pytest.raises(ValueError, match=r"norm_weight \(Scale\) must be a float32 tensor of shape \[32\], got \[31\]"):
         op(h.detach(), packed, bias, 32, "none", r.detach(), torch.ones(31), None, 1e-5)
     with pytest.raises(TypeError, match="float32 CPU tensors"):
         op(h.detach(), packed, bias, 32, "none", r.detach().double(), None, None, 1e-5)
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match=r"norm_eps \(epsilon\) must be finite and >= 0, got -1"):
         op(h.detach(), packed, bias, 32, "none", r.detach(), None, None, -1.0)
     with pytest.raises(ValueError, match="output features"):
         op(h.detach(), packed, bias, 33, "none", torch.randn(4, 33), None, None, 1e-5)

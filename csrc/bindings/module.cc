@@ -1,10 +1,11 @@
-// pybind11 front door: takes numpy buffers, releases the GIL, maps C++ errors to ValueError.
-// Argument checking that needs Python types (torch tensors, dtypes) lives in python/sparsecpu.
+// pybind11 front door: takes numpy buffers, describes them to the ops' requests (which check them),
+// releases the GIL, maps C++ errors to ValueError. Argument checking that needs Python types (torch
+// tensors, dtypes) lives in python/sparsecpu.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -76,102 +77,80 @@ U8Array pack(const F32Array& w, const std::string& dtype, const std::string& for
   return out;
 }
 
-// A float32 [n] array (null for None), kept alive by `keep`.
-const float* channel_vector(const py::object& v, uint64_t n, const char* what, F32Array& keep) {
-  if (v.is_none()) return nullptr;
+// A C-contiguous float32 array as a request argument.
+TensorArg arg_of(const F32Array& a) {
+  return TensorArg::of(a.data(), std::vector<int64_t>(a.shape(), a.shape() + a.ndim()));
+}
+
+// An optional float32 array argument (None: not given), kept alive by `keep`.
+TensorArg optional_arg(const py::object& v, F32Array& keep) {
+  if (v.is_none()) return {};
   keep = v.cast<F32Array>();
-  if (keep.ndim() != 1 || static_cast<uint64_t>(keep.shape(0)) != n)
-    throw std::invalid_argument(std::string(what) + " must be 1-D with N = " + std::to_string(n) + " elements");
-  return keep.data();
+  return arg_of(keep);
 }
 
-// The rows M of x [..., K] (the product of its leading dims), after checking its last dim is K.
-int64_t rows_of(const F32Array& x, uint64_t k) {
-  const py::ssize_t d = x.ndim();
-  if (d < 1 || static_cast<uint64_t>(x.shape(d - 1)) != k)
-    throw std::invalid_argument("x must have shape [..., K] with K = " + std::to_string(k));
-  int64_t M = 1;
-  for (py::ssize_t i = 0; i + 1 < d; ++i) M *= x.shape(i);
-  return M;
+// The activation name a Python argument stands for: None means none. Anything but a str keeps its
+// repr, which no activation has, so that the request rejects it with the names it accepts.
+std::string activation_name(const py::object& act) {
+  if (act.is_none()) return "none";
+  if (py::isinstance<py::str>(act)) return act.cast<std::string>();
+  return py::repr(act).cast<std::string>();
 }
 
-Activation activation_of(int act) {
-  if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code");
-  return static_cast<Activation>(act);
-}
-
-void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, int act, F32Array& out,
+// y = act(x W^T + bias) [+ residual, LayerNorm] into out: x [..., K] and out [..., N], C-contiguous.
+void linear_py(const F32Array& x, const U8Array& buf, const py::object& bias, const py::object& activation, F32Array& out,
                bool raw_s32, const py::object& residual, bool norm, const py::object& norm_weight,
                const py::object& norm_bias, float norm_eps) {
-  // x [..., K] and out [..., N], C-contiguous, with the same leading dims: M rows.
-  const PackedView w = view_of(buf, false);
-  const int64_t M = rows_of(x, w.k);
-  const py::ssize_t d = x.ndim();
-  bool same_lead = out.ndim() == d && static_cast<uint64_t>(out.shape(d - 1)) == w.n;
-  for (py::ssize_t i = 0; same_lead && i + 1 < d; ++i) same_lead = out.shape(i) == x.shape(i);
-  if (!same_lead) throw std::invalid_argument("out has the wrong shape");
-  LinearArgs a;
-  a.w = w;
-  a.x = x.data();
-  a.M = M;
-  a.act = activation_of(act);
-  a.y = out.mutable_data();
-  a.raw_s32 = raw_s32;
   F32Array b, r, nw, nb;
-  a.bias = channel_vector(bias, w.n, "bias", b);
-  if (!residual.is_none()) {
-    r = residual.cast<F32Array>();
-    bool same = r.ndim() == out.ndim();
-    for (py::ssize_t i = 0; same && i < d; ++i) same = r.shape(i) == out.shape(i);
-    if (!same) throw std::invalid_argument("residual must have the output's shape [..., N]");
-    a.residual = r.data();
-  }
-  a.norm = norm;
-  a.norm_weight = channel_vector(norm_weight, w.n, "norm_weight", nw);
-  a.norm_bias = channel_vector(norm_bias, w.n, "norm_bias", nb);
-  if (!(norm_eps >= 0.0f) || !std::isfinite(norm_eps)) throw std::invalid_argument("norm_eps must be finite and >= 0");
-  a.norm_eps = norm_eps;
+  LinearCall c;
+  c.x = arg_of(x);
+  c.out = arg_of(out);
+  c.bias = optional_arg(bias, b);
+  c.residual = optional_arg(residual, r);
+  c.norm_weight = optional_arg(norm_weight, nw);
+  c.norm_bias = optional_arg(norm_bias, nb);
+  c.activation = activation_name(activation);
+  c.norm = norm;
+  c.norm_eps = norm_eps;
+  c.raw_s32 = raw_s32;
+  const LinearRequest request(view_of(buf, false), c);
   py::gil_scoped_release release;
-  linear(a);
+  request.run(out.mutable_data());
 }
 
 // A new C-contiguous float32 array of `shape`, 64-byte aligned (numpy's allocator aligns to 16).
-F32Array aligned_f32(const std::vector<py::ssize_t>& shape) {
+F32Array aligned_f32(const std::vector<int64_t>& shape) {
   size_t n = 1;
-  for (py::ssize_t d : shape) n *= static_cast<size_t>(d);
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
   const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
   float* y = static_cast<float*>(std::aligned_alloc(64, bytes));
   if (!y) throw std::bad_alloc();
   py::capsule owner(y, [](void* p) { std::free(p); });
-  return F32Array(shape, y, owner);
+  return F32Array(std::vector<py::ssize_t>(shape.begin(), shape.end()), y, owner);
 }
 
 // A layer's packed weight, bias and activation bound once, then called per input: a decode step
-// makes ~50 calls per token, and parsing all of linear_py's arguments each time costs as much as a
-// small layer's kernel. Only for weights validated beforehand (PackedWeight.buffer).
+// makes ~50 calls per token, and converting all of linear_py's arguments each time costs as much as
+// a small layer's kernel. Only for weights validated beforehand (PackedWeight.buffer).
 class BoundLinear {
  public:
-  BoundLinear(U8Array buf, const py::object& bias, int act)
-      : buf_(std::move(buf)), w_(view_of(buf_, false)), act_(activation_of(act)) {
-    bias_ptr_ = channel_vector(bias, w_.n, "bias", bias_);
+  BoundLinear(U8Array buf, const py::object& bias, const py::object& activation)
+      : buf_(std::move(buf)), w_(view_of(buf_, false)) {
+    call_.bias = optional_arg(bias, bias_);
+    call_.activation = activation_name(activation);
+    LinearRequest::check_settings(w_, call_);
   }
 
   // activation(x @ W^T + bias) for x [..., K]: a new float32 array [..., N], 64-byte aligned.
   F32Array operator()(const F32Array& x) const {
-    const int64_t M = rows_of(x, w_.k);
-    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-    shape.back() = static_cast<py::ssize_t>(w_.n);
-    F32Array out = aligned_f32(shape);
-    LinearArgs a;
-    a.w = w_;
-    a.x = x.data();
-    a.M = M;
-    a.act = act_;
-    a.y = out.mutable_data();
-    a.bias = bias_ptr_;
+    LinearCall c = call_;
+    c.x = arg_of(x);
+    const LinearRequest request(w_, c);
+    F32Array out = aligned_f32(request.y_dims());
+    float* y = out.mutable_data();
     {
       py::gil_scoped_release release;
-      linear(a);
+      request.run(y);
     }
     return out;
   }
@@ -179,97 +158,66 @@ class BoundLinear {
  private:
   U8Array buf_;
   PackedView w_;
-  Activation act_;
   F32Array bias_;
-  const float* bias_ptr_ = nullptr;
+  LinearCall call_;  // the bias and activation; x set per call
 };
 
-// Element strides of a float32 / uint8 array whose last dim is contiguous (numpy strides are bytes).
-template <class T>
-std::vector<int64_t> element_strides(const py::array& a, const char* what, bool last_contiguous = true) {
-  std::vector<int64_t> s(a.ndim());
+// A numpy array as a request argument: its element type, and its strides in elements (0 for a dim
+// of one element, which is never stepped over).
+TensorArg strided_arg(const py::array& a, const char* what) {
+  const Elem elem = a.dtype().is(py::dtype::of<float>())  ? Elem::f32
+                    : a.dtype().is(py::dtype::of<bool>()) ? Elem::boolean
+                                                          : Elem::other;
+  std::vector<int64_t> dims(a.shape(), a.shape() + a.ndim()), strides(a.ndim(), 0);
   for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-    if (a.strides(i) % static_cast<py::ssize_t>(sizeof(T)) != 0)
+    if (a.shape(i) <= 1) continue;
+    if (a.strides(i) % a.itemsize() != 0)
       throw std::invalid_argument(std::string(what) + " has a stride that is not a whole number of elements");
-    s[i] = a.strides(i) / static_cast<py::ssize_t>(sizeof(T));
+    strides[i] = a.strides(i) / a.itemsize();
   }
-  if (last_contiguous && a.ndim() > 0 && a.shape(a.ndim() - 1) > 1 && s.back() != 1)
-    throw std::invalid_argument(std::string(what) + " must be contiguous in its last dim");
-  return s;
+  return TensorArg::of(a.data(), std::move(dims), elem, std::move(strides));
 }
 
-// q [B, H, Sq, D], k and v [B, H, Skv, D], out [B, H, Sq, D] (float32, any strides; the last dim
-// contiguous except in k), or None for a new [B, Sq, H, D] array (the merged-heads layout) written
-// through its [B, H, Sq, D] view; mask: None, or float32 (added) / bool (True = attend) of 4 dims each
-// equal to the scores' [B, H, Sq, Skv] or 1 (broadcast); precision: "fp32" or "bf16" (see AttnPrecision).
-// Returns out, or the new array.
+// "fp32" or "bf16": the attention precision a Python caller asks for (see AttnPrecision).
 AttnPrecision parse_precision(const std::string& s) {
   if (s == "fp32") return AttnPrecision::fp32;
   if (s == "bf16") return AttnPrecision::bf16;
   throw std::invalid_argument("precision must be 'fp32' or 'bf16', got '" + s + "'");
 }
 
+// q [B, H, Sq, D], k and v [B, H, Skv, D], mask None or [B|1, H|1, Sq|1, Skv|1] (float32 added, bool
+// True = attend), any strides: see AttentionCall. out: a writeable float32 [B, H, Sq, D] array, or
+// None for a new [B, Sq, H, D] array (the merged-heads layout) written through its [B, H, Sq, D]
+// view. precision: "fp32" or "bf16". Returns out, or the new array.
 py::array attention_py(const py::array& q, const py::array& k, const py::array& v, const py::object& out_or_none,
                        const py::object& mask, float scale, const std::string& precision) {
-  py::array out, result;
-  const py::array* arrays[] = {&q, &k, &v};
-  const char* names[] = {"q", "k", "v"};
-  for (int i = 0; i < 3; ++i) {
-    if (arrays[i]->ndim() != 4 || !arrays[i]->dtype().is(py::dtype::of<float>()))
-      throw std::invalid_argument(std::string(names[i]) + " must be a 4-D float32 array [B, H, S, D]");
-  }
-  const int64_t B = q.shape(0), H = q.shape(1), Sq = q.shape(2), D = q.shape(3), Skv = k.shape(2);
-  for (const py::array* kv : {&k, &v}) {
-    if (kv->shape(0) != B || kv->shape(1) != H || kv->shape(2) != Skv || kv->shape(3) != D)
-      throw std::invalid_argument("k and v must have shape [B, H, Skv, D] matching q");
-  }
-  if (out_or_none.is_none()) {
-    F32Array merged = aligned_f32({B, Sq, H, D});
-    const py::ssize_t f = sizeof(float);
-    out = py::array_t<float>({B, H, Sq, D}, {Sq * H * D * f, D * f, H * D * f, f}, merged.mutable_data(), merged);
-    result = merged;
-  } else {
-    result = out = out_or_none.cast<py::array>();
-    if (out.ndim() != 4 || !out.dtype().is(py::dtype::of<float>()))
-      throw std::invalid_argument("out must be a 4-D float32 array [B, H, S, D]");
-    if (out.shape(0) != B || out.shape(1) != H || out.shape(2) != Sq || out.shape(3) != D)
-      throw std::invalid_argument("out must have q's shape");
-    if (!out.writeable()) throw std::invalid_argument("out must be writeable");
-  }
-  if (!std::isfinite(scale)) throw std::invalid_argument("scale must be finite");
-  const AttnPrecision prec = parse_precision(precision);
-  AttnParams p{};
-  p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
-  p.scale = scale;
-  const auto qs = element_strides<float>(q, "q"), ks = element_strides<float>(k, "k", false);
-  const auto vs = element_strides<float>(v, "v"), os = element_strides<float>(out, "out");
-  p.q = static_cast<const float*>(q.data()), p.q_sb = qs[0], p.q_sh = qs[1], p.q_ss = qs[2];
-  p.k = static_cast<const float*>(k.data()), p.k_sb = ks[0], p.k_sh = ks[1], p.k_ss = ks[2], p.k_sd = ks[3];
-  p.v = static_cast<const float*>(v.data()), p.v_sb = vs[0], p.v_sh = vs[1], p.v_ss = vs[2];
-  p.o = static_cast<float*>(out.mutable_data()), p.o_sb = os[0], p.o_sh = os[1], p.o_ss = os[2];
+  AttentionCall c;
+  c.q = strided_arg(q, "q");
+  c.k = strided_arg(k, "k");
+  c.v = strided_arg(v, "v");
   py::array m;
   if (!mask.is_none()) {
     m = mask.cast<py::array>();
-    const bool is_bool = m.dtype().is(py::dtype::of<bool>());
-    if (m.ndim() != 4 || !(is_bool || m.dtype().is(py::dtype::of<float>())))
-      throw std::invalid_argument("mask must be a 4-D float32 or bool array");
-    const int64_t want[4] = {B, H, Sq, Skv};
-    std::vector<int64_t> ms(4);
-    for (int i = 0; i < 4; ++i) {
-      if (m.shape(i) != want[i] && m.shape(i) != 1)
-        throw std::invalid_argument("mask dim " + std::to_string(i) + " is " + std::to_string(m.shape(i)) +
-                                    ": it must be " + std::to_string(want[i]) + " or 1");
-      const py::ssize_t item = is_bool ? 1 : 4;
-      if (m.strides(i) % item != 0) throw std::invalid_argument("mask has a misaligned stride");
-      ms[i] = m.shape(i) == 1 ? 0 : m.strides(i) / item;
-    }
-    p.m_sb = ms[0], p.m_sh = ms[1], p.m_sq = ms[2], p.m_sk = ms[3];
-    if (is_bool) p.keep = static_cast<const uint8_t*>(m.data());
-    else p.bias = static_cast<const float*>(m.data());
+    c.mask = strided_arg(m, "mask");
+  }
+  c.scale = scale;
+  c.precision = parse_precision(precision);
+  AttentionRequest request(c);
+  py::array result;
+  if (out_or_none.is_none()) {
+    const std::vector<int64_t>& d = request.out_dims();
+    const int64_t H = d[1], Sq = d[2], D = d[3];
+    F32Array merged = aligned_f32({d[0], Sq, H, D});
+    request.set_out(TensorArg::of(merged.mutable_data(), d, Elem::f32, {Sq * H * D, D, H * D, 1}));
+    result = merged;
+  } else {
+    result = out_or_none.cast<py::array>();
+    if (!result.writeable()) throw std::invalid_argument("out must be writeable");
+    request.set_out(strided_arg(result, "out"));
   }
   {
     py::gil_scoped_release release;
-    attention(p, nullptr, prec);
+    request.run();
   }
   return result;
 }
@@ -441,11 +389,17 @@ PYBIND11_MODULE(_C, m) {
     unpack_dense(v, out.mutable_data());
     return out;
   }, py::arg("buf"));
-  m.def("linear", &linear_py, py::arg("x"), py::arg("buf"), py::arg("bias"), py::arg("act"), py::arg("out"),
+  m.def("activations", [] {
+    py::list names;
+    for (const ActivationName& a : kActivations) names.append(a.name);
+    return py::tuple(names);
+  });
+  m.def("linear", &linear_py, py::arg("x"), py::arg("buf"), py::arg("bias"), py::arg("activation"), py::arg("out"),
         py::arg("raw_s32") = false, py::arg("residual") = py::none(), py::arg("norm") = false,
         py::arg("norm_weight") = py::none(), py::arg("norm_bias") = py::none(), py::arg("norm_eps") = 1e-5f);
   py::class_<BoundLinear>(m, "BoundLinear")
-      .def(py::init<U8Array, const py::object&, int>(), py::arg("buf"), py::arg("bias"), py::arg("act"))
+      .def(py::init<U8Array, const py::object&, const py::object&>(), py::arg("buf"), py::arg("bias"),
+           py::arg("activation"))
       .def("__call__", &BoundLinear::operator(), py::arg("x"));
   m.def("attention", &attention_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"),
         py::arg("scale"), py::arg("precision") = "fp32");

@@ -38,16 +38,27 @@ std::atomic<int>& target_state() {
   return state;
 }
 
+// What each buffer of a thread's Scratch holds.
+enum class Slot : int {
+  bias,          // the bias, zero-padded to the kernel's channel tiles
+  x,             // the activations in the kernel's layout: u8 (K-major or row-major) or fp32 K-major
+  x_scale,       // int8: per-row quantization scale and zero point, in row order
+  x_zp,
+  x_scale_slab,  // K-major int8: the same in slab order (see slab_order_index)
+  x_zp_slab,
+  absmax,        // max |x| per row: the outlier check
+  outlier_x,     // the outlier path: x with the outlier columns zeroed
+  outlier_sum,   // the outlier path: those columns' fp32 product, and one dequantized weight column
+  count
+};
+
 // Scratch memory of the calling thread, grown on demand and kept: a fresh 100 KB+ allocation per
 // call would be an mmap and a page fault storm on every layer.
-// Slots: 0 bias, 1 activations, 2-5 per-row parameters, 6 max |x| per row, 7-8 the outlier path.
-constexpr int kScratchSlots = 9;
-
 class Scratch {
  public:
   template <class T>
-  T* get(int slot, size_t count) {
-    Buf& b = bufs_[slot];
+  T* get(Slot slot, size_t count) {
+    Buf& b = bufs_[static_cast<int>(slot)];
     const size_t bytes = std::max<size_t>(64, count * sizeof(T));
     if (b.size < bytes) {
       b.ptr.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) & ~size_t(63))));
@@ -65,7 +76,7 @@ class Scratch {
     std::unique_ptr<uint8_t, Free> ptr;
     size_t size = 0;
   };
-  Buf bufs_[kScratchSlots];
+  Buf bufs_[static_cast<int>(Slot::count)];
 };
 
 Scratch& scratch() {
@@ -108,17 +119,20 @@ bool has_outliers(const float* absmax, int64_t M, float threshold) {
   return any;
 }
 
-// The bias zero-padded to the kernel's channel tiles (scratch slot 0), or null without one.
+// The bias zero-padded to the kernel's channel tiles, or null without one.
 const float* padded_bias(Scratch& s, const LinearArgs& a, int64_t padded) {
   if (!a.bias) return nullptr;
-  float* bias = s.get<float>(0, padded);
+  float* bias = s.get<float>(Slot::bias, padded);
   std::fill(bias, bias + padded, 0.0f);
   std::copy(a.bias, a.bias + a.w.n, bias);
   return bias;
 }
 
-// Multiply-adds below which waking a worker costs more than it saves (the channel-vectorized kernels).
-constexpr uint64_t kMinParallelMacs = uint64_t(1) << 16;
+// Multiply-adds of a call below which it runs on the calling thread: waking the pool's workers would
+// cost more than they save. One threshold for the kernels that read x row-major (dense, panel,
+// skinny), one for the 4x1 SpMM over K-major activations.
+constexpr uint64_t kMinParallelMacsRows = uint64_t(1) << 16;
+constexpr uint64_t kMinParallelMacsKMajor = uint64_t(1) << 20;
 
 // Whether x[0..n) holds no NaN or Inf (exponent bits all ones), in integer ops that vectorize.
 bool all_finite(const float* x, int64_t n) {
@@ -151,6 +165,9 @@ ParallelFor parallel_of(const LinearArgs& a) {
   if (a.parallel) return *a.parallel;
   return {&parallel_run, get_num_threads()};
 }
+
+// The threads a call of `macs` multiply-adds runs on: the pool's, or 1 below `min_macs`.
+int threads_for(const ParallelFor& tp, uint64_t macs, uint64_t min_macs) { return macs < min_macs ? 1 : tp.threads; }
 
 bool has_post(const LinearArgs& a) { return a.residual != nullptr || a.norm; }
 
@@ -208,11 +225,63 @@ const char* kernel_name(DType dtype) {
   return select_kernel(dtype == DType::int8 ? Op::spmm_s8 : Op::spmm_f32, active_target()).name;
 }
 
+namespace {
+
+// How a call's product is split over the pool: see run_split.
+struct Split {
+  ParallelFor tp;
+  int threads;    // 1: all of it on the calling thread
+  int64_t units;  // 64-row units of x
+  bool by_rows;
+  int64_t tiles;  // channel tiles (4-channel groups or 16-channel panels)
+};
+
+// The task code of linear_kmajor and linear_rows, which differ in how they prepare the activations
+// and in the kernel they run. Work is split one of two ways:
+//  - By rows (s.by_rows): a task prepares one 64-row unit, runs every channel tile over it, then adds
+//    the residual and normalizes its rows while they are in its core's caches. One dispatch, no
+//    barrier, and each core reads only the activations it wrote.
+//  - By output channels otherwise (few rows: the decode and small-batch case): every unit is prepared
+//    first, then the tiles are split into chunks (over_channel_chunks).
+// prepare(u) readies unit u and returns false if its rows hold NaN or Inf; unit(u) runs every tile
+// over unit u; chunk(c0, c1) runs tiles [c0, c1) over every row. Tasks are claimed dynamically (see
+// ThreadPool::run). With absmax (max |x| per row, which prepare fills: the outlier check), a unit
+// computes only if its own rows hold no outlier; if some row does, nothing more is computed and
+// false is returned, for the call to be redone by the outlier path (rare by design) while the common
+// case keeps its single dispatch. post_done tells whether the residual and norm were applied.
+template <class Prepare, class Unit, class Chunk>
+bool run_split(const LinearArgs& a, const Split& s, const float* absmax, bool& post_done, Prepare prepare, Unit unit,
+               Chunk chunk) {
+  const float threshold = a.w.outlier_threshold;
+  auto rows_end = [&](int64_t u) { return std::min(a.M, (u + 1) * kRowAlign); };
+  std::vector<char> finite(s.units, 1);
+  if (s.by_rows) {
+    const bool post = has_post(a);
+    s.tp.run(static_cast<int>(s.units), [&](int u) {
+      finite[u] = prepare(u);
+      const int64_t m0 = u * kRowAlign, m1 = rows_end(u);
+      if (finite[u] && !(absmax && has_outliers(absmax + m0, m1 - m0, threshold))) {
+        unit(u);
+        if (post) post_rows(a, m0, m1);
+      }
+    });
+    post_done = true;
+  } else if (s.threads == 1 || s.units == 1) {
+    for (int64_t u = 0; u < s.units; ++u) finite[u] = prepare(u);
+  } else {
+    s.tp.run(static_cast<int>(s.units), [&](int u) { finite[u] = prepare(u); });
+  }
+  for (char f : finite) {
+    if (!f) throw std::invalid_argument("x contains NaN or Inf");
+  }
+  if (absmax && has_outliers(absmax, a.M, threshold)) return false;
+  if (!s.by_rows) over_channel_chunks(s.tp, s.threads, a.w, s.tiles, chunk);
+  return true;
+}
+
 // The 4x1 SpMM over K-major activations (M > kSkinnyRows, or fp32). With check_outliers, every
 // row is quantized first and nothing is computed (false returned) if some |x| exceeds the
 // weight's outlier threshold.
-namespace {
-
 bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const PackedView& w = a.w;
   const Target isa = active_target();
@@ -222,9 +291,10 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   const int64_t Mpad = round_up(M, kRowAlign);
   Scratch& s = scratch();
   const ParallelFor tp = parallel_of(a);
-  // Below a few microseconds of work, waking a worker costs more than it saves.
-  constexpr uint64_t kMinParallelWork = uint64_t(1) << 18;  // block x row products
-  const int threads = (w.nnzb + 4 * w.groups) * static_cast<uint64_t>(Mpad) < kMinParallelWork ? 1 : tp.threads;
+  // 4 multiply-adds per stored block and row, and 4 blocks' worth per group for its epilogue.
+  const int threads = threads_for(tp, 4 * (w.nnzb + 4 * w.groups) * static_cast<uint64_t>(Mpad), kMinParallelMacsKMajor);
+  const int64_t units = Mpad / kRowAlign;
+  const Split split{tp, threads, units, threads > 1 && units >= threads, G};
 
   SpmmParams p{};
   p.w = w;
@@ -243,42 +313,32 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   p.prefetch = w.k * kRowAlign * (int8 ? 1 : 4) >= kPrefetchFromBytes ? 16 : 0;
   p.bias = padded_bias(s, a, 4 * G);
 
-  // Work is split one of two ways.
-  //  - By rows, when x has at least as many 64-row units as there are threads: a task quantizes
-  //    one unit and runs every group over it. One dispatch, no barrier, and each core reads only
-  //    the K-major rows it wrote.
-  //  - By output channels otherwise (few rows: the decode and small-batch case): the rows are
-  //    prepared first, then groups are split into chunks of equal nonzero count.
   const auto kernel = spmm.fn;
-  const int64_t units = Mpad / kRowAlign;
   const int64_t tiles_per_unit = kRowAlign / spmm.rows;
-  const bool by_rows = threads > 1 && units >= threads;
-  const float threshold = w.outlier_threshold;
-
   uint8_t* xq = nullptr;
   float *xt = nullptr, *scale = nullptr, *scale_s = nullptr, *absmax = nullptr;
   int32_t *zp = nullptr, *zp_s = nullptr;
   QuantFn quant = nullptr;
   TransposeFn transpose = nullptr;
   if (int8) {
-    xq = s.get<uint8_t>(1, K * Mpad);
-    scale = s.get<float>(2, Mpad);
-    zp = s.get<int32_t>(3, Mpad);
-    scale_s = s.get<float>(4, Mpad);
-    zp_s = s.get<int32_t>(5, Mpad);
-    if (check_outliers) absmax = s.get<float>(6, Mpad);
+    xq = s.get<uint8_t>(Slot::x, K * Mpad);
+    scale = s.get<float>(Slot::x_scale, Mpad);
+    zp = s.get<int32_t>(Slot::x_zp, Mpad);
+    scale_s = s.get<float>(Slot::x_scale_slab, Mpad);
+    zp_s = s.get<int32_t>(Slot::x_zp_slab, Mpad);
+    if (check_outliers) absmax = s.get<float>(Slot::absmax, Mpad);
     quant = use_kernel<Op::quant_u8>(isa).fn;
     p.xk = xq;
     p.x_scale = scale_s;
     p.x_zp = zp_s;
   } else {
-    xt = s.get<float>(1, K * Mpad);
+    xt = s.get<float>(Slot::x, K * Mpad);
     transpose = use_kernel<Op::transpose_f32>(isa).fn;
     p.xk = xt;
   }
-  // Rows [u0, u1) (in 64-row units) to K-major; returns false on NaN/Inf.
-  auto prepare = [&](int64_t u0, int64_t u1) {
-    const int64_t m0 = u0 * kRowAlign, m1 = u1 * kRowAlign;
+  // Unit u's 64 rows to K-major (rows >= M as zeros).
+  auto prepare = [&](int64_t u) {
+    const int64_t m0 = u * kRowAlign, m1 = m0 + kRowAlign;
     if (!int8) return transpose(a.x, M, K, m0, m1, xt, Mpad);
     const bool ok = quant(a.x, M, K, m0, m1, xq, Mpad, scale, zp, absmax);
     // Per-row parameters in the order the kernel's accumulator lanes hold the rows.
@@ -293,39 +353,9 @@ bool linear_kmajor(const LinearArgs& a, bool check_outliers, bool& post_done) {
   auto run_tiles = [&](int64_t g0, int64_t g1, int64_t u0, int64_t u1) {
     for (int64_t t = u0 * tiles_per_unit; t < u1 * tiles_per_unit && t * spmm.rows < M; ++t) kernel(p, g0, g1, t * spmm.rows);
   };
-
-  // Tasks are claimed dynamically (see ThreadPool::run): one per 64-row unit, or one per chunk.
-  // With an outlier threshold, a unit computes only if its own rows hold no outlier: when some
-  // row does, the whole call is redone by the outlier path (rare by design), and the common case
-  // keeps its single dispatch. A unit's task also adds the residual and normalizes its rows, while
-  // they are in its core's caches.
-  std::vector<char> finite(units, 1);
-  if (by_rows) {
-    const bool post = has_post(a);
-    tp.run(static_cast<int>(units), [&](int u) {
-      finite[u] = prepare(u, u + 1);
-      if (finite[u] && !(check_outliers && has_outliers(absmax + u * kRowAlign, kRowAlign, threshold))) {
-        run_tiles(0, G, u, u + 1);
-        if (post) post_rows(a, u * kRowAlign, std::min(M, (u + 1) * kRowAlign));
-      }
-    });
-    post_done = true;
-  } else {
-    tp.run(static_cast<int>(units), [&](int u) { finite[u] = prepare(u, u + 1); });
-  }
-  for (char f : finite) {
-    if (!f) throw std::invalid_argument("x contains NaN or Inf");
-  }
-  if (check_outliers && has_outliers(absmax, M, threshold)) return false;
-  if (!by_rows) {
-    // Two chunks per thread: a thread that loses its core for a while leaves work to the others.
-    const int chunks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(2 * threads, G)));
-    const std::vector<int64_t> bounds = balanced_chunks(w, chunks);
-    tp.run(chunks, [&](int t) { run_tiles(bounds[t], bounds[t + 1], 0, units); });
-  }
-  return true;
+  return run_split(a, split, absmax, post_done, prepare, [&](int64_t u) { run_tiles(0, G, u, u + 1); },
+                   [&](int64_t g0, int64_t g1) { run_tiles(g0, g1, 0, units); });
 }
-
 
 // Dense int8 and panel int8 (any M) and skinny int8 BSR (M <= kSkinnyRows): activations quantized
 // row-major, kernels vectorized over output channels (or gathering columns into AMX tiles: panel).
@@ -351,58 +381,32 @@ bool linear_rows(const LinearArgs& a, bool check_outliers, bool& post_done) {
   // A dense weight past the last-level cache (a GPT-2 lm_head: 38.6 MB) comes from memory at every call.
   constexpr uint64_t kStreamFromBytes = uint64_t(16) << 20;
   p.stream_weights = w.format == Format::dense && static_cast<uint64_t>(w.panels) * 64 * w.kq >= kStreamFromBytes;
-  p.xq = s.get<uint8_t>(1, M * ldx);
+  p.xq = s.get<uint8_t>(Slot::x, M * ldx);
   p.ldx = ldx;
-  float* scale = s.get<float>(2, M);
-  int32_t* zp = s.get<int32_t>(3, M);
-  float* absmax = check_outliers ? s.get<float>(6, M) : nullptr;
+  float* scale = s.get<float>(Slot::x_scale, M);
+  int32_t* zp = s.get<int32_t>(Slot::x_zp, M);
+  float* absmax = check_outliers ? s.get<float>(Slot::absmax, M) : nullptr;
   p.x_scale = scale;
   p.x_zp = zp;
   const uint64_t macs = (panel   ? kDensePanel * w.nnzb
                          : dense ? static_cast<uint64_t>(w.panels) * 64 * w.kq
                                  : 4 * w.nnzb) *
                         static_cast<uint64_t>(M);
-  const int threads = macs < kMinParallelMacs ? 1 : tp.threads;
+  const int threads = threads_for(tp, macs, kMinParallelMacsRows);
   const int64_t units = (M + kRowAlign - 1) / kRowAlign;
   // By rows only when the 64-row units share out evenly (M = 65 would leave one thread 1 row).
   const bool by_rows = threads > 1 && units >= threads && (units % threads == 0 || units >= 4 * threads);
-  auto rows_of = [&](int64_t u) { return std::min<int64_t>(M, (u + 1) * kRowAlign); };
-  auto outliers_in = [&](int64_t u) {
-    return check_outliers && has_outliers(absmax + u * kRowAlign, rows_of(u) - u * kRowAlign, w.outlier_threshold);
-  };
-
-  std::vector<char> finite(units, 1);
+  auto rows_end = [&](int64_t u) { return std::min<int64_t>(M, (u + 1) * kRowAlign); };
   auto prepare = [&](int64_t u) {
-    finite[u] = quant(a.x, M, K, u * kRowAlign, rows_of(u), const_cast<uint8_t*>(p.xq), ldx, scale, zp, absmax);
+    return quant(a.x, M, K, u * kRowAlign, rows_end(u), const_cast<uint8_t*>(p.xq), ldx, scale, zp, absmax);
   };
-  if (by_rows) {
-    // One task per 64 rows: quantize them, then every panel over them (the rows stay in L2), then
-    // the residual and norm. With outliers in some rows the call is redone by the outlier path, as
-    // in linear_kmajor.
-    const bool post = has_post(a);
-    tp.run(static_cast<int>(units), [&](int u) {
-      prepare(u);
-      if (finite[u] && !outliers_in(u)) {
-        kernel(p, 0, tiles, u * kRowAlign, rows_of(u));
-        if (post) post_rows(a, u * kRowAlign, rows_of(u));
-      }
-    });
-    post_done = true;
-  } else if (units == 1) {
-    prepare(0);
-  } else {
-    tp.run(static_cast<int>(units), [&](int u) { prepare(u); });
-  }
-  for (char f : finite) {
-    if (!f) throw std::invalid_argument("x contains NaN or Inf");
-  }
-  if (check_outliers && has_outliers(absmax, M, w.outlier_threshold)) return false;
-  if (by_rows) return true;
-  over_channel_chunks(tp, threads, w, tiles, [&](int64_t c0, int64_t c1) {
-    // Rows in 64-row blocks (dense), so that a block's activations stay in L2 across the panels.
-    for (int64_t u = 0; u < units; ++u) kernel(p, c0, c1, u * kRowAlign, rows_of(u));
-  });
-  return true;
+  // Rows in 64-row blocks, so that a block's activations stay in L2 across the panels.
+  auto rows_over = [&](int64_t c0, int64_t c1, int64_t u) { kernel(p, c0, c1, u * kRowAlign, rows_end(u)); };
+  return run_split(a, {tp, threads, units, by_rows, tiles}, absmax, post_done, prepare,
+                   [&](int64_t u) { rows_over(0, tiles, u); },
+                   [&](int64_t c0, int64_t c1) {
+                     for (int64_t u = 0; u < units; ++u) rows_over(c0, c1, u);
+                   });
 }
 
 // fp32 block-sparse with M <= kSkinnyRows: the skinny kernel reads x as it is (row-major, nothing
@@ -416,7 +420,7 @@ void linear_f32_skinny(const LinearArgs& a) {
   RowParams p = row_params(a, padded_bias(scratch(), a, 4 * G));
   p.xf = a.x;
   p.ldx = K;
-  const int threads = 4 * w.nnzb * static_cast<uint64_t>(M) < kMinParallelMacs ? 1 : tp.threads;
+  const int threads = threads_for(tp, 4 * w.nnzb * static_cast<uint64_t>(M), kMinParallelMacsRows);
   over_channel_chunks(tp, threads, w, G, [&](int64_t g0, int64_t g1) { kernel(p, g0, g1, 0, M); });
 }
 
@@ -453,7 +457,7 @@ void linear_outliers(const LinearArgs& a) {
   const int64_t K = static_cast<int64_t>(w.k), M = a.M, N = static_cast<int64_t>(w.n);
   const std::vector<int64_t> cols = outlier_columns(a.x, M, K, w.outlier_threshold);
   Scratch& s = scratch();
-  float* xz = s.get<float>(7, M * K);
+  float* xz = s.get<float>(Slot::outlier_x, M * K);
   std::copy(a.x, a.x + M * K, xz);
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t k : cols) xz[m * K + k] = 0.0f;
@@ -466,7 +470,7 @@ void linear_outliers(const LinearArgs& a) {
   bool post_done = false;
   linear_int8_or_fp32(inner, false, post_done);
   if (a.raw_s32) return;
-  float* c = s.get<float>(8, M * N + N);
+  float* c = s.get<float>(Slot::outlier_sum, M * N + N);
   float* wcol = c + M * N;
   std::fill(c, c + M * N, 0.0f);
   for (int64_t k : cols) {
@@ -493,11 +497,9 @@ void post_pass(const LinearArgs& a) {
   }
 }
 
-}  // namespace
-
+// The op, on a checked call.
 void linear(const LinearArgs& a) {
   if (a.M == 0) return;
-  if (a.raw_s32 && has_post(a)) throw std::invalid_argument("raw_s32 returns the accumulators: no residual or norm");
   const bool check = a.w.dtype == DType::int8 && a.w.outlier_threshold > 0.0f;
   bool post_done = false;
   if (!linear_int8_or_fp32(a, check, post_done)) {
@@ -505,6 +507,77 @@ void linear(const LinearArgs& a) {
     post_done = false;
   }
   if (has_post(a) && !post_done) post_pass(a);
+}
+
+// A per-channel vector of the call: float32 [N], or null when not given.
+const float* channel_vector(const TensorArg& v, const char* what, uint64_t n) {
+  if (!v.given) return nullptr;
+  if (v.elem != Elem::f32 || v.dims.size() != 1 || static_cast<uint64_t>(v.dims[0]) != n)
+    throw std::invalid_argument(std::string(what) + " must be a float32 tensor of shape [" + std::to_string(n) +
+                                "], got " + describe(v));
+  return static_cast<const float*>(v.data);
+}
+
+// The checked settings of a call: all of LinearArgs but x, its rows, the residual and y.
+LinearArgs settings_of(const PackedView& w, const LinearCall& c) {
+  LinearArgs a;
+  a.w = w;
+  a.act = parse_activation(c.activation);
+  if (!(c.norm_eps >= 0.0f) || !std::isfinite(c.norm_eps))
+    throw std::invalid_argument("norm_eps (epsilon) must be finite and >= 0, got " + float_str(c.norm_eps));
+  a.bias = channel_vector(c.bias, "bias", w.n);
+  a.norm_weight = channel_vector(c.norm_weight, "norm_weight (Scale)", w.n);
+  a.norm_bias = channel_vector(c.norm_bias, "norm_bias (B)", w.n);
+  if (!c.norm && (c.norm_weight.given || c.norm_bias.given))
+    throw std::invalid_argument(std::string(c.norm_weight.given ? "norm_weight (Scale)" : "norm_bias (B)") +
+                                " is given but norm is off");
+  if (c.raw_s32 && (c.norm || c.residual.given))
+    throw std::invalid_argument("raw_s32 returns the accumulators: no residual or norm");
+  a.norm = c.norm;
+  a.norm_eps = c.norm_eps;
+  a.raw_s32 = c.raw_s32;
+  return a;
+}
+
+}  // namespace
+
+Activation parse_activation(const std::string& name) {
+  std::string names;
+  for (const ActivationName& a : kActivations) {
+    if (name == a.name) return a.act;
+    names += (names.empty() ? "" : ", ") + std::string(a.name);
+  }
+  throw std::invalid_argument("activation must be one of " + names + ", got '" + name + "'");
+}
+
+void LinearRequest::check_settings(const PackedView& w, const LinearCall& call) { settings_of(w, call); }
+
+LinearRequest::LinearRequest(const PackedView& w, const LinearCall& c) : args_(settings_of(w, c)) {
+  const TensorArg& x = c.x;
+  if (!x.given || x.elem != Elem::f32 || x.dims.empty() || static_cast<uint64_t>(x.dims.back()) != w.k)
+    throw std::invalid_argument("x must be a float32 tensor of shape [..., " + std::to_string(w.k) +
+                                "], got " + describe(x));
+  y_dims_ = x.dims;
+  y_dims_.back() = static_cast<int64_t>(w.n);
+  args_.x = static_cast<const float*>(x.data);
+  args_.M = 1;
+  for (size_t i = 0; i + 1 < x.dims.size(); ++i) args_.M *= x.dims[i];
+  if (c.residual.given) {
+    if (c.residual.elem != Elem::f32 || c.residual.dims != y_dims_)
+      throw std::invalid_argument("residual (R) must be a float32 tensor of the output's shape " + dims_str(y_dims_) +
+                                  ", got " + describe(c.residual));
+    args_.residual = static_cast<const float*>(c.residual.data);
+  }
+  if (c.out.given && (c.out.elem != Elem::f32 || c.out.dims != y_dims_))
+    throw std::invalid_argument("out must be a float32 tensor of the output's shape " + dims_str(y_dims_) + ", got " +
+                                describe(c.out));
+}
+
+void LinearRequest::run(float* y, const ParallelFor* parallel) const {
+  LinearArgs a = args_;
+  a.y = y;
+  a.parallel = parallel;
+  linear(a);
 }
 
 const char* kernel_for(const PackedView& w, int64_t M) {

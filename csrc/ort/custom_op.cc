@@ -1,19 +1,21 @@
 // ONNX Runtime front door: the custom-op library libsparsecpu_ort.so, written against the ORT C API.
 // Two ops: com.sparsecpu:Attention (below) and com.sparsecpu:SparseLinear (inputs X [..., K] fp32, W uint8 = a packed weight buffer,
 // optional bias [N] fp32, optional residual R of Y's shape and LayerNorm Scale / B [N] fp32; output
-// Y [..., N] fp32), computed by the same ops/linear as the Python binding. The packed weight comes from a model file, which is untrusted: it is validated in full
-// when the kernel is created, so a bad model fails session creation with an error naming the node.
+// Y [..., N] fp32), computed by the same ops/linear as the Python binding. Each op's inputs and
+// attributes are checked by its request in ops/ (LinearRequest, AttentionRequest), as the binding's
+// are, so a fault reads the same here as from Python, after the node's name; what this file checks
+// itself is what only ONNX Runtime has (attributes N, K, dtype, format, the merged-heads layout).
+// The packed weight comes from a model file, which is untrusted: it is validated in full when the
+// kernel is created, so a bad model fails session creation with an error naming the node.
 #include <onnxruntime_c_api.h>
 
 #include <climits>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -28,9 +30,14 @@
 
 namespace {
 
-using sparsecpu::Activation;
-using sparsecpu::DType;
+using sparsecpu::AttentionCall;
+using sparsecpu::AttentionRequest;
+using sparsecpu::dims_str;
+using sparsecpu::Elem;
+using sparsecpu::LinearCall;
+using sparsecpu::LinearRequest;
 using sparsecpu::PackedView;
+using sparsecpu::TensorArg;
 
 constexpr const char* kDomain = "com.sparsecpu";
 // KernelContext_ParallelFor arrived in API 17 (onnxruntime 1.17); the V2 kernel callbacks in 16.
@@ -80,11 +87,13 @@ int64_t attr_int(const OrtKernelInfo* info, const char* name, const int64_t* fal
   return v;
 }
 
-float attr_float(const OrtKernelInfo* info, const char* name, float fallback) {
+// A float attribute; without fallback a missing one is an error.
+float attr_float(const OrtKernelInfo* info, const char* name, const float* fallback = nullptr) {
   float v = 0.0f;
   if (OrtStatus* s = g_api->KernelInfoGetAttribute_float(info, name, &v)) {
     g_api->ReleaseStatus(s);
-    return fallback;
+    if (fallback) return *fallback;
+    throw std::invalid_argument(std::string("missing or non-float attribute '") + name + "'");
   }
   return v;
 }
@@ -100,14 +109,6 @@ std::string attr_string(const OrtKernelInfo* info, const char* name, const char*
   check(g_api->KernelInfoGetAttribute_string(info, name, v.data(), &size));
   v.resize(size > 0 ? size - 1 : 0);
   return v;
-}
-
-Activation parse_activation(const std::string& s) {
-  if (s == "none") return Activation::none;
-  if (s == "relu") return Activation::relu;
-  if (s == "gelu") return Activation::gelu;
-  if (s == "gelu_tanh") return Activation::gelu_tanh;
-  throw std::invalid_argument("attribute 'activation' must be none, relu, gelu or gelu_tanh, got '" + s + "'");
 }
 
 // Element type and dims of a tensor value.
@@ -130,10 +131,32 @@ TensorShape shape_of(const OrtValue* v) {
   return out;
 }
 
-std::string dims_str(const std::vector<int64_t>& dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
-  return s + "]";
+// A tensor value as a request argument; null (an absent optional input): not given.
+TensorArg arg_of(const OrtValue* v) {
+  if (!v) return {};
+  const TensorShape s = shape_of(v);
+  void* data = nullptr;
+  check(g_api->GetTensorMutableData(const_cast<OrtValue*>(v), &data));
+  return TensorArg::of(data, s.dims, s.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? Elem::f32 : Elem::other);
+}
+
+// Input i of a run as a request argument (not given when absent).
+TensorArg input_arg(OrtKernelContext* ctx, size_t i) {
+  size_t inputs = 0;
+  check(g_api->KernelContext_GetInputCount(ctx, &inputs));
+  const OrtValue* v = nullptr;
+  if (i < inputs) check(g_api->KernelContext_GetInput(ctx, i, &v));
+  return arg_of(v);
+}
+
+// Input i of a node as a request argument when it is a constant initializer; else not given.
+TensorArg constant_arg(const OrtKernelInfo* info, size_t i) {
+  size_t inputs = 0;
+  check(g_api->KernelInfo_GetInputCount(info, &inputs));
+  int is_constant = 0;
+  const OrtValue* v = nullptr;
+  if (i < inputs) check(g_api->KernelInfoGetConstantInput_tensor(info, i, &is_constant, &v));
+  return is_constant ? arg_of(v) : TensorArg{};
 }
 
 struct FreeAligned {
@@ -144,36 +167,25 @@ struct LinearKernel {
   std::string name;
   std::unique_ptr<uint8_t, FreeAligned> buf;  // owned, 64-byte aligned copy of the packed weight
   PackedView w{};
-  Activation act = Activation::none;
-  bool norm = false;  // LayerNorm after the residual add (attribute norm = 1)
-  float epsilon = 1e-5f;
+  LinearCall settings;  // activation, norm and epsilon from the attributes; the inputs come per run
   int threads = 1;  // tasks ORT's intra-op pool runs at once (its default size: one per core)
-
-  // Checks a per-channel tensor (bias, Scale, B; constant or not) against N.
-  void check_channels(const TensorShape& b, const char* what) const {
-    if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || b.dims.size() != 1 || static_cast<uint64_t>(b.dims[0]) != w.n)
-      throw std::invalid_argument(std::string(what) + " must be a float tensor of shape [" + std::to_string(w.n) +
-                                  "], got " + dims_str(b.dims));
-  }
 };
 
-// Optional inputs after W: bias (2), residual R (3), LayerNorm Scale (4) and B (5).
+// Inputs: X (0), W (1), then the optional bias (2), residual R (3), LayerNorm Scale (4) and B (5).
 constexpr size_t kInputs = 6;
-const char* const kChannelInputs[kInputs] = {nullptr, nullptr, "bias", nullptr, "Scale", "B"};
 
 LinearKernel* create_linear(const OrtKernelInfo* info) {
   auto k = std::make_unique<LinearKernel>();
   const int64_t n = attr_int(info, "N"), kk = attr_int(info, "K");
   const std::string dtype = attr_string(info, "dtype", nullptr);
   const std::string format = attr_string(info, "format", "bsr");
-  k->act = parse_activation(attr_string(info, "activation", "none"));
+  k->settings.activation = attr_string(info, "activation", "none");
   const int64_t no_norm = 0;
   const int64_t norm = attr_int(info, "norm", &no_norm);
   if (norm != 0 && norm != 1) throw std::invalid_argument("attribute 'norm' must be 0 or 1, got " + std::to_string(norm));
-  k->norm = norm == 1;
-  k->epsilon = attr_float(info, "epsilon", 1e-5f);
-  if (!(k->epsilon >= 0.0f) || !std::isfinite(k->epsilon))
-    throw std::invalid_argument("attribute 'epsilon' must be finite and >= 0, got " + std::to_string(k->epsilon));
+  k->settings.norm = norm == 1;
+  const float default_epsilon = 1e-5f;
+  k->settings.norm_eps = attr_float(info, "epsilon", &default_epsilon);
   if (dtype != "int8" && dtype != "fp32")
     throw std::invalid_argument("attribute 'dtype' must be int8 or fp32, got '" + dtype + "'");
   if (format != "bsr" && format != "dense")
@@ -207,12 +219,12 @@ LinearKernel* create_linear(const OrtKernelInfo* info) {
   size_t inputs = 0;
   check(g_api->KernelInfo_GetInputCount(info, &inputs));
   if (inputs > kInputs) throw std::invalid_argument("at most 6 inputs (X, W, bias, R, Scale, B), got " + std::to_string(inputs));
-  for (size_t i = 2; i < inputs; ++i) {
-    if (!kChannelInputs[i]) continue;
-    const OrtValue* v = nullptr;
-    check(g_api->KernelInfoGetConstantInput_tensor(info, i, &is_constant, &v));
-    if (is_constant && v) k->check_channels(shape_of(v), kChannelInputs[i]);
-  }
+  // The attributes, with the per-channel inputs that are constant: a bad node fails session creation.
+  LinearCall call = k->settings;
+  call.bias = constant_arg(info, 2);
+  call.norm_weight = constant_arg(info, 4);
+  call.norm_bias = constant_arg(info, 5);
+  LinearRequest::check_settings(k->w, call);
   k->threads = sparsecpu::default_num_threads();
   return k.release();
 }
@@ -232,47 +244,20 @@ sparsecpu::ParallelFor ort_pool(OrtKernelContext* ctx, int threads) {
 }
 
 void compute_linear(const LinearKernel& k, OrtKernelContext* ctx) {
-  const OrtValue* xv = nullptr;
-  check(g_api->KernelContext_GetInput(ctx, 0, &xv));
-  const TensorShape xs = shape_of(xv);
-  if (xs.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) throw std::invalid_argument("X must be a float tensor");
-  if (xs.dims.empty() || static_cast<uint64_t>(xs.dims.back()) != k.w.k)
-    throw std::invalid_argument("X must have shape [..., " + std::to_string(k.w.k) + "], got " + dims_str(xs.dims));
-  int64_t M = 1;
-  for (size_t i = 0; i + 1 < xs.dims.size(); ++i) M *= xs.dims[i];
-  std::vector<int64_t> ydims = xs.dims;
-  ydims.back() = static_cast<int64_t>(k.w.n);
-
-  sparsecpu::LinearArgs a;
-  a.w = k.w;
-  a.M = M;
-  a.act = k.act;
-  a.norm = k.norm;
-  a.norm_eps = k.epsilon;
-  size_t inputs = 0;
-  check(g_api->KernelContext_GetInputCount(ctx, &inputs));
-  const float** targets[kInputs] = {nullptr, nullptr, &a.bias, &a.residual, &a.norm_weight, &a.norm_bias};
-  for (size_t i = 2; i < inputs && i < kInputs; ++i) {
-    const OrtValue* v = nullptr;
-    check(g_api->KernelContext_GetInput(ctx, i, &v));
-    if (!v) continue;
-    const TensorShape s = shape_of(v);
-    if (kChannelInputs[i]) {
-      k.check_channels(s, kChannelInputs[i]);
-      if (i >= 4 && !k.norm) throw std::invalid_argument(std::string(kChannelInputs[i]) + " is given but attribute norm is 0");
-    } else if (s.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || s.dims != ydims) {
-      throw std::invalid_argument("R must be a float tensor of Y's shape " + dims_str(ydims) + ", got " + dims_str(s.dims));
-    }
-    check(g_api->GetTensorMutableData(const_cast<OrtValue*>(v), reinterpret_cast<void**>(const_cast<float**>(targets[i]))));
-  }
+  LinearCall call = k.settings;
+  call.x = input_arg(ctx, 0);
+  call.bias = input_arg(ctx, 2);
+  call.residual = input_arg(ctx, 3);
+  call.norm_weight = input_arg(ctx, 4);
+  call.norm_bias = input_arg(ctx, 5);
+  const LinearRequest request(k.w, call);
+  const std::vector<int64_t>& ydims = request.y_dims();
   OrtValue* yv = nullptr;
   check(g_api->KernelContext_GetOutput(ctx, 0, ydims.data(), ydims.size(), &yv));
-  if (M == 0 || k.w.n == 0) return;
-  check(g_api->GetTensorMutableData(const_cast<OrtValue*>(xv), reinterpret_cast<void**>(const_cast<float**>(&a.x))));
-  check(g_api->GetTensorMutableData(yv, reinterpret_cast<void**>(&a.y)));
+  float* y = nullptr;
+  check(g_api->GetTensorMutableData(yv, reinterpret_cast<void**>(&y)));
   const sparsecpu::ParallelFor par = ort_pool(ctx, k.threads);
-  a.parallel = &par;
-  sparsecpu::linear(a);
+  request.run(y, &par);
 }
 
 void set_float_output(OrtShapeInferContext* ctx, const std::vector<int64_t>& dims, std::vector<const char*>& names);
@@ -346,116 +331,69 @@ struct LinearOp {
 
 struct AttnKernel {
   std::string name;
-  float scale = 1.0f;
-  bool k_transposed = false;
+  AttentionCall settings;  // scale and k_transposed from the attributes; the inputs come per run
   int64_t heads = 0;  // > 0: merged-heads layout
   int threads = 1;
 };
 
 AttnKernel* create_attention(const OrtKernelInfo* info) {
   auto k = std::make_unique<AttnKernel>();
-  k->scale = attr_float(info, "scale", std::numeric_limits<float>::quiet_NaN());
-  if (!std::isfinite(k->scale)) throw std::invalid_argument("attribute 'scale' is missing or not finite");
+  k->settings.scale = attr_float(info, "scale");
   const int64_t no = 0;
   const int64_t kt = attr_int(info, "k_transposed", &no);
   if (kt != 0 && kt != 1) throw std::invalid_argument("attribute 'k_transposed' must be 0 or 1, got " + std::to_string(kt));
-  k->k_transposed = kt == 1;
+  k->settings.k_transposed = kt == 1;
   k->heads = attr_int(info, "num_heads", &no);
   if (k->heads < 0) throw std::invalid_argument("attribute 'num_heads' must be >= 0, got " + std::to_string(k->heads));
-  if (k->heads > 0 && k->k_transposed) throw std::invalid_argument("k_transposed = 1 needs the [B, H, S, D] layout (num_heads = 0)");
+  if (k->heads > 0 && k->settings.k_transposed) throw std::invalid_argument("k_transposed = 1 needs the [B, H, S, D] layout (num_heads = 0)");
+  AttentionRequest::check_settings(k->settings);
   k->threads = sparsecpu::default_num_threads();
   return k.release();
 }
 
-// Element strides of a row-major tensor.
-std::vector<int64_t> row_major_strides(const std::vector<int64_t>& dims) {
-  std::vector<int64_t> s(dims.size(), 1);
-  for (size_t i = dims.size(); i-- > 1;) s[i - 1] = s[i] * dims[i];
-  return s;
-}
-
-// Shapes and strides of Q, K, V, O in the [B, H, S, D] layout (K or K^T).
-void heads_layout(const AttnKernel& k, const TensorShape s[4], sparsecpu::AttnParams& p) {
-  const std::vector<int64_t>& q = s[0].dims;
-  const int64_t B = q[0], H = q[1], Sq = q[2], D = q[3], Skv = s[2].dims[2];
-  const std::vector<int64_t> kv = {B, H, Skv, D};
-  const std::vector<int64_t> kdims = k.k_transposed ? std::vector<int64_t>{B, H, D, Skv} : kv;
-  if (s[1].dims != kdims)
-    throw std::invalid_argument(std::string("K must have shape ") + dims_str(kdims) + (k.k_transposed ? " (K^T)" : "") +
-                                " to match Q " + dims_str(q) + " and V, got " + dims_str(s[1].dims));
-  if (s[2].dims != kv) throw std::invalid_argument("V must have shape [B, H, Skv, D] = " + dims_str(kv) + ", got " + dims_str(s[2].dims));
-  p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = D;
-  const auto qs = row_major_strides(q), ks = row_major_strides(s[1].dims), vs = row_major_strides(kv);
-  p.q_sb = qs[0], p.q_sh = qs[1], p.q_ss = qs[2];
-  p.k_sb = ks[0], p.k_sh = ks[1];
-  p.k_ss = k.k_transposed ? 1 : ks[2];
-  p.k_sd = k.k_transposed ? ks[2] : 1;
-  p.v_sb = vs[0], p.v_sh = vs[1], p.v_ss = vs[2];
-  p.o_sb = qs[0], p.o_sh = qs[1], p.o_ss = qs[2];
-}
-
-// The same for merged heads: Q [B, Sq, H D], K and V [B, Skv, H D]; head h is columns [h D, (h + 1) D).
-void merged_layout(const AttnKernel& k, const TensorShape s[4], sparsecpu::AttnParams& p) {
-  const std::vector<int64_t>& q = s[0].dims;
-  const int64_t B = q[0], Sq = q[1], N = q[2], H = k.heads, Skv = s[1].dims[1];
-  if (N % H != 0) throw std::invalid_argument("Q's last dim " + std::to_string(N) + " is not a multiple of num_heads = " + std::to_string(H));
+// Merged heads: Q [B, Sq, H D], K and V [B, Skv, H D] become the [B, H, S, D] views the request
+// takes (head h is columns [h D, (h + 1) D)).
+void merged_heads_views(int64_t H, TensorArg qkv[3]) {
+  const char* names[3] = {"q", "k", "v"};
+  for (int i = 0; i < 3; ++i) {
+    if (qkv[i].elem != Elem::f32 || qkv[i].dims.size() != 3)
+      throw std::invalid_argument(std::string(names[i]) + " must be a 3-D float32 tensor [B, S, H D] (num_heads = " +
+                                  std::to_string(H) + "), got " + sparsecpu::describe(qkv[i]));
+  }
+  const std::vector<int64_t> q = qkv[0].dims;
+  const int64_t B = q[0], Sq = q[1], N = q[2], Skv = qkv[1].dims[1];
+  if (N % H != 0) throw std::invalid_argument("q's last dim " + std::to_string(N) + " is not a multiple of num_heads = " + std::to_string(H));
   const std::vector<int64_t> kv = {B, Skv, N};
   for (int i = 1; i < 3; ++i) {
-    if (s[i].dims != kv)
-      throw std::invalid_argument(std::string(i == 1 ? "K" : "V") + " must have shape [B, Skv, H D] = " + dims_str(kv) +
-                                  " to match Q " + dims_str(q) + ", got " + dims_str(s[i].dims));
+    if (qkv[i].dims != kv)
+      throw std::invalid_argument(std::string(names[i]) + " must have shape [B, Skv, H D] = " + dims_str(kv) + " to match q " +
+                                  dims_str(q) + ", got " + dims_str(qkv[i].dims));
   }
-  p.B = B, p.H = H, p.Sq = Sq, p.Skv = Skv, p.D = N / H;
-  p.q_sb = Sq * N, p.q_sh = p.D, p.q_ss = N;
-  p.k_sb = Skv * N, p.k_sh = p.D, p.k_ss = N, p.k_sd = 1;
-  p.v_sb = Skv * N, p.v_sh = p.D, p.v_ss = N;
-  p.o_sb = Sq * N, p.o_sh = p.D, p.o_ss = N;
+  const int64_t D = N / H;
+  for (int i = 0; i < 3; ++i) {
+    const int64_t S = i == 0 ? Sq : Skv;
+    qkv[i].dims = {B, H, S, D};
+    qkv[i].strides = {S * N, D, N, 1};
+  }
 }
 
 void compute_attention(const AttnKernel& k, OrtKernelContext* ctx) {
-  const OrtValue* v[4] = {nullptr, nullptr, nullptr, nullptr};
-  size_t inputs = 0;
-  check(g_api->KernelContext_GetInputCount(ctx, &inputs));
-  for (size_t i = 0; i < 4 && i < inputs; ++i) check(g_api->KernelContext_GetInput(ctx, i, &v[i]));
-  if (!v[0] || !v[1] || !v[2]) throw std::invalid_argument("inputs Q, K and V are required");
-  TensorShape s[4];
-  const char* names[4] = {"Q", "K", "V", "M"};
-  const size_t rank = k.heads > 0 ? 3 : 4;
-  for (int i = 0; i < 4; ++i) {
-    if (!v[i]) continue;
-    s[i] = shape_of(v[i]);
-    const size_t want = i == 3 ? 4 : rank;
-    if (s[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || s[i].dims.size() != want)
-      throw std::invalid_argument(std::string(names[i]) + " must be a " + std::to_string(want) + "-D float tensor, got " +
-                                  dims_str(s[i].dims));
-  }
-  sparsecpu::AttnParams p{};
-  if (k.heads > 0) merged_layout(k, s, p);
-  else heads_layout(k, s, p);
-  p.scale = k.scale;
-  if (v[3]) {
-    const int64_t want[4] = {p.B, p.H, p.Sq, p.Skv};
-    const auto ms = row_major_strides(s[3].dims);
-    int64_t* mstride[4] = {&p.m_sb, &p.m_sh, &p.m_sq, &p.m_sk};
-    for (int i = 0; i < 4; ++i) {
-      if (s[3].dims[i] != want[i] && s[3].dims[i] != 1)
-        throw std::invalid_argument("M must broadcast to the scores " + dims_str({p.B, p.H, p.Sq, p.Skv}) + ", got " +
-                                    dims_str(s[3].dims));
-      *mstride[i] = s[3].dims[i] == 1 ? 0 : ms[i];
-    }
-  }
-  const std::vector<int64_t>& q = s[0].dims;
+  TensorArg qkv[3] = {input_arg(ctx, 0), input_arg(ctx, 1), input_arg(ctx, 2)};
+  if (!qkv[0].given || !qkv[1].given || !qkv[2].given) throw std::invalid_argument("inputs Q, K and V are required");
+  const std::vector<int64_t> out_dims = qkv[0].dims;  // Q's, as given
+  if (k.heads > 0) merged_heads_views(k.heads, qkv);
+  AttentionCall call = k.settings;
+  call.q = qkv[0], call.k = qkv[1], call.v = qkv[2];
+  call.mask = input_arg(ctx, 3);
+  AttentionRequest request(call);
   OrtValue* ov = nullptr;
-  check(g_api->KernelContext_GetOutput(ctx, 0, q.data(), q.size(), &ov));
-  if (p.B * p.H * p.Sq * p.D == 0) return;
-  float* data[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-  for (int i = 0; i < 4; ++i) {
-    if (v[i]) check(g_api->GetTensorMutableData(const_cast<OrtValue*>(v[i]), reinterpret_cast<void**>(&data[i])));
-  }
-  check(g_api->GetTensorMutableData(ov, reinterpret_cast<void**>(&data[4])));
-  p.q = data[0], p.k = data[1], p.v = data[2], p.bias = data[3], p.o = data[4];
+  check(g_api->KernelContext_GetOutput(ctx, 0, out_dims.data(), out_dims.size(), &ov));
+  void* o = nullptr;
+  check(g_api->GetTensorMutableData(ov, &o));
+  // O has Q's layout: the same [B, H, Sq, D] view.
+  request.set_out(TensorArg::of(o, request.out_dims(), Elem::f32, call.q.strides));
   const sparsecpu::ParallelFor par = ort_pool(ctx, k.threads);
-  sparsecpu::attention(p, &par);
+  request.run(&par);
 }
 
 // Output shape: Q's.

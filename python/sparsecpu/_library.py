@@ -27,8 +27,6 @@ from .formats import PackedWeight
 
 __all__ = ["attention", "linear", "linear_residual_norm", "packed_weight", "remember", "run", "run_attention"]
 
-_ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
-
 
 class _Validated:
     """A buffer's validated :class:`PackedWeight` and the version of the buffer it was read at."""
@@ -92,10 +90,6 @@ def _plain(t: torch.Tensor) -> bool:
     return t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided and not t.requires_grad
 
 
-# The kernel's activation codes, by the op's activation names.
-ACTIVATION_CODES = {name: code for code, name in enumerate(_ACTIVATIONS)}
-
-
 def _contiguous(t: torch.Tensor) -> np.ndarray:
     a = t.numpy()
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
@@ -109,40 +103,34 @@ def run(
     x: torch.Tensor,
     weight: PackedWeight,
     bias: Optional[np.ndarray],
-    act: int,
+    activation: Optional[str],
     residual: Optional[torch.Tensor] = None,
     norm: Optional[tuple] = None,
 ) -> torch.Tensor:
     """The ops' computation on a float32 CPU tensor ``x [..., K]`` with no grad to keep: the kernel
     straight on the tensors' memory, without :func:`sparsecpu.linear`'s conversions of arbitrary
     inputs (a decode step calls it about 50 times per token, so microseconds count). ``bias`` is a
-    float32 ``[N]`` array or None, ``act`` an activation code (:data:`ACTIVATION_CODES`).
+    float32 ``[N]`` array or None, ``activation`` one of :data:`sparsecpu.ops.ACTIVATIONS`.
     ``residual``, a float32 CPU tensor of the output's shape, is added after the activation, and
-    ``norm = (weight [N] array or None, bias [N] array or None, eps)`` then normalizes each row."""
+    ``norm = (weight [N] array or None, bias [N] array or None, eps)`` then normalizes each row.
+    The arguments are checked in C++."""
     xn = _contiguous(x)
-    out, out_t = ops._output((*xn.shape[:-1], weight.shape[0]), torch)
+    out, out_t = ops._output(ops.output_shape(xn.shape, weight.shape), torch)
     if residual is None and norm is None:
-        _C.linear(xn, weight.buffer, bias, act, out, False)
+        _C.linear(xn, weight.buffer, bias, activation, out, False)
     else:
         nw, nb, eps = norm if norm is not None else (None, None, 0.0)
-        _C.linear(xn, weight.buffer, bias, act, out, False, None if residual is None else _contiguous(residual),
+        _C.linear(xn, weight.buffer, bias, activation, out, False, None if residual is None else _contiguous(residual),
                   norm is not None, nw, nb, eps)
     return out_t
 
 
-def _op_weight(packed: torch.Tensor, out_features: int, activation: str) -> PackedWeight:
-    """The validated weight of a linear op call, checked against its out_features and activation."""
+def _op_weight(packed: torch.Tensor, out_features: int) -> PackedWeight:
+    """The validated weight of a linear op call, checked against its out_features."""
     weight = packed_weight(packed)
     if weight.shape[0] != out_features:
         raise ValueError(f"packed weight has {weight.shape[0]} output features, the op was asked for {out_features}")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
     return weight
-
-
-def _check_x(x: torch.Tensor, weight: PackedWeight) -> None:
-    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x must have shape [..., {weight.shape[1]}] (K = {weight.shape[1]}), got {tuple(x.shape)}")
 
 
 @torch.library.custom_op("sparsecpu::linear", mutates_args=())
@@ -152,14 +140,11 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], 
     ``x`` is float32 ``[..., K]``; the result is float32 ``[..., out_features]``. ``activation`` is
     ``"none"``, ``"relu"``, ``"gelu"`` or ``"gelu_tanh"``.
     """
-    weight = _op_weight(packed, out_features, activation)
+    weight = _op_weight(packed, out_features)
     if not (_plain(x) and (bias is None or _plain(bias))):
         # Other dtypes, devices or layouts and grad-carrying inputs: sparsecpu.linear raises the error that fits.
-        return ops.linear(x, weight, bias, None if activation == "none" else activation)
-    _check_x(x, weight)
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
-    return run(x, weight, None if bias is None else bias.contiguous().numpy(), ACTIVATION_CODES[activation])
+        return ops.linear(x, weight, bias, activation)
+    return run(x, weight, None if bias is None else bias.contiguous().numpy(), activation)
 
 
 @linear.register_fake
@@ -186,21 +171,12 @@ def linear_residual_norm(
     (``norm_weight`` / ``norm_bias`` ``[out_features]`` or None, ``eps`` as ``nn.LayerNorm``'s) in
     the same call, on rows still in the cache. ``residual`` is float32 ``[..., out_features]``,
     the shape of the result."""
-    weight = _op_weight(packed, out_features, activation)
+    weight = _op_weight(packed, out_features)
     tensors = (x, residual, bias, norm_weight, norm_bias)
     if not all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided) for t in tensors):
         raise TypeError("x, residual, bias, norm_weight and norm_bias must be float32 CPU tensors")
-    _check_x(x, weight)
-    out_shape = (*x.shape[:-1], out_features)
-    if tuple(residual.shape) != out_shape:
-        raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")
-    for name, t in (("bias", bias), ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
-        if t is not None and tuple(t.shape) != (out_features,):
-            raise ValueError(f"{name} must have shape ({out_features},), got {tuple(t.shape)}")
-    if not (eps >= 0.0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     norm = (_vector(norm_weight), _vector(norm_bias), eps)
-    return run(x.detach(), weight, _vector(bias), ACTIVATION_CODES[activation], residual.detach(), norm)
+    return run(x.detach(), weight, _vector(bias), activation, residual.detach(), norm)
 
 
 @linear_residual_norm.register_fake
@@ -213,7 +189,7 @@ def _(x, packed, bias, out_features, activation, residual, norm_weight, norm_bia
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+    return t if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
 def run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
@@ -241,12 +217,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         raise TypeError("q, k, v and mask must be strided CPU tensors")
     if not all(t.dtype == torch.float32 for t in (q, k, v)):
         raise TypeError(f"q, k and v must be float32, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not q.dim() == k.dim() == v.dim() == 4:
-        raise ValueError(f"q, k and v must be 4-D float32 tensors [B, H, S, D], got {q.dim()}-D, {k.dim()}-D, {v.dim()}-D")
     if mask is not None and mask.dtype not in (torch.bool, torch.float32):
         raise TypeError(f"mask must be bool or float32, got {mask.dtype}")
-    if not np.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale!r}")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     return run_attention(q, k, v, None if mask is None else mask.detach(), float(scale), precision)
 

@@ -13,12 +13,10 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from . import _C, _library
+from . import _C, _library, ops
 from .formats import PackedWeight, pack
 
 __all__ = ["SparseLinear", "SparseMLP", "SparseResidualLayerNorm"]
-
-_ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
 
 
 class _Eager(NamedTuple):
@@ -26,7 +24,7 @@ class _Eager(NamedTuple):
 
     weight: PackedWeight
     bias: Optional[object]  # float32 [N] numpy array
-    act: int  # activation code
+    activation: Optional[str]
     call: object  # _C.BoundLinear: the three bound, numpy x [..., K] -> new [..., N]
 
 
@@ -67,17 +65,18 @@ class SparseLinear(nn.Module):
     Args:
         packed: the ``out_features x in_features`` weight, from :func:`sparsecpu.pack`.
         bias: optional ``[out_features]`` bias (copied to float32).
-        activation: ``None``, ``"relu"``, ``"gelu"`` or ``"gelu_tanh"``, fused after the bias.
+        activation: ``None`` (or ``"none"``), ``"relu"``, ``"gelu"`` or ``"gelu_tanh"``, fused after the bias.
     """
 
     def __init__(self, packed: PackedWeight, bias: Optional[torch.Tensor] = None, activation: Optional[str] = None):
         super().__init__()
         if not isinstance(packed, PackedWeight):
             raise TypeError(f"packed must be a sparsecpu.PackedWeight, got {type(packed).__name__}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        # Checked now, not at the first call: the C++ table of names, through ops.ACTIVATIONS.
+        if activation not in ops.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ops.ACTIVATIONS}, got {activation!r}")
         self.out_features, self.in_features = packed.shape
-        self.activation = activation
+        self.activation = None if activation == "none" else activation
         buf = _bytes_tensor(packed)
         _library.remember(buf, packed)
         self.register_buffer("packed", buf)
@@ -159,8 +158,10 @@ class SparseLinear(nn.Module):
             )
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise TypeError(f"{self._name()}: input must be a float32 CPU tensor, got {x.dtype} on {x.device}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{self._name()}: input must have shape [..., {self.in_features}], got {tuple(x.shape)}")
+        try:
+            ops.output_shape(tuple(x.shape), (self.out_features, self.in_features))
+        except ValueError as e:
+            raise ValueError(f"{self._name()}: {e}") from None
 
     def _eager_args(self):
         """The :class:`_Eager` arguments of :func:`_library.run` and their bound call, kept between
@@ -178,8 +179,7 @@ class SparseLinear(nn.Module):
         ):
             weight = _library.packed_weight(packed)
             bias_array = None if bias is None else bias.detach().contiguous().numpy()
-            act = _library.ACTIVATION_CODES[self.activation or "none"]
-            args = _Eager(weight, bias_array, act, _C.BoundLinear(weight.buffer, bias_array, act))
+            args = _Eager(weight, bias_array, self.activation, _C.BoundLinear(weight.buffer, bias_array, self.activation))
             cacheable = not packed.is_inference() and (bias is None or not bias.is_inference())
             if not cacheable:
                 return args  # inference tensors have no version counter: nothing tells of a write
@@ -299,7 +299,7 @@ class SparseResidualLayerNorm(nn.Module):
         ):
             eager = dense._eager_args()
             params = tuple(None if p is None else p.detach().numpy() for p in (norm.weight, norm.bias))
-            return _library.run(hidden_states, eager.weight, eager.bias, eager.act, input_tensor, (*params, norm.eps))
+            return _library.run(hidden_states, eager.weight, eager.bias, eager.activation, input_tensor, (*params, norm.eps))
         dense._check_input(hidden_states)
         if input_tensor.requires_grad and torch.is_grad_enabled():
             raise ValueError(

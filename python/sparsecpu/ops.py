@@ -14,7 +14,9 @@ from .formats import PackedWeight
 
 __all__ = ["linear", "ACTIVATIONS"]
 
-ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
+# The values an activation argument takes: None (no activation, as "none") and the names of the C++
+# table, which checks them.
+ACTIVATIONS = (None, *_C.activations())
 # Outputs of at most this many elements are allocated with plain np.empty (see _run).
 _SMALL_OUT = 8 * 4096
 
@@ -43,6 +45,18 @@ def _output(shape: tuple, torch: Any, raw_s32: bool = False):
     return _empty_aligned(shape, out_dtype), None
 
 
+def output_shape(x_shape: tuple, weight_shape: tuple) -> tuple:
+    """``[..., N]``, the shape of the linear op's output for ``x [..., K]`` and an ``N x K`` weight.
+
+    Raises ``ValueError`` for another last dim of x, with the text of the C++ check (``LinearRequest``):
+    the output is allocated from this shape before C++ sees x.
+    """
+    n, k = weight_shape
+    if len(x_shape) == 0 or x_shape[-1] != k:
+        raise ValueError(f"x must be a float32 tensor of shape [..., {k}], got [{', '.join(map(str, x_shape))}]")
+    return (*x_shape[:-1], n)
+
+
 def _as_input(x: Any):
     """``(float32 numpy view of x, torch module or None)`` with the common case checked cheaply."""
     torch = sys.modules.get("torch")
@@ -65,13 +79,8 @@ def _as_input(x: Any):
 def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw_s32: bool):
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"packed must be a sparsecpu.PackedWeight (see sparsecpu.pack), got {type(packed).__name__}")
-    act = ACTIVATIONS.get(activation, -1) if isinstance(activation, (str, type(None))) else -1
-    if act < 0:
-        raise ValueError(f"activation must be one of None, 'relu', 'gelu', 'gelu_tanh', got {activation!r}")
     xn, torch = _as_input(x)
-    n, k = packed.shape
-    if xn.ndim < 1 or xn.shape[-1] != k:
-        raise ValueError(f"x must have shape [..., {k}] (K = {k}), got {tuple(xn.shape)}")
+    shape = output_shape(xn.shape, packed.shape)
     x2 = xn if xn.flags.c_contiguous else np.ascontiguousarray(xn)
     b = None
     if bias is not None:
@@ -81,12 +90,9 @@ def _run(x: Any, packed: PackedWeight, bias: Any, activation: Optional[str], raw
                 "sparsecpu.linear is inference only: bias requires grad; call it under torch.no_grad() "
                 "or torch.inference_mode(), or pass bias.detach()"
             )
-        b = as_numpy_f32(bias, "bias")
-        if b.shape != (n,):
-            raise ValueError(f"bias must have shape ({n},), got {tuple(b.shape)}")
-        b = np.ascontiguousarray(b)
-    out, out_t = _output((*xn.shape[:-1], n), torch, raw_s32)
-    _C.linear(x2, packed.buffer, b, act, out.view(np.float32) if raw_s32 else out, raw_s32)
+        b = np.ascontiguousarray(as_numpy_f32(bias, "bias"))
+    out, out_t = _output(shape, torch, raw_s32)
+    _C.linear(x2, packed.buffer, b, activation, out.view(np.float32) if raw_s32 else out, raw_s32)
     return out_t if torch is not None else out
 
 
@@ -99,8 +105,8 @@ def linear(x: Any, packed: PackedWeight, bias: Any = None, activation: Optional[
         x: float32 ``[..., K]`` torch tensor (CPU) or numpy array; any leading dims, any strides.
         packed: the weight, from :func:`sparsecpu.pack`.
         bias: optional float32 ``[N]``.
-        activation: ``None``, ``"relu"``, ``"gelu"`` (erf form, like ``F.gelu``) or ``"gelu_tanh"``
-            (like ``F.gelu(approximate="tanh")``).
+        activation: ``None`` (or ``"none"``), ``"relu"``, ``"gelu"`` (erf form, like ``F.gelu``) or
+            ``"gelu_tanh"`` (like ``F.gelu(approximate="tanh")``): :data:`ACTIVATIONS`.
 
     Returns:
         float32 ``[..., N]``, a torch tensor if ``x`` is one, else a numpy array.
