@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _C
-from ._convert import as_numpy_f32
+from ._arrays import as_numpy_f32
 from .formats import PackedWeight
 
 __all__ = ["linear", "ACTIVATIONS"]
