@@ -29,7 +29,7 @@ def _header_format(packed_bytes: bytes) -> str:
     """The format a packed buffer's header names (bytes 12..16; "bsr" for one too short or unknown),
     read without validating: the corruption tests hand in broken buffers on purpose."""
     code = int.from_bytes(packed_bytes[12:16], "little") if len(packed_bytes) >= 16 else 1
-    return {2: "dense"}.get(code, "bsr")
+    return {2: "dense", 3: "panel"}.get(code, "bsr")
 
 
 def sparse_linear_model(

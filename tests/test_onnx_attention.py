@@ -86,6 +86,7 @@ def test_attention_node_matches_the_binding(case, tmp_path):
     ({}, r"missing or non-float attribute 'scale'"),
     ({"scale": float("inf")}, r"scale must be finite, got inf"),
     ({"scale": 1.0, "k_transposed": 2}, r"attribute 'k_transposed' must be 0 or 1, got 2"),
+    ({"scale": 1.0, "precision": "fp16"}, r"precision must be 'fp32' or 'bf16', got 'fp16'"),
 ])
 def test_bad_attention_attributes_fail_session_creation(attrs, match, tmp_path):
     path = save(_attention_node_model(mask=False, attrs=attrs), tmp_path / "m.onnx")
@@ -160,7 +161,7 @@ def test_attention_subgraph_replaced(form, mask, tmp_path):
         feeds.pop("m", None)
     src, dst, report = _convert(tmp_path, model)
     assert op_types(dst) == ["Transpose", "Attention"] and report.attention == ["sparsecpu_attention"]
-    assert "1 attention subgraphs -> com.sparsecpu:Attention" in str(report)
+    assert "1 attention subgraphs -> com.sparsecpu:Attention (precision bf16)" in str(report)
     res = sparsecpu.onnx.verify(src, dst, feeds=feeds)["o"]
     assert res["max_abs_diff"] < 1e-5 and res["max_abs"] > 0.5
     _, kept, report = _convert(tmp_path, model, fuse_attention=False)
@@ -263,3 +264,30 @@ def test_projected_heads_read_and_written_merged(tmp_path):
     src, dst, _ = _convert(tmp_path, model)
     assert "Attention" in op_types(dst) and op_types(dst).count("Transpose") == 5
     assert sparsecpu.onnx.verify(src, dst, feeds=feeds)["o"]["max_abs_diff"] < 1e-5
+
+
+def test_attention_precision_attribute_and_convert(tmp_path):
+    """precision = "bf16" runs what the binding runs at "bf16" (AMX-BF16 tiles where the CPU has them, the
+    fp32 kernel elsewhere), bit for bit; onnx convert sets it with dtype="int8" unless told otherwise."""
+    rng = np.random.default_rng(14)
+    b, h, sq, skv, d = 2, 3, 9, 11, 16
+    q = rng.standard_normal((b, sq, h * d)).astype(F32)
+    k, v = (rng.standard_normal((b, skv, h * d)).astype(F32) for _ in "kv")
+    attrs = {"scale": 0.25, "num_heads": h, "precision": "bf16"}
+    (o,) = sparsecpu.onnx.session(save(_attention_node_model(mask=False, attrs=attrs), tmp_path / "m.onnx")).run(
+        None, {"Q": q, "K": k, "V": v})
+    q4, k4, v4 = (t.reshape(b, -1, h, d).transpose(0, 2, 1, 3) for t in (q, k, v))
+    want = _C.attention(q4, k4, v4, None, None, 0.25, "bf16")
+    np.testing.assert_array_equal(o, want.reshape(b, sq, h * d))
+
+    model, _ = _subgraph(np.random.default_rng(15), form="torchscript", mask="none")
+    for kw, precision in (({}, "bf16"), ({"dtype": "fp32"}, None), ({"attention_precision": "fp32"}, None),
+                          ({"dtype": "fp32", "attention_precision": "bf16"}, "bf16")):
+        _, dst, report = _convert(tmp_path, model, **kw)
+        import onnx
+
+        (node,) = [n for n in onnx.load(dst).graph.node if n.op_type == "Attention"]
+        got = {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("precision")
+        assert (got.decode() if got else None) == precision and report.attention_precision == (precision or "fp32"), kw
+    with pytest.raises(ValueError, match="attention_precision must be 'fp32' or 'bf16'"):
+        _convert(tmp_path, model, attention_precision="half")

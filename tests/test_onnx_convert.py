@@ -335,3 +335,22 @@ def test_cli_errors(tmp_path):
         r = subprocess.run([sys.executable, "-m", "sparsecpu", "onnx", "convert", src, str(tmp_path / "o.onnx"), *bad],
                            capture_output=True, text=True, env=_env(), timeout=120)
         assert r.returncode == 2 and "usage" in r.stderr, (bad, r.stderr)
+
+
+def test_panel_format_through_onnx_runtime(tmp_path):
+    """format="panel" (the AMX format; what the measured choice takes where it is fastest) converts and
+    runs in ONNX Runtime as sparsecpu.linear runs it: the same kernel, the same bits."""
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((48, 160)) * np.repeat(rng.random((3, 160)) < 0.2, 16, axis=0)).astype(F32)
+    b = rng.standard_normal(48).astype(F32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"), helper.make_node("Add", ["h", "B"], ["y"])]
+    model = make_model(nodes, [_x_info(k=160)], [_out()], [_c("W", w.T), _c("B", b)])
+    src, dst, report = _convert(tmp_path, model, dtype="int8", format="panel")
+    (r,) = report.nodes
+    assert r.converted and r.reason.startswith("panel int8 + bias; format='panel' requested") and op_types(dst) == ["SparseLinear"]
+    x = rng.standard_normal((2, 5, 160)).astype(F32)
+    (y,) = sparsecpu.onnx.session(dst, threads=2).run(None, {"x": x})
+    want = sparsecpu.linear(x, sparsecpu.pack(w, dtype="int8", format="panel"), bias=b)
+    np.testing.assert_array_equal(y, want)
+    with pytest.raises(ValueError, match="format='panel' needs dtype='int8'"):
+        _convert(tmp_path, model, dtype="fp32", format="panel")

@@ -94,7 +94,7 @@ def test_the_uncorrupted_model_runs(tmp_path):
         ({"N": None}, r"missing or non-integer attribute 'N'"),
         ({"dtype": "fp32"}, r"attribute dtype = fp32 does not match the packed weight \(int8\)"),
         ({"dtype": "int4"}, r"attribute 'dtype' must be int8 or fp32"),
-        ({"format": "csr"}, r"attribute 'format' must be bsr or dense"),
+        ({"format": "csr"}, r"attribute 'format' must be bsr, dense or panel, got 'csr'"),
         ({"format": "dense"}, r"attribute format = dense does not match the packed weight \(bsr\)"),
         ({"activation": "swish"}, r"activation must be one of none, relu, gelu, gelu_tanh, got 'swish'"),
     ],
@@ -104,19 +104,16 @@ def test_bad_attributes_fail_session_creation(attrs, match, tmp_path):
     _expect_session_error(path, match)
 
 
-@pytest.mark.parametrize(
-    "attrs, match",
-    [
-        ({}, r"attribute format = bsr does not match the packed weight \(panel\)"),
-        ({"format": "panel"}, r"attribute 'format' must be bsr or dense, got 'panel'"),
-    ],
-)
-def test_panel_weight_is_rejected_cleanly(attrs, match, tmp_path):
-    """The custom op does not run the panel format (AMX-only, item 4 of issue 16): a panel-packed
-    weight fails session creation with a clear error, whatever the node's format attribute says."""
-    panel = sparsecpu.pack(weight(), dtype="int8", format="panel").to_bytes()
-    path = save(sparse_linear_model(panel, N, K, dtype="int8", attrs=attrs), tmp_path / "m.onnx")
-    _expect_session_error(path, match)
+def test_panel_weight_runs_and_its_format_attribute_must_match(tmp_path):
+    """The custom op runs the panel format (the AMX kernel at the amx level, the reference below it), like
+    sparsecpu.linear; a node that says another format fails session creation."""
+    p = sparsecpu.pack(weight(), dtype="int8", format="panel")
+    path = save(sparse_linear_model(p.to_bytes(), N, K, dtype="int8"), tmp_path / "m.onnx")  # format="panel"
+    x = np.random.default_rng(3).standard_normal((5, K)).astype(np.float32)
+    (y,) = sparsecpu.onnx.session(path, threads=1).run(None, {"X": x})
+    np.testing.assert_array_equal(y, sparsecpu.linear(x, p))
+    path = save(sparse_linear_model(p.to_bytes(), N, K, dtype="int8", attrs={"format": "bsr"}), tmp_path / "bsr.onnx")
+    _expect_session_error(path, r"attribute format = bsr does not match the packed weight \(panel\)")
 
 
 def test_bias_of_the_wrong_length(tmp_path):

@@ -178,13 +178,6 @@ TensorArg strided_arg(const py::array& a, const char* what) {
   return TensorArg::of(a.data(), std::move(dims), elem, std::move(strides));
 }
 
-// "fp32" or "bf16": the attention precision a Python caller asks for (see AttnPrecision).
-AttnPrecision parse_precision(const std::string& s) {
-  if (s == "fp32") return AttnPrecision::fp32;
-  if (s == "bf16") return AttnPrecision::bf16;
-  throw std::invalid_argument("precision must be 'fp32' or 'bf16', got '" + s + "'");
-}
-
 // q [B, H, Sq, D], k and v [B, H, Skv, D], mask None or [B|1, H|1, Sq|1, Skv|1] (float32 added, bool
 // True = attend), any strides: see AttentionCall. out: a writeable float32 [B, H, Sq, D] array, or
 // None for a new [B, Sq, H, D] array (the merged-heads layout) written through its [B, H, Sq, D]

@@ -114,6 +114,12 @@ void AttentionRequest::run(const ParallelFor* parallel) const {
   else parallel_run(static_cast<int>(pairs), task);
 }
 
+AttnPrecision parse_precision(const std::string& name) {
+  if (name == "fp32") return AttnPrecision::fp32;
+  if (name == "bf16") return AttnPrecision::bf16;
+  throw std::invalid_argument("precision must be 'fp32' or 'bf16', got '" + name + "'");
+}
+
 const char* attention_kernel_name(AttnPrecision precision) {
   return select_kernel(attention_op(precision, active_target()), active_target()).name;
 }

@@ -3,6 +3,7 @@
 // and run it through an AttentionRequest, which checks it; see AttnParams in kernels/kernels.h for
 // what the kernels then take.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -16,6 +17,8 @@ namespace sparsecpu {
 // level has a kernel of its own for it (AMX-BF16 tiles) and at the reference level (its specification);
 // at the other levels the fp32 kernel, which is as fast there and exact.
 enum class AttnPrecision { fp32, bf16 };
+// "fp32" or "bf16", as both front doors name it (else std::invalid_argument).
+AttnPrecision parse_precision(const std::string& name);
 
 // The arguments of one attention call as a front door receives them: q [B, H, Sq, D], k [B, H, Skv, D]
 // (or K^T [B, H, D, Skv] with k_transposed), v [B, H, Skv, D], float32 with any strides, the last dim

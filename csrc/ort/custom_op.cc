@@ -188,8 +188,8 @@ LinearKernel* create_linear(const OrtKernelInfo* info) {
   k->settings.norm_eps = attr_float(info, "epsilon", &default_epsilon);
   if (dtype != "int8" && dtype != "fp32")
     throw std::invalid_argument("attribute 'dtype' must be int8 or fp32, got '" + dtype + "'");
-  if (format != "bsr" && format != "dense")
-    throw std::invalid_argument("attribute 'format' must be bsr or dense, got '" + format + "'");
+  if (format != "bsr" && format != "dense" && format != "panel")
+    throw std::invalid_argument("attribute 'format' must be bsr, dense or panel, got '" + format + "'");
 
   int is_constant = 0;
   const OrtValue* wv = nullptr;
@@ -327,7 +327,8 @@ struct LinearOp {
 // scores [B, H, Sq, Skv] or 1); output O [B, H, Sq, D]. With num_heads = H > 0 the heads are
 // merged instead, as the projections write them and the output projection reads them: Q [B, Sq, H D],
 // K and V [B, Skv, H D], O [B, Sq, H D]. A query row with no key to attend to (all of M's row
-// -inf) gets zeros.
+// -inf) gets zeros. precision = "bf16" (default "fp32") allows bf16 products where the CPU has AMX-BF16
+// (see AttnPrecision).
 
 struct AttnKernel {
   std::string name;
@@ -343,6 +344,7 @@ AttnKernel* create_attention(const OrtKernelInfo* info) {
   const int64_t kt = attr_int(info, "k_transposed", &no);
   if (kt != 0 && kt != 1) throw std::invalid_argument("attribute 'k_transposed' must be 0 or 1, got " + std::to_string(kt));
   k->settings.k_transposed = kt == 1;
+  k->settings.precision = sparsecpu::parse_precision(attr_string(info, "precision", "fp32"));
   k->heads = attr_int(info, "num_heads", &no);
   if (k->heads < 0) throw std::invalid_argument("attribute 'num_heads' must be >= 0, got " + std::to_string(k->heads));
   if (k->heads > 0 && k->settings.k_transposed) throw std::invalid_argument("k_transposed = 1 needs the [B, H, S, D] layout (num_heads = 0)");

@@ -425,7 +425,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="run weights with at least this fraction of zero 4x1 blocks block-sparse; below it int8 runs the "
                    "dense int8 GEMM and fp32 stays an ONNX Runtime MatMul (default: the measured choice for int8, "
                    "0.7 for fp32)")
-    p.add_argument("--format", choices=["auto", "bsr", "dense"], default="auto",
+    p.add_argument("--format", choices=["auto", "bsr", "dense", "panel"], default="auto",
                    help="weight format (default: auto, the rule above)")
     p.add_argument("--rows", type=_positive_int, default=128,
                    help="rows per call (tokens per run) the measured choice is made for (default 128; 1 for decoding)")

@@ -59,6 +59,8 @@ class ConvertReport:
     dst: str
     attention: List[str] = field(default_factory=list)
     """Names of the ``com.sparsecpu:Attention`` nodes that replaced attention subgraphs."""
+    attention_precision: str = "fp32"
+    """Their precision attribute (``"bf16"``: bf16 products where the CPU has AMX-BF16)."""
 
     @property
     def converted(self) -> List[NodeReport]:
@@ -79,7 +81,8 @@ class ConvertReport:
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r[:4])) + "  " + r[4] for r in rows]
         lines.append(f"{len(self.converted)} of {len(self.nodes)} MatMul/Gemm nodes converted ({self.dtype}) -> {self.dst}")
         if self.attention:
-            lines.append(f"{len(self.attention)} attention subgraphs -> {DOMAIN}:{ATTENTION_OP_TYPE}")
+            lines.append(f"{len(self.attention)} attention subgraphs -> {DOMAIN}:{ATTENTION_OP_TYPE} "
+                         f"(precision {self.attention_precision})")
         return "\n".join(lines)
 
 
@@ -95,6 +98,7 @@ def convert(
     external_data: Optional[bool] = None,
     verbose: bool = False,
     rows: int = 128,
+    attention_precision: Optional[str] = None,
 ) -> ConvertReport:
     """Rewrites the ONNX model ``src`` into ``dst`` with its sparse linear layers on sparsecpu kernels.
 
@@ -138,6 +142,9 @@ def convert(
             external data or the model would exceed protobuf's 2 GB limit.
         verbose: print the report.
         rows: rows of x per call the measured choice is made for (default 128; 1 for decoding).
+        attention_precision: of the ``Attention`` nodes, as in ``sparsify``: ``"bf16"`` (the default
+            with ``dtype="int8"``) allows bf16 products on AMX-BF16 tiles where the CPU has them (the fp32
+            kernel elsewhere); ``"fp32"`` (the default with ``dtype="fp32"``).
 
     Returns:
         A :class:`ConvertReport` (prints as a per-node table).
@@ -146,6 +153,10 @@ def convert(
     """
     onnx = _need_onnx()
     _check_options(dtype, format)
+    if attention_precision is None:
+        attention_precision = "bf16" if dtype == "int8" else "fp32"
+    if attention_precision not in ("fp32", "bf16"):
+        raise ValueError(f"attention_precision must be 'fp32' or 'bf16', got {attention_precision!r}")
     if min_sparsity is not None:
         min_sparsity = min_sparsity_for(dtype, min_sparsity)
     src, dst = os.fspath(src), os.fspath(dst)
@@ -156,12 +167,12 @@ def convert(
     rewrite = _Rewrite(onnx, model)
     nodes = [rewrite.linear(node, dtype, min_sparsity, format, fuse_norm, rows) for node in rewrite.g.nodes
              if node.op_type in ("MatMul", "Gemm") and node.domain in ("", "ai.onnx")]
-    attention = rewrite.attention() if fuse_attention else []
+    attention = rewrite.attention(attention_precision) if fuse_attention else []
     rewrite.apply()
     if external_data is None:
         external_data = had_external or model.ByteSize() > _PROTOBUF_LIMIT
     _save(onnx, model, dst, external_data)
-    report = ConvertReport(nodes, dtype, dst, attention)
+    report = ConvertReport(nodes, dtype, dst, attention, attention_precision)
     if verbose:
         print(report)
     return report
@@ -170,10 +181,10 @@ def convert(
 def _check_options(dtype: str, format: str) -> None:
     if dtype not in ("int8", "fp32"):
         raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
-    if format not in ("auto", "bsr", "dense"):
-        raise ValueError(f"format must be 'auto', 'bsr' or 'dense', got {format!r}")
-    if format == "dense" and dtype != "int8":
-        raise ValueError("format='dense' needs dtype='int8' (the dense kernel is int8)")
+    if format not in ("auto", "bsr", "dense", "panel"):
+        raise ValueError(f"format must be 'auto', 'bsr', 'dense' or 'panel', got {format!r}")
+    if format in ("dense", "panel") and dtype != "int8":
+        raise ValueError(f"format={format!r} needs dtype='int8' (its kernels are int8)")
 
 
 class _Chain(NamedTuple):
@@ -294,9 +305,9 @@ class _Rewrite:
                 self.packed_by_weight[key] = shared
         return shared
 
-    def attention(self) -> List[str]:
-        """Replaces each attention subgraph not yet folded into another node by one ``Attention`` node;
-        returns the new nodes' names."""
+    def attention(self, precision: str) -> List[str]:
+        """Replaces each attention subgraph not yet folded into another node by one ``Attention`` node
+        at ``precision`` (``"fp32"`` or ``"bf16"``); returns the new nodes' names."""
         g = self.g
         opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
         names = []
@@ -316,6 +327,8 @@ class _Rewrite:
             else:
                 inputs, attrs = [q, kt, v], {"k_transposed": 1}
             inputs += [mask] if mask else []
+            if precision != "fp32":
+                attrs["precision"] = precision
             self.replace(chain, self.onnx.helper.make_node(
                 ATTENTION_OP_TYPE, inputs, [out], name=name, domain=DOMAIN, scale=float(scale), **attrs))
             names.append(name)
