@@ -67,16 +67,20 @@ def _mask(rng, kind, b, h, sq, skv):
     return m
 
 
-def _expected(q, k, v, mask, scale):
-    """float64 numpy: [B, Sq, H, D]; rows with no key to attend to are 0."""
-    q, k, v = (t.double().numpy() for t in (q, k, v))
-    s = np.einsum("bhqd,bhkd->bhqk", q, k) * scale
+def _softmax_weights(s, mask):
+    """float64 scores masked, then e = exp(s - row max) and each row's sum (0 for a row with no key)."""
     if mask is not None:
         m = mask.numpy()
         s = np.where(m, s, -np.inf) if m.dtype == bool else s + m.astype(np.float64)
     mx = s.max(-1, keepdims=True)
     e = np.where(np.isfinite(mx), np.exp(s - np.where(np.isfinite(mx), mx, 0)), 0.0)
-    total = e.sum(-1, keepdims=True)
+    return e, e.sum(-1, keepdims=True)
+
+
+def _expected(q, k, v, mask, scale):
+    """float64 numpy: [B, Sq, H, D]; rows with no key to attend to are 0."""
+    q, k, v = (t.double().numpy() for t in (q, k, v))
+    e, total = _softmax_weights(np.einsum("bhqd,bhkd->bhqk", q, k) * scale, mask)
     p = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
     return np.einsum("bhqk,bhkd->bqhd", p, v)
 
@@ -293,13 +297,7 @@ def _expected_bf16(q, k, v, mask, scale):
     """The bf16 specification in float64 numpy: bf16 q, k, v; fp32 scaled scores; weights exp(s - max)
     rounded to bf16; the output divided by the sum of the unrounded weights. [B, Sq, H, D]."""
     s = (np.einsum("bhqd,bhkd->bhqk", _bf16(q.numpy()), _bf16(k.numpy())).astype(np.float32) * np.float32(scale))
-    s = s.astype(np.float64)
-    if mask is not None:
-        m = mask.numpy()
-        s = np.where(m, s, -np.inf) if m.dtype == bool else s + m.astype(np.float64)
-    mx = s.max(-1, keepdims=True)
-    e = np.where(np.isfinite(mx), np.exp(s - np.where(np.isfinite(mx), mx, 0)), 0.0)
-    total = e.sum(-1, keepdims=True)
+    e, total = _softmax_weights(s.astype(np.float64), mask)
     o = np.einsum("bhqk,bhkd->bhqd", _bf16(e), _bf16(v.numpy()))
     return np.divide(o, total, out=np.zeros_like(o), where=total > 0).transpose(0, 2, 1, 3)
 

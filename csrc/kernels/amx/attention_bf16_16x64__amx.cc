@@ -153,32 +153,20 @@ void pack_v(const AttnParams& p, const float* v, const HeadScratch& l) {
   }
 }
 
-// Scores of the 16 query rows in Qb against keys [j0, j0 + 16 N), into s.
+// One pass of both products: C(t) = sum over `steps` steps of A x B(t) for t < N, stored at c + 16 t (rows
+// ldc bytes apart). Step s reads A (16 rows x 32 bf16) at a + 64 s, rows lda bytes apart, and B(t) (16 rows
+// of 16 pairs) at b + 16 t + 16 s ldb / 4 words, rows ldb bytes apart.
 template <int N>
-void scores_pass(const HeadScratch& l, int64_t j0) {
+void tile_pass(const uint16_t* a, int64_t lda, const uint32_t* b, int64_t ldb, int64_t steps, float* c, int64_t ldc) {
   each_tile<N>([](auto t) { amx::zero<decltype(t)::value>(); });
-  for (int64_t c = 0; c < l.d32; c += kStep) {
-    amx::load<4>(l.qb + c, l.d32 * 2);
+  for (int64_t s = 0; s < steps; ++s) {
+    amx::load<4>(a + kStep * s, lda);
     each_tile<N>([&](auto t) {
-      amx::load<5>(l.kp + (c / 2) * l.skv + j0 + 16 * decltype(t)::value, l.skv * 4);
+      amx::load<5>(b + 16 * decltype(t)::value + 16 * s * (ldb / 4), ldb);
       amx::dpbf16ps<decltype(t)::value, 4, 5>();
     });
   }
-  each_tile<N>([&](auto t) { amx::store<decltype(t)::value>(l.s + j0 + 16 * decltype(t)::value, l.skv * 4); });
-}
-
-// Columns [c0, c0 + 16 N) of Pb Vp (unnormalized) into ot.
-template <int N>
-void output_pass(const HeadScratch& l, int64_t c0) {
-  each_tile<N>([](auto t) { amx::zero<decltype(t)::value>(); });
-  for (int64_t j = 0; j < l.skv; j += kStep) {
-    amx::load<4>(l.pb + j, l.skv * 2);
-    each_tile<N>([&](auto t) {
-      amx::load<5>(l.vp + (j / 2) * l.dv + c0 + 16 * decltype(t)::value, l.dv * 4);
-      amx::dpbf16ps<decltype(t)::value, 4, 5>();
-    });
-  }
-  each_tile<N>([&](auto t) { amx::store<decltype(t)::value>(l.ot + c0 + 16 * decltype(t)::value, l.dv * 4); });
+  each_tile<N>([&](auto t) { amx::store<decltype(t)::value>(c + 16 * decltype(t)::value, ldc); });
 }
 
 void rows_tile(const AttnParams& p, const AttnHead& head, const HeadScratch& l, int64_t i0) {
@@ -191,7 +179,10 @@ void rows_tile(const AttnParams& p, const AttnHead& head, const HeadScratch& l, 
     }
   }
   for (int64_t j = 0; j < l.skv; j += 16 * kCTiles) {
-    with_rows<kCTiles>(std::min<int64_t>(kCTiles, (l.skv - j) / 16), [&](auto n) { scores_pass<decltype(n)::value>(l, j); });
+    with_rows<kCTiles>(std::min<int64_t>(kCTiles, (l.skv - j) / 16), [&](auto n) {
+      // Scores of the 16 query rows in Qb against keys [j, j + 16 n), into s.
+      tile_pass<decltype(n)::value>(l.qb, l.d32 * 2, l.kp + j, l.skv * 4, l.d32 / kStep, l.s + j, l.skv * 4);
+    });
   }
   float inv[kRows];
   const F scale = V::set1f(p.scale);
@@ -207,7 +198,10 @@ void rows_tile(const AttnParams& p, const AttnHead& head, const HeadScratch& l, 
     for (int64_t j = 0; j < l.skv; j += kStep) store_bf16x32(row + j, kStep, pr + j);
   }
   for (int64_t c = 0; c < l.dv; c += 16 * kCTiles) {
-    with_rows<kCTiles>(std::min<int64_t>(kCTiles, (l.dv - c) / 16), [&](auto n) { output_pass<decltype(n)::value>(l, c); });
+    with_rows<kCTiles>(std::min<int64_t>(kCTiles, (l.dv - c) / 16), [&](auto n) {
+      // Columns [c, c + 16 n) of Pb Vp (unnormalized), into ot.
+      tile_pass<decltype(n)::value>(l.pb, l.skv * 2, l.vp + c, l.dv * 4, l.skv / kStep, l.ot + c, l.dv * 4);
+    });
   }
   for (int r = 0; r < rows; ++r) {
     const F w = V::set1f(inv[r]);
