@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from . import _library
+from ._layout import attention_precision_for
 
 NAME = "sparsecpu"
 NAMES = {"fp32": NAME, "bf16": "sparsecpu_bf16"}  # implementation name by precision
@@ -87,11 +88,10 @@ def use_sparsecpu_attention(model, precision: str = "fp32") -> Optional[str]:
     sparsecpu's at ``precision`` (``"fp32"`` or ``"bf16"``) and returns the implementation's name;
     None, and nothing changed, for any other model or implementation (an explicitly chosen
     ``"eager"`` is left alone: it is how one gets attention weights back)."""
-    if precision not in NAMES:
-        raise ValueError(f"attention precision must be 'fp32' or 'bf16', got {precision!r}")
+    name = NAMES[attention_precision_for("fp32", precision)]
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return None
     _register()
-    model.set_attn_implementation(NAMES[precision])
-    return NAMES[precision]
+    model.set_attn_implementation(name)
+    return name

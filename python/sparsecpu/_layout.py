@@ -34,6 +34,9 @@ The rule:
 The int8 constant is what a caller's explicit ``min_sparsity=`` replaces the measured choice with
 (and what ``DEFAULT_MIN_SPARSITY`` documents); the fp32 one is still the rule, as its alternative (torch's
 or ONNX Runtime's fp32 layer) is not sparsecpu's to calibrate.
+
+The attention that goes with the layers follows the dtype too (:func:`attention_precision_for`): an int8
+model allows bf16 products in attention, an fp32 one keeps fp32.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ from . import _C, calibration
 from .calibration import Choice
 from .formats import block_density
 
-__all__ = ["Layout", "choose_layout", "min_sparsity_for", "DEFAULT_MIN_SPARSITY"]
+__all__ = ["Layout", "attention_precision_for", "choose_layout", "min_sparsity_for", "DEFAULT_MIN_SPARSITY"]
 
 DEFAULT_MIN_SPARSITY: Dict[str, float] = {"int8": 0.25, "fp32": 0.7}
+DEFAULT_ATTENTION_PRECISION: Dict[str, str] = {"int8": "bf16", "fp32": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,15 @@ def min_sparsity_for(dtype: str, min_sparsity: Optional[float] = None) -> float:
     if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
     return float(min_sparsity)
+
+
+def attention_precision_for(dtype: str, precision: Optional[str] = None) -> str:
+    """``precision`` checked (``"fp32"`` or ``"bf16"``), or ``dtype``'s default when it is None."""
+    if precision is None:
+        return DEFAULT_ATTENTION_PRECISION[dtype]
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"attention_precision must be 'fp32' or 'bf16', got {precision!r}")
+    return precision
 
 
 def _unpackable(weight: np.ndarray, dtype: str) -> Optional[str]:

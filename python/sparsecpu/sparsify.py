@@ -14,7 +14,7 @@ from torch import nn
 
 from . import _C, _attention
 from ._arrays import as_numpy_f32
-from ._layout import DEFAULT_MIN_SPARSITY, Layout, choose_layout, min_sparsity_for
+from ._layout import DEFAULT_MIN_SPARSITY, Layout, attention_precision_for, choose_layout, min_sparsity_for
 from .formats import block_density, pack
 from .nn import SparseLinear, SparseMLP, SparseResidualLayerNorm
 
@@ -63,7 +63,11 @@ class SparsifyReport:
     def __init__(self, rows: Sequence[LayerReport], attention_precision: Optional[str] = None):
         self.rows: List[LayerReport] = list(rows)
         self.attention_precision = attention_precision
-        self.attention = attention_precision is not None
+
+    @property
+    def attention(self) -> bool:
+        """Whether the model's attention now runs sparsecpu's kernel."""
+        return self.attention_precision is not None
 
     def __iter__(self) -> Iterator[LayerReport]:
         return iter(self.rows)
@@ -312,10 +316,7 @@ def sparsify(
         raise ValueError(f"dtype must be 'int8' or 'fp32', got {dtype!r}")
     if min_sparsity is not None:
         min_sparsity = min_sparsity_for(dtype, min_sparsity)
-    if attention_precision is None:
-        attention_precision = "bf16" if dtype == "int8" else "fp32"
-    if attention_precision not in _attention.NAMES:
-        raise ValueError(f"attention_precision must be 'fp32' or 'bf16', got {attention_precision!r}")
+    attention_precision = attention_precision_for(dtype, attention_precision)
     if not isinstance(format, str):
         raise TypeError(f"format must be a string, got {type(format).__name__}")
     if isinstance(skip, str):

@@ -17,7 +17,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .._layout import Layout, choose_layout, min_sparsity_for
+from .._layout import Layout, attention_precision_for, choose_layout, min_sparsity_for
 from ..formats import pack
 from .patterns import (Graph, linear_of, match_activation, match_attention, match_bias, match_residual_norm,
                        merged_heads, names_used)
@@ -153,10 +153,7 @@ def convert(
     """
     onnx = _need_onnx()
     _check_options(dtype, format)
-    if attention_precision is None:
-        attention_precision = "bf16" if dtype == "int8" else "fp32"
-    if attention_precision not in ("fp32", "bf16"):
-        raise ValueError(f"attention_precision must be 'fp32' or 'bf16', got {attention_precision!r}")
+    attention_precision = attention_precision_for(dtype, attention_precision)
     if min_sparsity is not None:
         min_sparsity = min_sparsity_for(dtype, min_sparsity)
     src, dst = os.fspath(src), os.fspath(dst)
