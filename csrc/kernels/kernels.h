@@ -109,6 +109,10 @@ struct AttnHead {
   float* o;
   int64_t mask;
 };
+// The inline helpers of this header sit in anonymous namespaces: the kernel sources of every ISA level
+// include it, compiled with different -m flags, and one shared (weak) copy could carry AVX-512 code into
+// an AVX2 kernel. See kernels/amx/tile.h.
+namespace {
 inline AttnHead attn_head(const AttnParams& p, int64_t bh) {
   const int64_t b = bh / p.H, h = bh % p.H;
   return {p.q + b * p.q_sb + h * p.q_sh, p.k + b * p.k_sb + h * p.k_sh, p.v + b * p.v_sb + h * p.v_sh,
@@ -126,16 +130,19 @@ inline int64_t attn_bf16_scratch_floats(int64_t Skv, int64_t D) {
   const int64_t skv = (Skv + 31) / 32 * 32, d32 = (D + 31) / 32 * 32, dv = (D + 15) / 16 * 16;
   return d32 / 2 * skv + skv / 2 * dv + 8 * d32 + 24 * skv + 16 * dv;
 }
+}  // namespace
 // Computes pair bh = b * H + h; scratch holds attn_scratch_floats(Skv, D) (attention_f32) or
 // attn_bf16_scratch_floats(Skv, D) (attention_bf16) floats, 64-byte aligned.
 using AttnFn = void (*)(const AttnParams& p, int64_t bh, float* scratch);
 
 // Position of row m (0 <= m < mr) of an mr-row tile in slab order, for a kernel with `lanes`-lane vectors.
+namespace {
 inline int64_t slab_order_index(int64_t m, int mr, int lanes) {
   const int64_t span = 4 * (mr / lanes);  // rows covered by one 128-bit lane across the slabs
   const int64_t j = m / span, s = (m % span) / 4, i = m % 4;
   return s * lanes + 4 * j + i;
 }
+}  // namespace
 
 // The ops and their kernels' function-pointer types, listed once in kernels/ops.inc: the enum, kAllOps,
 // OpTraits and op_name() are generated from it, and _C.kernel_ops() hands it to the tests.

@@ -13,6 +13,12 @@
 // rather than GCC's _tile_* macros, which paste the number into the asm text (no template argument can
 // reach them) and tell the compiler neither what memory a tileloadd reads nor (_tile_loadconfig) that
 // all 64 bytes of the configuration are read.
+//
+// Everything here lives in an anonymous namespace, one copy per build, like the AVX-512 helpers
+// (avx512/simd512.h): the native and the emulated AMX kernels link into one library, and an inline
+// function both builds defined under one name would be one function to the linker. A call either
+// build did not inline (TileSession::use in clang's ASan build) then ran the other build's copy:
+// native sttilecfg in an emulated kernel (SIGILL on a CPU without AMX).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -21,6 +27,7 @@
 
 namespace sparsecpu {
 namespace amx {
+namespace {
 
 template <int T>
 constexpr void check_tile_number() {
@@ -120,5 +127,6 @@ class TileSession {
   bool known_ = false;
 };
 
+}  // namespace
 }  // namespace amx
 }  // namespace sparsecpu
