@@ -32,9 +32,11 @@ inline RowQParams row_qparams(float mn, float mx) {
   return {scale, inv, static_cast<int32_t>(zp)};
 }
 
+// Clamped in float before the conversion, so that a NaN or Inf x (a row the op then rejects) converts
+// to 0 or 255 rather than being undefined; finite rows get what an int32 clamp gives.
 inline uint8_t quantize_u8(float x, const RowQParams& q) {
-  const int32_t v = static_cast<int32_t>(std::nearbyint(x * q.inv)) + q.zp;
-  return static_cast<uint8_t>(std::min(255, std::max(0, v)));
+  const float v = std::nearbyint(x * q.inv) + static_cast<float>(q.zp);
+  return static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, v)));
 }
 
 inline float activate_scalar(float v, Activation act) {
