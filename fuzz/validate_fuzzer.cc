@@ -2,10 +2,11 @@
 //
 // The Python targets (fuzz_packed.py, fuzz_ort.py) reach the same code through the bindings at a few
 // thousand inputs a second; this one calls csrc/core directly, 100x faster, with the C++ coverage
-// steering the mutations. An accepted buffer must be safe to compute with: unpack_dense and linear()
-// run on it at every ISA level this machine can run (natively or emulated), and the int8 accumulators
-// (raw_s32) of each level equal the reference kernel's bit for bit, as tests/test_kernels.py demands
-// of valid weights. Built and run by scripts/fuzz.sh (clang -fsanitize=fuzzer,address,undefined).
+// steering the mutations. An accepted buffer must be safe to compute with: unpack_dense and the linear
+// op (LinearRequest) run on it at every ISA level this machine can run (natively or emulated), and the
+// int8 accumulators (raw_s32) of each level equal the reference kernel's bit for bit, as
+// tests/test_kernels.py demands of valid weights. Built and run by scripts/fuzz.sh
+// (clang -fsanitize=fuzzer,address,undefined).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -69,22 +70,18 @@ void run_kernels(const PackedView& v) {
     std::vector<float> ref, y(static_cast<size_t>(m) * v.n);
     for (const Target& t : levels) {
       set_target(t);
-      LinearArgs a;
-      a.w = v;
-      a.x = x.data();
-      a.M = m;
-      a.y = y.data();
-      a.parallel = &kSerial;
-      a.raw_s32 = v.dtype == DType::int8;
-      linear(a);
+      LinearCall call;
+      call.x = TensorArg::of(x.data(), {m, static_cast<int64_t>(v.k)});
+      call.raw_s32 = v.dtype == DType::int8;
+      LinearRequest(v, call).run(y.data(), &kSerial);
       if (ref.empty()) {
         ref = y;
-      } else if (a.raw_s32 && std::memcmp(ref.data(), y.data(), y.size() * sizeof(float)) != 0) {
+      } else if (call.raw_s32 && std::memcmp(ref.data(), y.data(), y.size() * sizeof(float)) != 0) {
         uint64_t at = 0;
         while (std::memcmp(&ref[at], &y[at], sizeof(float)) == 0) ++at;
         fail("int8 accumulators differ from the reference kernel's", v, m, t, at);
       }
-      if (!a.raw_s32) {
+      if (!call.raw_s32) {
         // fp32: the same sums in another order; within 1e-4 of sum |x| |w| where that is finite.
         for (uint64_t r = 0; r < static_cast<uint64_t>(m); ++r) {
           for (uint64_t c = 0; c < v.n; ++c) {
