@@ -264,6 +264,23 @@ def test_bound_call_rejects_what_it_cannot_take():
             bound(x)
     with pytest.raises(TypeError):
         bound(np.zeros((2, 24), np.int32))
+    with pytest.raises(ValueError, match=r"residual \(R\) must be a float32 tensor of the output's shape \[2, 40\]"):
+        bound(np.zeros((2, 24), np.float32), np.zeros((2, 39), np.float32))
+
+
+def test_bound_call_adds_the_residual_as_torch_does():
+    """``BoundLinear(x, residual)``, the fused GPT-2 block's residual add: bit for bit the layer's
+    output plus the residual, at decode and prefill row counts."""
+    from sparsecpu import _C
+
+    for dtype in ("int8", "fp32"):
+        layer = SparseLinear.from_linear(_pruned_linear(13, 40, 24, 0.4), dtype=dtype, activation="gelu")
+        bound = layer._eager_args().call
+        for rows in (1, 7, 70):
+            x, r = np.random.randn(rows, 24).astype(np.float32), np.random.randn(rows, 40).astype(np.float32)
+            y = torch.from_numpy(bound(x, r))
+            assert torch.equal(y, torch.from_numpy(bound(x)) + torch.from_numpy(r))
+            assert (y - torch.from_numpy(r)).abs().max() > 0.1
 
 
 def test_eager_path_follows_every_change_of_the_layer():

@@ -141,10 +141,13 @@ class BoundLinear {
     LinearRequest::check_settings(w_, call_);
   }
 
-  // activation(x @ W^T + bias) for x [..., K]: a new float32 array [..., N], 64-byte aligned.
-  F32Array operator()(const F32Array& x) const {
+  // activation(x @ W^T + bias) [+ residual] for x [..., K] and residual None or [..., N]: a new
+  // float32 array [..., N], 64-byte aligned.
+  F32Array operator()(const F32Array& x, const py::object& residual) const {
     LinearCall c = call_;
     c.x = arg_of(x);
+    F32Array r;
+    c.residual = optional_arg(residual, r);
     const LinearRequest request(w_, c);
     F32Array out = aligned_f32(request.y_dims());
     float* y = out.mutable_data();
@@ -393,7 +396,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<BoundLinear>(m, "BoundLinear")
       .def(py::init<U8Array, const py::object&, const py::object&>(), py::arg("buf"), py::arg("bias"),
            py::arg("activation"))
-      .def("__call__", &BoundLinear::operator(), py::arg("x"));
+      .def("__call__", &BoundLinear::operator(), py::arg("x"), py::arg("residual") = py::none());
   m.def("attention", &attention_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"),
         py::arg("scale"), py::arg("precision") = "fp32");
   m.def("attention_kernel", [](const std::string& precision) { return attention_kernel_name(parse_precision(precision)); },

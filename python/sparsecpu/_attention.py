@@ -21,13 +21,14 @@ from ._layout import attention_precision_for
 
 NAME = "sparsecpu"
 NAMES = {"fp32": NAME, "bf16": "sparsecpu_bf16"}  # implementation name by precision
+PRECISIONS = {name: precision for precision, name in NAMES.items()}
 
 
 def _plain(t) -> bool:
     return type(t) is torch.Tensor and t.is_cpu and t.layout is torch.strided and not t.requires_grad
 
 
-def _kernel_ready(t) -> bool:
+def kernel_ready(t) -> bool:
     """A 4-D float32 CPU tensor without grad whose rows (last dim) are contiguous: what the kernel reads."""
     return _plain(t) and t.dtype is torch.float32 and t.dim() == 4 and (t.stride(-1) == 1 or t.shape[-1] <= 1)
 
@@ -42,9 +43,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     mask = attention_mask
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     covered = (
-        _kernel_ready(query)
-        and _kernel_ready(key)
-        and _kernel_ready(value)
+        kernel_ready(query)
+        and kernel_ready(key)
+        and kernel_ready(value)
         and key.shape[1] == query.shape[1]
         and not (mask is None and causal and query.shape[2] > 1)
         and (dropout == 0.0 or not module.training)

@@ -1,6 +1,8 @@
 """torch modules: :class:`SparseLinear`, a drop-in replacement for ``nn.Linear`` (and for the
 ``Conv1D`` layers of Hugging Face GPT-2) that runs sparsecpu's kernels, and
-:class:`SparseResidualLayerNorm`, a BERT output block (``LayerNorm(dense(h) + residual)``) in one call.
+:class:`SparseResidualLayerNorm`, a BERT output block (``LayerNorm(dense(h) + residual)``) in one call,
+:class:`SparseMLP`, a GPT-2 MLP block's two layers chained, and ``SparseGPT2Block``, a Hugging Face
+``GPT2Block`` in one forward (loaded with transformers on first use).
 
 >>> layer = sparsecpu.nn.SparseLinear.from_linear(linear, dtype="int8")
 >>> y = layer(x)          # like linear(x), inference only
@@ -16,7 +18,16 @@ from torch import nn
 from . import _C, _library, ops
 from .formats import PackedWeight, pack
 
-__all__ = ["SparseLinear", "SparseMLP", "SparseResidualLayerNorm"]
+__all__ = ["SparseLinear", "SparseMLP", "SparseResidualLayerNorm"]  # and SparseGPT2Block, below
+
+
+def __getattr__(name: str):
+    # SparseGPT2Block subclasses transformers' GPT2Block: transformers is imported on first use.
+    if name == "SparseGPT2Block":
+        from ._gpt2 import SparseGPT2Block
+
+        return SparseGPT2Block
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Eager(NamedTuple):

@@ -252,6 +252,7 @@ def sparsify(
     fuse_mlp: bool = True,
     attention_precision: Optional[str] = None,
     rows: int = 128,
+    fuse_block: bool = True,
 ) -> SparsifyReport:
     """Replaces, in place, the pruned ``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``model``
     by :class:`sparsecpu.nn.SparseLinear`, and returns a :class:`SparsifyReport` (``print`` it).
@@ -276,7 +277,11 @@ def sparsify(
     ``fuse_mlp``, a GPT-2-style MLP block (``dropout(c_proj(act(c_fc(h))))``: ``GPT2MLP`` and its
     copies, recognized by their code) whose two layers were converted, the activation fused, becomes
     a :class:`sparsecpu.nn.SparseMLP` that chains the two kernels without torch in between (same
-    children, same keys).
+    children, same keys). With ``fuse_block``, a Hugging Face ``GPT2Block`` whose four layers were
+    converted, MLP chained and attention switched becomes a :class:`sparsecpu.nn.SparseGPT2Block` in place (a
+    ``GPT2Block`` subclass with one forward for the whole block; for the transformers versions whose
+    GPT-2 code sparsecpu was checked against, 5.24-5.25: others keep their blocks, the report says
+    why).
     Prune first (:func:`sparsecpu.prune`); the result is for inference (``torch.no_grad()``).
 
     Args:
@@ -307,6 +312,7 @@ def sparsify(
             of fp32); other CPUs run the fp32 kernel either way.
         rows: rows of x per call the measured choice is made for: tokens per forward (batch x
             sequence; default 128), or 1 for a model that will mostly decode.
+        fuse_block: run each converted GPT-2 decoder block in one forward (default True).
 
     Example:
         >>> sparsecpu.prune(model, sparsity=0.9)
@@ -372,4 +378,29 @@ def sparsify(
                 fused_mlp = SparseMLP(mlp.c_fc, mlp.act, mlp.c_proj, mlp.dropout).train(mlp.training)
                 setattr(model.get_submodule(grand), block_attr, fused_mlp)
                 layers[i] = _replace_fields(row, reason=row.reason + "; MLP block chained with c_proj")
+    if fuse_block:
+        _fuse_gpt2_blocks(model, layers, switched)
     return SparsifyReport(layers, attention_precision if switched else None)
+
+
+def _fuse_gpt2_blocks(model: nn.Module, layers: List[LayerReport], switched: Optional[str]) -> None:
+    """Makes each converted Hugging Face ``GPT2Block`` of ``model`` a ``SparseGPT2Block`` (in place)
+    and notes in its ``attn.c_attn`` row that it did, or why not."""
+    blocks = [(name, m) for name, m in model.named_modules()
+              if type(m).__name__ == "GPT2Block" and type(m).__module__ == "transformers.models.gpt2.modeling_gpt2"]
+    if not blocks:
+        return
+    from . import _gpt2  # imports transformers, which a model with a GPT2Block has loaded
+
+    rows = {row.name: i for i, row in enumerate(layers)}
+    for name, block in blocks:
+        i = rows.get(f"{name}.attn.c_attn")
+        if i is None or layers[i].kernel == "kept":
+            continue
+        why = _gpt2.fusable(block) if switched else "its attention is not sparsecpu's"
+        if why is None:
+            block.__class__ = _gpt2.SparseGPT2Block
+            note = "; GPT2Block fused into one forward (SparseGPT2Block)"
+        else:
+            note = f"; GPT2Block NOT fused: {why}"
+        layers[i] = _replace_fields(layers[i], reason=layers[i].reason + note)
