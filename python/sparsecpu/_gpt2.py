@@ -79,9 +79,9 @@ def _hooked(*modules: nn.Module) -> bool:
     for m in modules:
         if m._forward_pre_hooks:
             return True
-        for hook in m._forward_hooks.values():
-            if getattr(hook, "__module__", None) != _CAPTURE_HOOKS:
-                return True
+        hooks = m._forward_hooks
+        if hooks and any(getattr(hook, "__module__", None) != _CAPTURE_HOOKS for hook in hooks.values()):
+            return True
     return False
 
 
