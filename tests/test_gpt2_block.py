@@ -178,3 +178,13 @@ def test_save_load_and_deepcopy_keep_the_fused_blocks():
         for model in (loaded, copy.deepcopy(fused)):
             assert type(model.transformer.h[0]) is SparseGPT2Block
             assert torch.equal(model(ids).logits, ref)
+
+
+def test_torch_compile_runs_gpt2block_forward():
+    """Under torch.compile the fused blocks trace GPT2Block.forward, with sparsecpu's ops as nodes."""
+    fused, plain, _ = _pair(seed=8)
+    ids = _ids((1, 9))
+    with torch.inference_mode():
+        ref = plain(ids).logits
+        y = torch.compile(fused)(ids).logits
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)

@@ -379,25 +379,30 @@ def sparsify(
                 setattr(model.get_submodule(grand), block_attr, fused_mlp)
                 layers[i] = _replace_fields(row, reason=row.reason + "; MLP block chained with c_proj")
     if fuse_block:
-        _fuse_gpt2_blocks(model, layers, switched)
+        _fuse_gpt2_blocks(model, layers, bool(switched))
     return SparsifyReport(layers, attention_precision if switched else None)
 
 
-def _fuse_gpt2_blocks(model: nn.Module, layers: List[LayerReport], switched: Optional[str]) -> None:
+def _fuse_gpt2_blocks(model: nn.Module, layers: List[LayerReport], attention_switched: bool) -> None:
     """Makes each converted Hugging Face ``GPT2Block`` of ``model`` a ``SparseGPT2Block`` (in place)
     and notes in its ``attn.c_attn`` row that it did, or why not."""
     blocks = [(name, m) for name, m in model.named_modules()
               if type(m).__name__ == "GPT2Block" and type(m).__module__ == "transformers.models.gpt2.modeling_gpt2"]
     if not blocks:
         return
-    from . import _gpt2  # imports transformers, which a model with a GPT2Block has loaded
-
+    try:
+        from . import _gpt2  # imports transformers, which a model with a GPT2Block has loaded
+    except ImportError as e:  # a transformers release without what the fused forward uses
+        _gpt2, missing = None, f"transformers lacks what it needs ({e})"
     rows = {row.name: i for i, row in enumerate(layers)}
     for name, block in blocks:
         i = rows.get(f"{name}.attn.c_attn")
         if i is None or layers[i].kernel == "kept":
             continue
-        why = _gpt2.fusable(block) if switched else "its attention is not sparsecpu's"
+        if not attention_switched:
+            why = "its attention is not sparsecpu's"
+        else:
+            why = _gpt2.fusable(block) if _gpt2 is not None else missing
         if why is None:
             block.__class__ = _gpt2.SparseGPT2Block
             note = "; GPT2Block fused into one forward (SparseGPT2Block)"
