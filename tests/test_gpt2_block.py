@@ -180,6 +180,7 @@ def test_save_load_and_deepcopy_keep_the_fused_blocks():
             assert torch.equal(model(ids).logits, ref)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_compile_runs_gpt2block_forward():
     """Under torch.compile the fused blocks trace GPT2Block.forward, with sparsecpu's ops as nodes."""
     fused, plain, _ = _pair(seed=8)
