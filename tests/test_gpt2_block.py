@@ -53,8 +53,8 @@ def _fused_path_only(monkeypatch) -> None:
 def test_sparsify_fuses_blocks_and_results_stay_bit_identical(dtype, monkeypatch):
     """Every block becomes a SparseGPT2Block (still a GPT2Block, same keys), and the model computes
     exactly what it computes without the fusion: a padded batch's forward, hidden states, and
-    generate() with its KV cache, token for token and logit for logit, none of it through
-    GPT2Attention.forward."""
+    generate() with its KV cache (dynamic, and static), token for token and logit for logit, none of
+    it through GPT2Attention.forward."""
     fused, plain, report = _pair(dtype=dtype)
     for block in fused.transformer.h:
         assert type(block) is SparseGPT2Block and isinstance(block, GPT2Block) and not block.training
@@ -69,10 +69,12 @@ def test_sparsify_fuses_blocks_and_results_stay_bit_identical(dtype, monkeypatch
                return_dict_in_generate=True)
     with torch.inference_mode():
         ref = plain(ids, attention_mask=mask, output_hidden_states=True)
-        ref_gen = [plain.generate(ids[:1], **gen), plain.generate(ids, attention_mask=mask, **gen)]
+        calls = [dict(input_ids=ids[:1]), dict(input_ids=ids, attention_mask=mask),
+                 dict(input_ids=ids, attention_mask=mask, cache_implementation="static")]
+        ref_gen = [plain.generate(**call, **gen) for call in calls]
         _fused_path_only(monkeypatch)
         out = fused(ids, attention_mask=mask, output_hidden_states=True)
-        out_gen = [fused.generate(ids[:1], **gen), fused.generate(ids, attention_mask=mask, **gen)]
+        out_gen = [fused.generate(**call, **gen) for call in calls]
     assert torch.equal(out.logits, ref.logits)
     assert (ref.logits.abs() > 1e-3).float().mean() > 0.5
     assert len(out.hidden_states) == len(ref.hidden_states) == 3
