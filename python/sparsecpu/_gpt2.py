@@ -126,10 +126,7 @@ class SparseGPT2Block(GPT2Block):
             and type(c_attn) is SparseLinear
             and type(c_proj) is SparseLinear
             and type(mlp) is SparseMLP
-            and type(mlp.c_fc) is SparseLinear
-            and type(mlp.c_proj) is SparseLinear
-            and type(mlp.act) is nn.Identity
-            and not mlp.training
+            and mlp._chainable()
             and type(ln_1) is nn.LayerNorm
             and type(ln_2) is nn.LayerNorm
             and not _hooked(ln_1, attn, c_attn, c_proj, attn.attn_dropout, attn.resid_dropout, ln_2, mlp, mlp.c_fc,
@@ -151,12 +148,12 @@ class SparseGPT2Block(GPT2Block):
             k, v = cache.update(k, v, attn.layer_idx, kwargs=passed)
         if attention_mask is None and t == 1 and _attention.kernel_ready(k) and _attention.kernel_ready(v):
             # A decode step: one query row per head, no mask; what attention_forward would run, less its checks.
-            a = _C.attention(q.numpy(), k.numpy(), v.numpy(), None, None, attn.scaling, precision)
+            a = _C.attention(q.numpy(), k.numpy(), v.numpy(), None, None, attn.scaling, precision).reshape(b, t, e)
         else:
             a, _ = _attention.attention_forward(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling,
                                                 precision=precision, **passed)
             a = a.reshape(b, t, e).contiguous().numpy()
         # GPT2Block: x = c_proj(a) + x, then x = x + mlp(ln_2(x)): the adds in the kernels' epilogues.
-        x = c_proj._eager_args().call(a.reshape(b, t, e), x.numpy())
+        x = c_proj._eager_args().call(a, x.numpy())
         h = torch.layer_norm(torch.from_numpy(x), ln_2.normalized_shape, ln_2.weight, ln_2.bias, ln_2.eps)
-        return torch.from_numpy(mlp.c_proj._eager_args().call(mlp.c_fc._eager_args().call(h.numpy()), x))
+        return torch.from_numpy(mlp._chain(h.numpy(), x))

@@ -360,16 +360,27 @@ class SparseMLP(nn.Module):
         self.c_proj = c_proj
         self.dropout = dropout if dropout is not None else nn.Identity()
 
+    def _chainable(self) -> bool:
+        """Whether the block is still what the chained path computes: both layers SparseLinear, the
+        activation fused (``act`` the identity), dropout inactive."""
+        return (
+            type(self.act) is nn.Identity
+            and type(self.c_fc) is SparseLinear
+            and type(self.c_proj) is SparseLinear
+            and _dropout_inactive(self, self.dropout)
+        )
+
+    def _chain(self, h, residual=None):
+        """The two kernels back to back on a float32 numpy array ``h [..., in]``; ``residual``
+        (numpy, the output's shape) is added in the second one's epilogue. Returns numpy."""
+        return self.c_proj._eager_args().call(self.c_fc._eager_args().call(h), residual)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        c_fc, c_proj = self.c_fc, self.c_proj
         if (
             _plain_input(hidden_states)
             and hidden_states.dim() > 0
-            and hidden_states.shape[-1] == c_fc.in_features
-            and type(self.act) is nn.Identity
-            and type(c_fc) is SparseLinear
-            and type(c_proj) is SparseLinear
-            and _dropout_inactive(self, self.dropout)
+            and hidden_states.shape[-1] == self.c_fc.in_features
+            and self._chainable()
         ):
-            return torch.from_numpy(c_proj._eager_args().call(c_fc._eager_args().call(hidden_states.numpy())))
-        return self.dropout(c_proj(self.act(c_fc(hidden_states))))
+            return torch.from_numpy(self._chain(hidden_states.numpy()))
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
