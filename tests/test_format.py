@@ -644,3 +644,64 @@ def test_panel_random_corruption_never_crashes():
             assert y.shape == (3, p.shape[0]) and np.isfinite(y).all()
     # Most bytes are values (a changed one breaks its channel's sum) or checked header fields.
     assert rejected > 100 and accepted >= 5
+
+
+# (format, dtype): the formats and their channel tiles, each with N of its parts (the last one may
+# leave its tile part empty) and a K that is no multiple of 4 (dense pads its VNNI dwords).
+STACKS = [
+    ("bsr", "int8", [8, 4, 10], 37),
+    ("bsr", "fp32", [12, 4], 37),
+    ("dense", "int8", [16, 32, 7], 37),
+    ("panel", "int8", [32, 16, 20], 70),
+    ("bsr", "int8", [4], 40),  # one part: a copy
+]
+
+
+@pytest.mark.parametrize("fmt, dtype, ns, k", STACKS)
+def test_stack_rows_is_pack_of_the_stacked_weight(fmt, dtype, ns, k):
+    """_C.stack_rows (SparseBertLayer's Q, K, V in one weight) gives, byte for byte, the packed weight
+    of the stacked float weights: the same kernel results channel for channel."""
+    rng = np.random.default_rng(len(ns) * 1000 + k)
+    parts = [_util.pruned_weight(rng, n, k, 0.3)[0] for n in ns]
+    parts[0][:, 1] *= 1e6  # a channel scale far from the others'
+    packed = [sparsecpu.pack(w, dtype=dtype, format=fmt) for w in parts]
+    stacked = PackedWeight(sparsecpu._C.stack_rows([p.buffer for p in packed]))
+    ref = sparsecpu.pack(np.concatenate(parts), dtype=dtype, format=fmt)
+    assert stacked == ref
+    assert stacked.kept_blocks == sum(p.kept_blocks for p in packed) > 0
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    y = sparsecpu.linear(x, stacked)
+    assert np.array_equal(y, np.concatenate([sparsecpu.linear(x, p) for p in packed], axis=1))
+
+
+def test_stack_rows_outlier_threshold_and_wide_index():
+    rng = np.random.default_rng(5)
+    parts = [_util.pruned_weight(rng, 8, 70000, 0.001)[0] for _ in range(2)]
+    packed = [sparsecpu.pack(w, dtype="fp32") for w in parts]
+    assert PackedWeight(sparsecpu._C.stack_rows([p.buffer for p in packed])) == sparsecpu.pack(np.concatenate(parts), dtype="fp32")
+    parts = [_util.pruned_weight(rng, 8, 40, 0.5)[0] for _ in range(2)]
+    packed = [sparsecpu.pack(w, outlier_threshold=6.0) for w in parts]
+    assert PackedWeight(sparsecpu._C.stack_rows([p.buffer for p in packed])) == sparsecpu.pack(np.concatenate(parts), outlier_threshold=6.0)
+
+
+def test_stack_rows_rejects_what_it_cannot_stack():
+    rng = np.random.default_rng(6)
+    w = _util.pruned_weight(rng, 16, 40, 0.3)[0]
+    bsr8, bsr32, dense = (sparsecpu.pack(w, dtype="int8"), sparsecpu.pack(w, dtype="fp32"),
+                          sparsecpu.pack(w, format="dense"))
+    other_k = sparsecpu.pack(_util.pruned_weight(rng, 16, 41, 0.3)[0])
+    outliers = sparsecpu.pack(w, outlier_threshold=6.0)
+    for parts in ([bsr8, bsr32], [bsr8, dense], [bsr8, other_k], [bsr8, outliers]):
+        with pytest.raises(ValueError, match="share format, dtype, K and outlier threshold"):
+            sparsecpu._C.stack_rows([p.buffer for p in parts])
+    odd = sparsecpu.pack(w[:10])
+    with pytest.raises(ValueError, match="multiple of 4 in the bsr format, got N = 10"):
+        sparsecpu._C.stack_rows([odd.buffer, bsr8.buffer])
+    with pytest.raises(ValueError, match="multiple of 16 in the dense format, got N = 10"):
+        sparsecpu._C.stack_rows([sparsecpu.pack(w[:10], format="dense").buffer, dense.buffer])
+    with pytest.raises(ValueError, match="at least one"):
+        sparsecpu._C.stack_rows([])
+    bad = bsr8.buffer.copy()
+    bad[:8] = 0
+    with pytest.raises(ValueError, match="bad magic"):
+        sparsecpu._C.stack_rows([bsr8.buffer, bad])

@@ -377,6 +377,14 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("pack", &pack, py::arg("weight"), py::arg("dtype"), py::arg("format") = "bsr",
         py::arg("outlier_threshold") = 0.0f);
+  m.def("stack_rows", [](const std::vector<U8Array>& bufs) {
+    std::vector<PackedView> parts;
+    for (const U8Array& b : bufs) parts.push_back(view_of(b, true));
+    const std::vector<uint8_t> buf = stack_rows(parts);
+    U8Array out(static_cast<py::ssize_t>(buf.size()));
+    std::memcpy(out.mutable_data(), buf.data(), buf.size());
+    return out;
+  }, py::arg("bufs"));
   m.def("validate", [](const U8Array& buf) { return describe(view_of(buf, true), buf.size()); }, py::arg("buf"));
   m.def("describe", [](const U8Array& buf) { return describe(view_of(buf, false), buf.size()); }, py::arg("buf"));
   m.def("unpack", [](const U8Array& buf) {

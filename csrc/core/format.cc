@@ -323,6 +323,66 @@ std::vector<uint8_t> pack_panel(const float* w, uint64_t n, uint64_t k, float ou
   return buf;
 }
 
+std::vector<uint8_t> stack_rows(const std::vector<PackedView>& parts) {
+  if (parts.empty()) throw std::invalid_argument("stack_rows needs at least one weight");
+  const PackedView& first = parts[0];
+  const Format format = first.format;
+  const uint64_t tile = format == Format::bsr ? 4 : kDensePanel;
+  uint64_t n = 0, nnzb = 0, kept = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const PackedView& p = parts[i];
+    if (p.format != format || p.dtype != first.dtype || p.k != first.k || p.outlier_threshold != first.outlier_threshold)
+      throw std::invalid_argument("weights stacked must share format, dtype, K and outlier threshold");
+    if (i + 1 < parts.size() && p.n % tile)
+      throw std::invalid_argument("every stacked weight but the last needs N a multiple of " + std::to_string(tile) +
+                                  " in the " + format_name(format) + " format, got N = " + std::to_string(p.n));
+    n += p.n;  // each below 2**31: no overflow for any count of parts a Python list holds
+    nnzb += p.nnzb;
+    kept += p.kept_blocks;
+  }
+  check_dims(n, first.k, first.dtype);
+  if (nnzb > UINT32_MAX) throw std::invalid_argument("too many blocks for the format");
+  Layout l;
+  const bool ok = format == Format::dense   ? compute_layout_dense(n, first.k, &l)
+                  : format == Format::panel ? compute_layout_panel(n, nnzb, &l)
+                                            : compute_layout(first.dtype, n, first.index_bytes, nnzb, &l);
+  if (!ok) throw std::invalid_argument("weight too large to pack");
+  std::vector<uint8_t> buf(l.total, 0);
+  Header h = make_header(format, first.dtype, n, first.k, first.outlier_threshold);
+  h.block_n = format == Format::bsr ? 4 : format == Format::panel ? static_cast<uint32_t>(kDensePanel) : 1;
+  h.block_k = 1;
+  h.index_bytes = format == Format::dense ? 0 : first.index_bytes;
+  h.nnzb = nnzb;
+  h.kept_blocks = kept;
+  h.total_bytes = l.total;
+  std::memcpy(buf.data(), &h, sizeof(h));
+  // Per part: its channel tiles (groups or panels), its stored blocks (bsr) or columns (panel), whose
+  // offsets move by the blocks before it, and its values and per-channel scales and sums, appended.
+  const uint64_t value_bytes = format == Format::bsr ? 4 * (first.dtype == DType::int8 ? 1 : 4) : kDensePanel;
+  const bool int8 = first.dtype == DType::int8;
+  uint64_t tiles_before = 0, blocks_before = 0;
+  for (const PackedView& p : parts) {
+    const uint64_t tiles = format == Format::bsr ? p.groups : p.panels;
+    if (format == Format::dense) {
+      const uint64_t panel_bytes = p.kq * kDensePanel * kDenseQuad;
+      std::memcpy(buf.data() + l.values + tiles_before * panel_bytes, p.values, tiles * panel_bytes);
+    } else {
+      uint32_t* ptr = reinterpret_cast<uint32_t*>(buf.data() + l.row_ptr) + tiles_before;
+      for (uint64_t t = 0; t <= tiles; ++t) ptr[t] = static_cast<uint32_t>(p.row_ptr[t] + blocks_before);
+      std::memcpy(buf.data() + l.col_idx + blocks_before * first.index_bytes, p.col_idx, p.nnzb * first.index_bytes);
+      std::memcpy(buf.data() + l.values + blocks_before * value_bytes, p.values, p.nnzb * value_bytes);
+    }
+    if (int8) {
+      const uint64_t channels = tiles * tile;
+      std::memcpy(buf.data() + l.w_scale + tiles_before * tile * 4, p.w_scale, channels * 4);
+      std::memcpy(buf.data() + l.w_sum + tiles_before * tile * 4, p.w_sum, channels * 4);
+    }
+    tiles_before += tiles;
+    blocks_before += p.nnzb;
+  }
+  return buf;
+}
+
 PackedView view_trusted(const uint8_t* data, size_t size) {
   if (size < sizeof(Header)) bad("buffer of " + std::to_string(size) + " bytes is shorter than the header");
   if (reinterpret_cast<uintptr_t>(data) % alignof(uint64_t)) bad("buffer is not 8-byte aligned");

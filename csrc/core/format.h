@@ -115,6 +115,13 @@ std::vector<uint8_t> pack_dense(const float* w, uint64_t n, uint64_t k, float ou
 // works (a 4x1-pruned weight keeps the union of its 4 groups' columns; 16x1 keeps exactly its blocks).
 std::vector<uint8_t> pack_panel(const float* w, uint64_t n, uint64_t k, float outlier_threshold = 0.0f);
 
+// The rows of several packed weights stacked into one (N the sum of theirs), byte for byte what pack
+// gives for the stacked float weights: one kernel call then computes what one call per part did, with
+// the same values (Q, K and V of an attention block in one call). The parts share format, dtype, K and
+// outlier threshold, and every part but the last fills its channel tiles (N a multiple of 4 for bsr,
+// of 16 for dense and panel); else std::invalid_argument. The parts must be validated views.
+std::vector<uint8_t> stack_rows(const std::vector<PackedView>& parts);
+
 // Full validation of an untrusted buffer: header, sizes, every index, ordering, scales and sums.
 // Throws std::invalid_argument with a message naming what is wrong.
 PackedView validate(const uint8_t* data, size_t size);
