@@ -12,8 +12,6 @@ This module imports transformers: :mod:`sparsecpu.sparsify` loads it only for a 
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from typing import Optional
 
 import torch
@@ -22,6 +20,7 @@ from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block
 
 from . import _C, _attention
+from ._fused import hooked, unverified
 from .nn import SparseLinear, SparseMLP, _plain_input
 
 __all__ = ["SparseGPT2Block", "fusable"]
@@ -36,23 +35,12 @@ _VERIFIED = {GPT2Block: {"f64f1ea064fe0b6b"}, GPT2Attention: {"dfa1b3f064774965"
 _PASSED_ON = frozenset({"position_ids"})
 
 
-def _fingerprint(fn) -> Optional[str]:
-    try:
-        source = inspect.getsource(inspect.unwrap(fn))
-    except (OSError, TypeError):
-        return None
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
-
-
 def fusable(block: nn.Module) -> Optional[str]:
     """None when :func:`sparsecpu.sparsify` can make ``block`` (a ``GPT2Block``) a
     :class:`SparseGPT2Block`, else why not."""
-    import transformers
-
-    for cls in (GPT2Block, GPT2Attention):
-        if _fingerprint(cls.forward) not in _VERIFIED[cls]:
-            return (f"{cls.__name__}.forward of transformers {transformers.__version__} is not the code sparsecpu "
-                    f"verified (transformers 5.24-5.25)")
+    why = unverified(_VERIFIED, "5.24-5.25")
+    if why is not None:
+        return why
     if type(block) is not GPT2Block:
         return f"{type(block).__name__} is a subclass of GPT2Block"
     attn = block.attn
@@ -65,24 +53,6 @@ def fusable(block: nn.Module) -> Optional[str]:
     if not (type(block.ln_1) is nn.LayerNorm and type(block.ln_2) is nn.LayerNorm):
         return "ln_1 or ln_2 is not an nn.LayerNorm"
     return None
-
-
-# transformers' output capture (``output_attentions=True``, ...) hooks every GPT2Attention once any
-# output is asked for, and records the attention weights it returns: None from sparsecpu's
-# attention and from SDPA, which the fused path runs, so skipping that hook records the same.
-_CAPTURE_HOOKS = "transformers.utils.output_capturing"
-
-
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether a forward hook (other than transformers' output capture) would see one of these
-    modules called."""
-    for m in modules:
-        if m._forward_pre_hooks:
-            return True
-        hooks = m._forward_hooks
-        if hooks and any(getattr(hook, "__module__", None) != _CAPTURE_HOOKS for hook in hooks.values()):
-            return True
-    return False
 
 
 class SparseGPT2Block(GPT2Block):
@@ -129,7 +99,7 @@ class SparseGPT2Block(GPT2Block):
             and mlp._chainable()
             and type(ln_1) is nn.LayerNorm
             and type(ln_2) is nn.LayerNorm
-            and not _hooked(ln_1, attn, c_attn, c_proj, attn.attn_dropout, attn.resid_dropout, ln_2, mlp, mlp.c_fc,
+            and not hooked(ln_1, attn, c_attn, c_proj, attn.attn_dropout, attn.resid_dropout, ln_2, mlp, mlp.c_fc,
                             mlp.act, mlp.c_proj, mlp.dropout)
         ):
             if cache is not None:  # else left out: GPT2Block.forward renames a deprecated past_key_values
@@ -157,3 +127,6 @@ class SparseGPT2Block(GPT2Block):
         x = c_proj._eager_args().call(a, x.numpy())
         h = torch.layer_norm(torch.from_numpy(x), ln_2.normalized_shape, ln_2.weight, ln_2.bias, ln_2.eps)
         return torch.from_numpy(mlp._chain(h.numpy(), x))
+
+
+SPARSE_BLOCK = SparseGPT2Block
