@@ -1,8 +1,9 @@
 """torch modules: :class:`SparseLinear`, a drop-in replacement for ``nn.Linear`` (and for the
 ``Conv1D`` layers of Hugging Face GPT-2) that runs sparsecpu's kernels, and
 :class:`SparseResidualLayerNorm`, a BERT output block (``LayerNorm(dense(h) + residual)``) in one call,
-:class:`SparseMLP`, a GPT-2 MLP block's two layers chained, and ``SparseGPT2Block``, a Hugging Face
-``GPT2Block`` in one forward (loaded with transformers on first use).
+:class:`SparseMLP`, a GPT-2 MLP block's two layers chained, ``SparseGPT2Block``, a Hugging Face
+``GPT2Block`` in one forward, and ``SparseBertLayer``, a ``BertLayer`` in one forward (both loaded
+with transformers on first use).
 
 >>> layer = sparsecpu.nn.SparseLinear.from_linear(linear, dtype="int8")
 >>> y = layer(x)          # like linear(x), inference only
@@ -18,15 +19,19 @@ from torch import nn
 from . import _C, _library, ops
 from .formats import PackedWeight, pack
 
-__all__ = ["SparseLinear", "SparseMLP", "SparseResidualLayerNorm"]  # and SparseGPT2Block, below
+__all__ = ["SparseLinear", "SparseMLP", "SparseResidualLayerNorm"]  # and SparseGPT2Block, SparseBertLayer: below
 
 
 def __getattr__(name: str):
-    # SparseGPT2Block subclasses transformers' GPT2Block: transformers is imported on first use.
+    # SparseGPT2Block and SparseBertLayer subclass transformers' blocks: transformers is imported on first use.
     if name == "SparseGPT2Block":
         from ._gpt2 import SparseGPT2Block
 
         return SparseGPT2Block
+    if name == "SparseBertLayer":
+        from ._bert import SparseBertLayer
+
+        return SparseBertLayer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -284,19 +289,31 @@ class SparseResidualLayerNorm(nn.Module):
         self.dropout = dropout if dropout is not None else nn.Identity()
         self.LayerNorm = layer_norm
 
-    def _fusable(self, hidden_states, input_tensor) -> bool:
-        if not _dropout_inactive(self, self.dropout):
-            return False
+    def _norm_ready(self) -> bool:
+        """Whether the block is what the fused call computes: dropout inactive, the LayerNorm's
+        parameters float32 on the CPU."""
         norm = self.LayerNorm
-        params = [p for p in (norm.weight, norm.bias) if p is not None]
+        return _dropout_inactive(self, self.dropout) and all(
+            p is None or (p.dtype is torch.float32 and p.is_cpu) for p in (norm.weight, norm.bias)
+        )
+
+    def _fusable(self, hidden_states, input_tensor) -> bool:
         return (
             isinstance(hidden_states, torch.Tensor)
             and isinstance(input_tensor, torch.Tensor)
             and input_tensor.dtype is torch.float32
             and input_tensor.is_cpu
             and tuple(input_tensor.shape) == (*hidden_states.shape[:-1], self.dense.out_features)
-            and all(p.dtype is torch.float32 and p.is_cpu for p in params)
+            and self._norm_ready()
         )
+
+    def _apply(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        """The fused call on plain float32 tensors (``_plain_input``) of the block's shapes, the
+        block ``_norm_ready``."""
+        norm = self.LayerNorm
+        eager = self.dense._eager_args()
+        params = tuple(None if p is None else p.detach().numpy() for p in (norm.weight, norm.bias))
+        return _library.run(hidden_states, eager.weight, eager.bias, eager.activation, input_tensor, (*params, norm.eps))
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         if not self._fusable(hidden_states, input_tensor):
@@ -308,9 +325,7 @@ class SparseResidualLayerNorm(nn.Module):
             and hidden_states.dim() > 0
             and hidden_states.shape[-1] == dense.in_features
         ):
-            eager = dense._eager_args()
-            params = tuple(None if p is None else p.detach().numpy() for p in (norm.weight, norm.bias))
-            return _library.run(hidden_states, eager.weight, eager.bias, eager.activation, input_tensor, (*params, norm.eps))
+            return self._apply(hidden_states, input_tensor)
         dense._check_input(hidden_states)
         if input_tensor.requires_grad and torch.is_grad_enabled():
             raise ValueError(

@@ -4,6 +4,7 @@ in place, and report per layer what was chosen and why."""
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import sys
 from dataclasses import dataclass, replace as _replace_fields
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -279,9 +280,10 @@ def sparsify(
     a :class:`sparsecpu.nn.SparseMLP` that chains the two kernels without torch in between (same
     children, same keys). With ``fuse_block``, a Hugging Face ``GPT2Block`` whose four layers were
     converted, MLP chained and attention switched becomes a :class:`sparsecpu.nn.SparseGPT2Block` in place (a
-    ``GPT2Block`` subclass with one forward for the whole block; for the transformers versions whose
-    GPT-2 code sparsecpu was checked against, 5.24-5.25: others keep their blocks, the report says
-    why).
+    ``GPT2Block`` subclass with one forward for the whole block), and a ``BertLayer`` whose six layers
+    were converted, output blocks fused and attention switched a :class:`sparsecpu.nn.SparseBertLayer`
+    (one forward, Q, K and V in one kernel call); both for the transformers versions whose code
+    sparsecpu was checked against, 5.24-5.25: others keep their blocks, the report says why.
     Prune first (:func:`sparsecpu.prune`); the result is for inference (``torch.no_grad()``).
 
     Args:
@@ -312,7 +314,8 @@ def sparsify(
             of fp32); other CPUs run the fp32 kernel either way.
         rows: rows of x per call the measured choice is made for: tokens per forward (batch x
             sequence; default 128), or 1 for a model that will mostly decode.
-        fuse_block: run each converted GPT-2 decoder block in one forward (default True).
+        fuse_block: run each converted GPT-2 decoder block and BERT encoder layer in one forward
+            (default True).
 
     Example:
         >>> sparsecpu.prune(model, sparsity=0.9)
@@ -379,33 +382,46 @@ def sparsify(
                 setattr(model.get_submodule(grand), block_attr, fused_mlp)
                 layers[i] = _replace_fields(row, reason=row.reason + "; MLP block chained with c_proj")
     if fuse_block:
-        _fuse_gpt2_blocks(model, layers, bool(switched))
+        _fuse_blocks(model, layers, bool(switched))
     return SparsifyReport(layers, attention_precision if switched else None)
 
 
-def _fuse_gpt2_blocks(model: nn.Module, layers: List[LayerReport], attention_switched: bool) -> None:
-    """Makes each converted Hugging Face ``GPT2Block`` of ``model`` a ``SparseGPT2Block`` (in place)
-    and notes in its ``attn.c_attn`` row that it did, or why not."""
-    blocks = [(name, m) for name, m in model.named_modules()
-              if type(m).__name__ == "GPT2Block" and type(m).__module__ == "transformers.models.gpt2.modeling_gpt2"]
-    if not blocks:
-        return
-    try:
-        from . import _gpt2  # imports transformers, which a model with a GPT2Block has loaded
-    except ImportError as e:  # a transformers release without what the fused forward uses
-        _gpt2, missing = None, f"transformers lacks what it needs ({e})"
+# The Hugging Face blocks sparsify runs in one forward: (module, class) -> the sparsecpu module that
+# holds the fused class (SPARSE_BLOCK) and its fusable(), and the layer whose report row tells.
+_FUSED_BLOCKS = {
+    ("transformers.models.gpt2.modeling_gpt2", "GPT2Block"): ("_gpt2", "attn.c_attn"),
+    ("transformers.models.bert.modeling_bert", "BertLayer"): ("_bert", "attention.self.query"),
+}
+
+
+def _fuse_blocks(model: nn.Module, layers: List[LayerReport], attention_switched: bool) -> None:
+    """Makes each converted Hugging Face ``GPT2Block`` of ``model`` a ``SparseGPT2Block`` and each
+    converted ``BertLayer`` a ``SparseBertLayer`` (in place), and notes in the row of its first layer
+    that it did, or why not."""
     rows = {row.name: i for i, row in enumerate(layers)}
-    for name, block in blocks:
-        i = rows.get(f"{name}.attn.c_attn")
+    loaded = {}
+    for name, block in model.named_modules():
+        cls = type(block)
+        entry = _FUSED_BLOCKS.get((cls.__module__, cls.__name__))
+        if entry is None:
+            continue
+        module_name, row_layer = entry
+        i = rows.get(f"{name}.{row_layer}")
         if i is None or layers[i].kernel == "kept":
             continue
+        if module_name not in loaded:
+            try:  # imports transformers, which a model with such a block has loaded
+                loaded[module_name] = (importlib.import_module(f".{module_name}", __package__), None)
+            except ImportError as e:  # a transformers release without what the fused forward uses
+                loaded[module_name] = (None, f"transformers lacks what it needs ({e})")
+        fused, why = loaded[module_name]
         if not attention_switched:
             why = "its attention is not sparsecpu's"
-        else:
-            why = _gpt2.fusable(block) if _gpt2 is not None else missing
+        elif fused is not None:
+            why = fused.fusable(block)
         if why is None:
-            block.__class__ = _gpt2.SparseGPT2Block
-            note = "; GPT2Block fused into one forward (SparseGPT2Block)"
+            block.__class__ = fused.SPARSE_BLOCK
+            note = f"; {cls.__name__} fused into one forward ({fused.SPARSE_BLOCK.__name__})"
         else:
-            note = f"; GPT2Block NOT fused: {why}"
+            note = f"; {cls.__name__} NOT fused: {why}"
         layers[i] = _replace_fields(layers[i], reason=layers[i].reason + note)
