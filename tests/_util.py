@@ -625,3 +625,23 @@ def out_as_2d(y, layout: str, m: int, n: int, dtype=np.float32) -> np.ndarray:
     expect_shape = (1, m, n) if layout == "numpy_3d" else (m, n)
     assert y.shape == expect_shape, (y.shape, expect_shape)
     return y.reshape(m, n)
+
+
+def sparsified_pair(pruned, dtype: str = "int8"):
+    """(fused, unfused, report): two deep copies of a pruned Hugging Face model, sparsified with and
+    without ``fuse_block``, and the fused one's report."""
+    import copy
+
+    import sparsecpu
+
+    fused, plain = copy.deepcopy(pruned), copy.deepcopy(pruned)
+    report = sparsecpu.sparsify(fused, dtype=dtype)
+    sparsecpu.sparsify(plain, dtype=dtype, fuse_block=False)
+    return fused, plain, report
+
+
+def token_ids(shape, seed: int = 1, vocab: int = 300):
+    """Seeded random token ids in [2, vocab) (0 and 1 are the test models' special tokens)."""
+    import torch
+
+    return torch.randint(2, vocab, shape, generator=torch.Generator().manual_seed(seed))

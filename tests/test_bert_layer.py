@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sparsecpu
+from _util import sparsified_pair, token_ids
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.bert.modeling_bert import (  # noqa: E402
@@ -31,16 +32,7 @@ def _model(seed: int, layers: int = 2, mlm: bool = False):
 
 
 def _pair(seed: int = 0, dtype: str = "int8", **kwargs):
-    """(fused, unfused, report): the same pruned BERT sparsified with and without fuse_block."""
-    pruned = _model(seed, **kwargs)
-    fused, plain = copy.deepcopy(pruned), copy.deepcopy(pruned)
-    report = sparsecpu.sparsify(fused, dtype=dtype)
-    sparsecpu.sparsify(plain, dtype=dtype, fuse_block=False)
-    return fused, plain, report
-
-
-def _ids(shape, seed: int = 1) -> torch.Tensor:
-    return torch.randint(2, 300, shape, generator=torch.Generator().manual_seed(seed))
+    return sparsified_pair(_model(seed, **kwargs), dtype)
 
 
 def _fused_path_only(monkeypatch) -> None:
@@ -66,7 +58,7 @@ def test_sparsify_fuses_layers_and_results_stay_bit_identical(dtype, monkeypatch
     assert rows["bert.encoder.layer.1.attention.self.query"].endswith(
         "; BertLayer fused into one forward (SparseBertLayer)")
     assert list(fused.state_dict()) == list(plain.state_dict())
-    ids = _ids((2, 9))
+    ids = token_ids((2, 9))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     with torch.inference_mode():
@@ -103,7 +95,7 @@ def test_stacked_qkv_follows_the_layers_weights():
     another model's weights, and an in-place edit of a bias."""
     fused, plain, _ = _pair(seed=3)
     other, other_plain, _ = _pair(seed=4)
-    ids = _ids((1, 7))
+    ids = token_ids((1, 7))
     with torch.inference_mode():
         assert torch.equal(fused(ids).last_hidden_state, plain(ids).last_hidden_state)
         fused.load_state_dict(other.state_dict())
@@ -123,7 +115,7 @@ def test_falls_back_to_bertlayer_forward(monkeypatch):
     hook on a submodule it skips (the hook sees its call), the deprecated past_key_values argument,
     eager attention set after sparsify, training mode, an input that requires grad."""
     fused, plain, _ = _pair(seed=5)
-    ids = _ids((1, 7))
+    ids = token_ids((1, 7))
     seen = []
     hook = fused.encoder.layer[1].attention.self.key.register_forward_hook(lambda *a: seen.append(1))
     with torch.inference_mode():
@@ -207,7 +199,7 @@ def test_installed_transformers_is_a_verified_version():
 
 def test_save_load_and_deepcopy_keep_the_fused_layers():
     fused, plain, _ = _pair(seed=10)
-    ids = _ids((1, 5))
+    ids = token_ids((1, 5))
     with torch.inference_mode():
         ref = plain(ids).last_hidden_state
         assert torch.equal(fused(ids).last_hidden_state, ref)  # builds the stacked weight first
@@ -225,7 +217,7 @@ def test_save_load_and_deepcopy_keep_the_fused_layers():
 def test_torch_compile_runs_bertlayer_forward():
     """Under torch.compile the fused layers trace BertLayer.forward, with sparsecpu's ops as nodes."""
     fused, plain, _ = _pair(seed=11)
-    ids = _ids((1, 9))
+    ids = token_ids((1, 9))
     with torch.inference_mode():
         ref = plain(ids).last_hidden_state
         y = torch.compile(fused)(ids).last_hidden_state

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import sparsecpu
+from _util import sparsified_pair, token_ids
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block  # noqa: E402
@@ -29,16 +30,7 @@ def _model(seed: int, layers: int = 2, **config):
 
 
 def _pair(seed: int = 0, dtype: str = "int8", **kwargs):
-    """(fused, unfused): the same pruned GPT-2 sparsified with and without fuse_block, and the report."""
-    pruned = _model(seed, **kwargs)
-    fused, plain = copy.deepcopy(pruned), copy.deepcopy(pruned)
-    report = sparsecpu.sparsify(fused, dtype=dtype)
-    sparsecpu.sparsify(plain, dtype=dtype, fuse_block=False)
-    return fused, plain, report
-
-
-def _ids(shape, seed: int = 1) -> torch.Tensor:
-    return torch.randint(2, 300, shape, generator=torch.Generator().manual_seed(seed))
+    return sparsified_pair(_model(seed, **kwargs), dtype)
 
 
 def _fused_path_only(monkeypatch) -> None:
@@ -62,7 +54,7 @@ def test_sparsify_fuses_blocks_and_results_stay_bit_identical(dtype, monkeypatch
     rows = {r.name: r.reason for r in report}
     assert rows["transformer.h.1.attn.c_attn"].endswith("; GPT2Block fused into one forward (SparseGPT2Block)")
     assert list(fused.state_dict()) == list(plain.state_dict())
-    ids = _ids((2, 9))
+    ids = token_ids((2, 9))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding: a mask reaches the attention
     gen = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=1, output_scores=True,
@@ -111,7 +103,7 @@ def test_falls_back_to_gpt2block_forward():
     a hook on a submodule it skips (the hook sees its call), eager attention set after
     sparsify, the deprecated past_key_values argument, an input that requires grad."""
     fused, plain, _ = _pair(seed=3)
-    ids = _ids((1, 7))
+    ids = token_ids((1, 7))
     seen = []
     hook = fused.transformer.h[1].attn.register_forward_hook(lambda *a: seen.append(1))
     with torch.inference_mode():
@@ -174,7 +166,7 @@ def test_save_load_and_deepcopy_keep_the_fused_blocks():
     torch.save(fused, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
-    ids = _ids((1, 5))
+    ids = token_ids((1, 5))
     with torch.inference_mode():
         ref = plain(ids).logits
         for model in (loaded, copy.deepcopy(fused)):
@@ -186,7 +178,7 @@ def test_save_load_and_deepcopy_keep_the_fused_blocks():
 def test_torch_compile_runs_gpt2block_forward():
     """Under torch.compile the fused blocks trace GPT2Block.forward, with sparsecpu's ops as nodes."""
     fused, plain, _ = _pair(seed=8)
-    ids = _ids((1, 9))
+    ids = token_ids((1, 9))
     with torch.inference_mode():
         ref = plain(ids).logits
         y = torch.compile(fused)(ids).logits
