@@ -109,9 +109,10 @@ class SparseBertLayer(BertLayer):
     ``BertLayer.forward`` still runs, unchanged, whatever the fused path does not cover: training
     mode, a KV cache or cross-attention inputs (BERT as a decoder), an attention implementation other
     than sparsecpu's, inputs that are not plain float32 CPU tensors (or under ``torch.compile``),
-    keyword arguments other than ``position_ids`` and ``output_hidden_states``, a submodule that is no longer what ``sparsify``
-    left, and forward hooks on the submodules the fused path does not call (transformers' own output
-    capture aside: the attention weights it would record are None).
+    keyword arguments other than ``position_ids`` and ``output_hidden_states``, a submodule that is
+    no longer what ``sparsify`` left, query, key and value weights that cannot be stacked, and forward
+    hooks on the submodules the fused path does not call (transformers' own output capture aside: the
+    attention weights it would record are None).
     """
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,

@@ -100,7 +100,7 @@ class SparseGPT2Block(GPT2Block):
             and type(ln_1) is nn.LayerNorm
             and type(ln_2) is nn.LayerNorm
             and not hooked(ln_1, attn, c_attn, c_proj, attn.attn_dropout, attn.resid_dropout, ln_2, mlp, mlp.c_fc,
-                            mlp.act, mlp.c_proj, mlp.dropout)
+                           mlp.act, mlp.c_proj, mlp.dropout)
         ):
             if cache is not None:  # else left out: GPT2Block.forward renames a deprecated past_key_values
                 kwargs["cache"] = cache
