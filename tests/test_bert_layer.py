@@ -17,7 +17,7 @@ from transformers.models.bert.modeling_bert import (  # noqa: E402
     BertAttention, BertIntermediate, BertLayer, BertSelfAttention)
 
 from sparsecpu import _bert  # noqa: E402  (imports transformers)
-from sparsecpu.nn import SparseBertLayer, SparseResidualLayerNorm  # noqa: E402
+from sparsecpu.nn import SparseBertLayer, SparseLinear, SparseResidualLayerNorm  # noqa: E402
 
 
 def _model(seed: int, layers: int = 2, mlm: bool = False):
@@ -177,6 +177,21 @@ def test_query_key_value_in_different_formats_are_not_stacked():
     assert reason.endswith("; BertLayer NOT fused: its query, key and value weights differ in format, dtype or "
                            "outlier threshold")
     assert type(model.encoder.layer[0]) is BertLayer and type(model.encoder.layer[1]) is SparseBertLayer
+
+
+def test_what_cannot_be_stacked_says_why():
+    """The stacking check itself: layers of another output size, bias or activation, and outputs
+    that do not fill the format's channel tiles."""
+    def layer(n, bias=True, activation=None):
+        linear = torch.nn.Linear(64, n, bias=bias)
+        return SparseLinear.from_linear(linear, dtype="int8", format="bsr", activation=activation)
+
+    assert _bert._stackable((layer(8), layer(8), layer(8))) is None
+    assert _bert._stackable((layer(8), layer(12), layer(8))) == "its query, key and value layers differ in output size"
+    assert _bert._stackable((layer(6), layer(6), layer(6))) == "its query, key and value outputs are not a multiple of 4"
+    why = "its query, key and value layers differ in bias or carry an activation"
+    assert _bert._stackable((layer(8), layer(8, bias=False), layer(8))) == why
+    assert _bert._stackable((layer(8), layer(8), layer(8, activation="relu"))) == why
 
 
 def test_another_transformers_version_is_left_alone(monkeypatch):

@@ -52,9 +52,11 @@ def _stackable(layers) -> Optional[str]:
     if any((w.format, w.dtype, w.shape[1], w.outlier_threshold) != (first.format, first.dtype, first.shape[1],
                                                                       first.outlier_threshold) for w in weights):
         return "its query, key and value weights differ in format, dtype or outlier threshold"
+    if len({w.shape[0] for w in weights}) > 1:
+        return "its query, key and value layers differ in output size"
     tile = 4 if first.format == "bsr" else 16
-    if any(w.shape[0] % tile for w in weights[:-1]):
-        return f"its query and key layers' outputs are not a multiple of {tile}"
+    if first.shape[0] % tile:
+        return f"its query, key and value outputs are not a multiple of {tile}"
     if any(layer.activation is not None for layer in layers) or len({layer.bias is None for layer in layers}) > 1:
         return "its query, key and value layers differ in bias or carry an activation"
     return None
