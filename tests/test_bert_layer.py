@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import sys
 
 import pytest
 import torch
@@ -203,6 +204,17 @@ def test_another_transformers_version_is_left_alone(monkeypatch):
     reason = {r.name: r.reason for r in report}["encoder.layer.0.attention.self.query"]
     assert reason.endswith(f"; BertLayer NOT fused: BertSelfAttention.forward of transformers "
                            f"{transformers.__version__} is not the code sparsecpu verified (transformers 5.24-5.25)")
+    assert type(model.encoder.layer[0]) is BertLayer
+
+
+def test_a_transformers_without_what_the_fused_layer_imports_is_left_alone(monkeypatch):
+    """If the fused layer's module cannot be imported (a transformers release without the names it
+    imports), sparsify keeps the layers and says why instead of failing."""
+    monkeypatch.setitem(sys.modules, "sparsecpu._bert", None)
+    model = _model(12)
+    report = sparsecpu.sparsify(model, dtype="int8")
+    reason = {r.name: r.reason for r in report}["encoder.layer.0.attention.self.query"]
+    assert "; BertLayer NOT fused: transformers lacks what it needs (" in reason
     assert type(model.encoder.layer[0]) is BertLayer
 
 
