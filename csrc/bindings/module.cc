@@ -58,6 +58,13 @@ py::dict describe(const PackedView& v, size_t nbytes) {
   return d;
 }
 
+// A packed buffer as a new numpy uint8 array.
+U8Array to_array(const std::vector<uint8_t>& buf) {
+  U8Array out(static_cast<py::ssize_t>(buf.size()));
+  std::memcpy(out.mutable_data(), buf.data(), buf.size());
+  return out;
+}
+
 U8Array pack(const F32Array& w, const std::string& dtype, const std::string& format, float outlier_threshold) {
   if (w.ndim() != 2) throw std::invalid_argument("weight must be 2-D (N x K)");
   const DType dt = parse_dtype(dtype);
@@ -72,9 +79,7 @@ U8Array pack(const F32Array& w, const std::string& dtype, const std::string& for
           : format == "panel" ? pack_panel(w.data(), n, k, outlier_threshold)
                               : pack_bsr(w.data(), n, k, dt, outlier_threshold);
   }
-  U8Array out(static_cast<py::ssize_t>(buf.size()));
-  std::memcpy(out.mutable_data(), buf.data(), buf.size());
-  return out;
+  return to_array(buf);
 }
 
 // A C-contiguous float32 array as a request argument.
@@ -380,10 +385,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("stack_rows", [](const std::vector<U8Array>& bufs) {
     std::vector<PackedView> parts;
     for (const U8Array& b : bufs) parts.push_back(view_of(b, true));
-    const std::vector<uint8_t> buf = stack_rows(parts);
-    U8Array out(static_cast<py::ssize_t>(buf.size()));
-    std::memcpy(out.mutable_data(), buf.data(), buf.size());
-    return out;
+    return to_array(stack_rows(parts));
   }, py::arg("bufs"));
   m.def("validate", [](const U8Array& buf) { return describe(view_of(buf, true), buf.size()); }, py::arg("buf"));
   m.def("describe", [](const U8Array& buf) { return describe(view_of(buf, false), buf.size()); }, py::arg("buf"));
