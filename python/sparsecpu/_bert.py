@@ -70,13 +70,24 @@ def fusable(layer: nn.Module) -> Optional[str]:
         return why
     if type(layer) is not BertLayer:
         return f"{type(layer).__name__} is a subclass of BertLayer"
-    if hasattr(layer, "crossattention") or type(layer.attention) is not BertAttention:
+    if hasattr(layer, "crossattention"):
+        return "it has cross-attention"
+    why = _submodules(layer)
+    if why is not None:
+        return why
+    sa = layer.attention.self
+    return _stackable((sa.query, sa.key, sa.value))
+
+
+def _submodules(layer: nn.Module) -> Optional[str]:
+    """None when the layer's submodules are what the fused forward runs (what ``sparsify`` left), else
+    why not: checked by :func:`fusable` and again at every fused call."""
+    if type(layer.attention) is not BertAttention:
         return "it has cross-attention"
     sa = layer.attention.self
     if type(sa) is not BertSelfAttention:
         return f"its self-attention is a {type(sa).__name__}"
-    qkv = (sa.query, sa.key, sa.value)
-    if not all(type(m) is SparseLinear for m in qkv):
+    if not (type(sa.query) is SparseLinear and type(sa.key) is SparseLinear and type(sa.value) is SparseLinear):
         return "its query, key and value layers are not all converted"
     if not (type(layer.attention.output) is SparseResidualLayerNorm and type(layer.output) is SparseResidualLayerNorm):
         return "its output blocks are not both fused with their residual add and LayerNorm"
@@ -86,7 +97,7 @@ def fusable(layer: nn.Module) -> Optional[str]:
         return "its intermediate layer is not converted with the activation fused"
     if layer.chunk_size_feed_forward:
         return "it chunks its feed-forward"
-    return _stackable(qkv)
+    return None
 
 
 class SparseBertLayer(BertLayer):
@@ -132,18 +143,10 @@ class SparseBertLayer(BertLayer):
             and not self.training
             and _plain_input(x)
             and x.dim() == 3
-            and x.shape[-1] == sa.query.in_features
             and kwargs.keys() <= _PASSED_ON
-            and not self.chunk_size_feed_forward
-            and type(attention) is BertAttention
-            and type(sa) is BertSelfAttention
-            and all(type(m) is SparseLinear for m in layers)
-            and type(out1) is SparseResidualLayerNorm
+            and _submodules(self) is None
+            and x.shape[-1] == sa.query.in_features
             and out1._norm_ready()
-            and type(inter) is BertIntermediate
-            and type(inter.dense) is SparseLinear
-            and type(inter.intermediate_act_fn) is nn.Identity
-            and type(out) is SparseResidualLayerNorm
             and out._norm_ready()
             and not hooked(attention, sa, *layers, sa.dropout, out1, out1.dense, out1.dropout, out1.LayerNorm, inter,
                            inter.dense, inter.intermediate_act_fn, out, out.dense, out.dropout, out.LayerNorm)
